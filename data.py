@@ -1,0 +1,145 @@
+"""MNIST, Fashion-MNIST and CIFAR-10 as uint8 tensors on the training device.
+
+Each split is read once through torchvision (whose dataset objects already hold the
+whole array) and moved to the device. Batches are slices of a `torch.randperm` order;
+scaling, flips, crops and noise are batched tensor operations: no per-sample Python.
+"""
+import contextlib
+import io
+import os
+
+import torch
+import torch.nn.functional as F
+import torchvision
+
+# name -> (torchvision class, folder under the data root, files that must be there)
+IDX_FILES = ("train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz "
+             "and t10k-labels-idx1-ubyte.gz")
+DATASETS = {
+    "mnist": ("MNIST", "MNIST/raw", IDX_FILES),
+    "fashion-mnist": ("FashionMNIST", "FashionMNIST/raw", IDX_FILES),
+    "cifar10": ("CIFAR10", ".", "cifar-10-python.tar.gz (or its extracted cifar-10-batches-py/)"),
+}
+ALIASES = {"fashionmnist": "fashion-mnist", "cifar-10": "cifar10"}
+NOISE_KINDS = ("gaussian", "saltpepper", "mask")
+TEST_NOISE_SEED = 0  # the test split's corruption is the same in every run, whatever --seed
+
+
+class DataError(Exception):
+    """A dataset that cannot be read; the message is one line saying what to do."""
+
+
+def canonical_name(name):
+    name = ALIASES.get(name.lower(), name.lower())
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; use mnist, fashion-mnist or cifar10")
+    return name
+
+
+def load_split(name, root="./data", train=True, download=True):
+    """One split as (uint8 images (N, C, H, W), int64 labels (N,)) on the CPU."""
+    name = canonical_name(name)
+    cls, folder, files = DATASETS[name]
+    log = io.StringIO()  # torchvision prints each download attempt; keep it for errors only
+    try:
+        with contextlib.redirect_stdout(log):
+            ds = getattr(torchvision.datasets, cls)(root, train=train, download=download)
+    except Exception as e:  # torchvision raises RuntimeError, OSError or URLError offline
+        where = os.path.normpath(os.path.join(root, folder))
+        how = "could not be downloaded" if download else "download is off"
+        raise DataError(f"{name} {'train' if train else 'test'} split missing or corrupted in "
+                        f"{where} and {how} ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                        f"place {files} there (README: offline use)") from None
+    if log.getvalue():
+        print(log.getvalue(), end="")
+    images = torch.as_tensor(ds.data)
+    images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)  # CIFAR: NHWC
+    return images.contiguous(), torch.as_tensor(ds.targets, dtype=torch.long)
+
+
+def load(name, root="./data", device="cpu", download=True):
+    """Both splits on `device`: {"train": (images, labels), "test": (images, labels)}."""
+    return {split: tuple(t.to(device) for t in load_split(name, root, split == "train", download))
+            for split in ("train", "test")}
+
+
+def parse_noise(spec):
+    """'gaussian:0.5' -> ('gaussian', 0.5); None or '' -> None."""
+    if not spec:
+        return None
+    kind, _, level = spec.partition(":")
+    try:
+        level = float(level)
+    except ValueError:
+        level = None
+    if kind not in NOISE_KINDS or level is None or not 0 <= level < float("inf"):
+        raise ValueError(f"bad --noise {spec!r}; use gaussian:STD, saltpepper:P or mask:P "
+                         f"(e.g. gaussian:0.5)")
+    if kind != "gaussian" and level > 1:
+        raise ValueError(f"bad --noise {spec!r}: the fraction of pixels must be in [0, 1]")
+    return kind, level
+
+
+def random_hflip(x):
+    """Flip each image left-right with probability 1/2. x: (B, C, H, W)."""
+    flip = torch.rand(x.shape[0], device=x.device) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+def random_crop(x, padding=4):
+    """Zero-pad by `padding`, then cut a random HxW window per image (the CIFAR-10 standard)."""
+    B, C, H, W = x.shape
+    padded = F.pad(x, (padding,) * 4)
+    dy = torch.randint(0, 2 * padding + 1, (B, 1), device=x.device)
+    dx = torch.randint(0, 2 * padding + 1, (B, 1), device=x.device)
+    rows = (dy + torch.arange(H, device=x.device))[:, None, :, None]  # (B, 1, H, 1)
+    cols = (dx + torch.arange(W, device=x.device))[:, None, None, :]  # (B, 1, 1, W)
+    batch = torch.arange(B, device=x.device)[:, None, None, None]
+    chan = torch.arange(C, device=x.device)[None, :, None, None]
+    return padded[batch, chan, rows, cols]
+
+
+def corrupt(x, noise, generator=None):
+    """Corrupt x in [0, 1]: additive Gaussian (clipped), salt-and-pepper, or masking.
+
+    Salt-and-pepper and masking pick pixel positions (all channels of a pixel together).
+    """
+    kind, level = noise
+    B, C, H, W = x.shape
+    rand = lambda *shape: torch.rand(*shape, device=x.device, generator=generator)  # noqa: E731
+    if kind == "gaussian":
+        noise = torch.randn(x.shape, device=x.device, generator=generator)
+        return (x + level * noise).clamp(0, 1)
+    hit = rand(B, 1, H, W) < level
+    if kind == "saltpepper":
+        return torch.where(hit, (rand(B, 1, H, W) < 0.5).to(x.dtype), x)
+    return x.masked_fill(hit, 0.0)  # mask
+
+
+def to_range(x, output="sigmoid"):
+    """[0, 1] images for a sigmoid decoder, [-1, 1] for a tanh decoder."""
+    return x if output == "sigmoid" else x * 2 - 1
+
+
+def batches(images, labels, batch_size, shuffle=False, output="sigmoid", hflip=False,
+            crop=False, noise=None, noise_seed=None):
+    """Yield (input, target, label) batches; input is the corrupted image when noise is set.
+
+    shuffle draws a torch.randperm order from the global generator (seeded by --seed);
+    noise_seed gives the corruption its own generator, so it is the same on every pass.
+    """
+    n = images.shape[0]
+    order = torch.randperm(n, device=images.device) if shuffle else None
+    generator = None
+    if noise is not None and noise_seed is not None:
+        generator = torch.Generator(device=images.device).manual_seed(noise_seed)
+    for i in range(0, n, batch_size):
+        idx = order[i:i + batch_size] if shuffle else slice(i, i + batch_size)
+        x, y = images[idx], labels[idx]
+        if hflip:
+            x = random_hflip(x)
+        if crop:
+            x = random_crop(x)
+        clean = x.float() / 255
+        noisy = corrupt(clean, noise, generator) if noise is not None else clean
+        yield to_range(noisy, output), to_range(clean, output), y

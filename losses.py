@@ -1,0 +1,61 @@
+"""Every loss term, as pure functions.
+
+Units contract (DESIGN.md): each term is summed over pixels and latent dimensions and
+returned per image, shape (B,). Callers average over images with `.mean()`, so a
+number is "nats per image" and does not depend on the batch size.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def bce_logits(logits, x):
+    """Bernoulli negative log-likelihood -sum[x log s(l) + (1-x) log(1-s(l))] from logits.
+
+    Computed from logits (log-sum-exp form), so it stays finite where sigmoid(l) rounds
+    to 0 or 1. Data must lie in [0, 1]: BCE on [-1, 1] data is silently wrong, so it is
+    refused here.
+    """
+    if x.numel() and (x.min() < 0 or x.max() > 1):  # one reduction; cheap next to the model
+        raise ValueError(
+            f"bce needs targets in [0, 1], got values in [{x.min().item():.3g}, "
+            f"{x.max().item():.3g}]; use --recon mse or gaussian for [-1, 1] (tanh) data")
+    return F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
+
+
+def mse(x_hat, x):
+    """Summed squared error ||x - x_hat||^2 per image."""
+    return (x_hat - x).pow(2).flatten(1).sum(1)
+
+
+def gaussian(x_hat, x, c=0.05):
+    """||x - x_hat||^2 / (2c): the NLL of a Gaussian decoder N(x_hat, cI) up to a constant.
+
+    The constant D/2 * log(2 pi c) is left out (as in reference 002, c = 0.05); add
+    `gaussian_const(D, c)` for the full negative log-likelihood in nats.
+    """
+    return mse(x_hat, x) / (2 * c)
+
+
+def gaussian_const(num_pixels, c):
+    """D/2 * log(2 pi c), the part of the Gaussian NLL that `gaussian` leaves out."""
+    return 0.5 * num_pixels * math.log(2 * math.pi * c)
+
+
+def kl_normal(mu, logvar, per_dim=False):
+    """KL(N(mu, sigma^2) || N(0, I)) = 1/2 sum(mu^2 + sigma^2 - log sigma^2 - 1).
+
+    Closed form (Kingma & Welling 2014, appendix B). mu, logvar: (B, D). Returns (B,),
+    or (B, D) with per_dim=True.
+    """
+    kl = 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1)
+    return kl if per_dim else kl.sum(1)
+
+
+def l1_penalty(parameters):
+    """sum |w| over the given parameters (L1 weight penalty; scale it with --l1)."""
+    return sum(p.abs().sum() for p in parameters)
+
+
+RECON = {"bce": bce_logits, "mse": mse, "gaussian": gaussian}

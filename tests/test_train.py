@@ -1,0 +1,159 @@
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import train
+import vae
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+
+
+def run_train(args, capsys=None):
+    code = train.main(args)
+    out = capsys.readouterr() if capsys else None
+    return code, out
+
+
+def history(run_dir):
+    with open(os.path.join(run_dir, "history.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("dataset,arch", [("mnist", "mlp"), ("fashion-mnist", "conv"),
+                                          ("cifar10", "conv"), ("cifar10", "mlp")])
+def test_end_to_end_run_writes_the_run_folder(tiny_data, tmp_path, capsys, dataset, arch):
+    out = str(tmp_path / "run")
+    code, printed = run_train(["--dataset", dataset, "--data-root", tiny_data, "--arch", arch,
+                               "--epochs", "2", "--batch-size", "16", "--latent-dim", "4",
+                               "--out", out, "--no-download"], capsys)
+    assert code == 0, printed.err
+    assert re.search(r"^====> Epoch: 2 Average loss: \d+\.\d{4} ", printed.out, re.M)
+    assert re.search(r"^====> Test set loss: \d+\.\d{4} ", printed.out, re.M)
+    files = set(os.listdir(out))
+    assert {"config.json", "history.csv", "checkpoint.pt", "best.pt", "reconstruction_1.png",
+            "sample_2.png"} <= files
+    rows = history(out)
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert float(rows[1]["train_loss"]) < float(rows[0]["train_loss"])
+    ckpt = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
+    cfg = json.load(open(os.path.join(out, "config.json")))
+    assert ckpt["epoch"] == 2 and cfg["dataset"] == dataset and cfg["command"].startswith("train.py")
+    model = train.build_model(cfg, tuple(cfg["image_shape"]))
+    model.load_state_dict(ckpt["model"])  # the run folder alone rebuilds the model
+
+
+def test_test_loss_is_the_negative_elbo_whatever_beta_and_penalties(tiny_data, tmp_path):
+    out = str(tmp_path / "run")
+    assert train.main(["--data-root", tiny_data, "--epochs", "1", "--beta", "4", "--l1", "1e-4",
+                       "--batch-size", "16", "--out", out]) == 0
+    row = {k: float(v) for k, v in history(out)[0].items()}
+    assert row["test_loss"] == pytest.approx(row["test_recon"] + row["test_kl"])
+    assert row["train_loss"] > row["train_recon"] + 4 * row["train_kl"]  # + the L1 term
+
+
+def test_same_seed_same_losses(tiny_data, tmp_path):
+    args = ["--data-root", tiny_data, "--epochs", "2", "--batch-size", "16", "--dropout", "0.2",
+            "--augment", "--noise", "gaussian:0.3"]
+    for name in ("a", "b"):
+        assert train.main(args + ["--out", str(tmp_path / name)]) == 0
+    assert history(tmp_path / "a") != [] and [
+        {k: v for k, v in r.items() if k != "seconds"} for r in history(tmp_path / "a")] == [
+        {k: v for k, v in r.items() if k != "seconds"} for r in history(tmp_path / "b")]
+    assert train.main(args + ["--out", str(tmp_path / "c"), "--seed", "2"]) == 0
+    assert history(tmp_path / "c")[0]["train_loss"] != history(tmp_path / "a")[0]["train_loss"]
+
+
+def test_resume_continues_exactly_where_the_run_stopped(tiny_data, tmp_path, capsys):
+    args = ["--data-root", tiny_data, "--batch-size", "16", "--arch", "conv", "--dropout", "0.1",
+            "--scheduler", "step", "--step-size", "1"]
+    assert train.main(args + ["--epochs", "3", "--out", str(tmp_path / "straight")]) == 0
+    assert train.main(args + ["--epochs", "1", "--out", str(tmp_path / "split")]) == 0
+    capsys.readouterr()
+    assert train.main(["--resume", str(tmp_path / "split"), "--epochs", "3"]) == 0
+    assert "Resuming" in capsys.readouterr().out
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa
+    assert strip(history(tmp_path / "split")) == strip(history(tmp_path / "straight"))
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert b["epoch"] == 3 and b["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-3 / 8)
+
+
+def test_resume_refuses_a_conflicting_flag(tiny_data, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert train.main(["--data-root", tiny_data, "--epochs", "1", "--out", out]) == 0
+    capsys.readouterr()
+    assert train.main(["--resume", out, "--beta", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "--beta" in err and len(err.strip().splitlines()) == 1
+
+
+BAD_FLAGS = [
+    ["--dropout", "1.5"], ["--beta", "-1"], ["--latent-dim", "0"], ["--dataset", "foo"],
+    ["--noise", "gaussian:abc"], ["--output", "tanh", "--recon", "bce"], ["--lr", "0"],
+    ["--epochs", "0"], ["--batch-size", "-3"], ["--hidden", "400,x"], ["--arch", "resnet"],
+    ["--model", "gan"], ["--recon", "l2"], ["--device", "tpu"], ["--device", "cuda:7"],
+    ["--arch", "conv", "--hidden", "300"], ["--act", "tanh"], ["--scheduler", "cosine"],
+    ["--weight-decay", "-0.1"], ["--c", "0"], ["--latent-dim", "two"], ["--bogus"],
+    ["--resume", "/nonexistent/run"],
+]
+
+
+@pytest.mark.parametrize("flags", BAD_FLAGS, ids=lambda f: " ".join(f))
+def test_bad_flags_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, flags):
+    out = tmp_path / "run"
+    code = train.main(flags + ["--out", str(out), "--data-root", str(tmp_path / "none")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and "error" in err
+    assert not out.exists() and not (tmp_path / "none").exists()
+
+
+def test_existing_out_folder_is_refused(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "keep.txt").write_text("x")
+    assert train.main(["--out", str(tmp_path / "run")]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_cli_bad_flag_from_the_shell():
+    proc = subprocess.run([sys.executable, "train.py", "--dropout", "1.5"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip() == "train.py: error: --dropout must be in [0, 1), got 1.5"
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path, capsys,
+                                                                  monkeypatch):
+    real_loss, calls = vae.VAE.loss, {"n": 0}
+
+    def loss_that_breaks(self, input, target, beta=None):
+        out = real_loss(self, input, target, beta)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == 6:  # epoch 2 (4 steps of 16 per epoch: 60 images), step 2
+                out["recon"] = out["recon"] * float("nan")
+                out["loss"] = out["recon"] + out["kl"]
+        return out
+    monkeypatch.setattr(vae.VAE, "loss", loss_that_breaks)
+    out = str(tmp_path / "run")
+    code = train.main(["--data-root", tiny_data, "--epochs", "3", "--batch-size", "16",
+                       "--out", out, "--log-interval", "1000"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "epoch 2, step 2" in err and "recon" in err
+    assert torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)["epoch"] == 1
+
+
+def test_readme_documents_every_flag():
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    for action in train.build_parser()._actions:
+        for flag in action.option_strings:
+            if flag not in ("-h", "--help"):
+                assert f"`{flag}" in readme, f"{flag} missing from the README's flag table"
