@@ -57,5 +57,3 @@ def l1_penalty(parameters):
     """sum |w| over the given parameters (L1 weight penalty; scale it with --l1)."""
     return sum(p.abs().sum() for p in parameters)
 
-
-RECON = {"bce": bce_logits, "mse": mse, "gaussian": gaussian}

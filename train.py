@@ -6,8 +6,6 @@ on the test split every epoch, and writes the run folder (DESIGN.md).
     python train.py --resume runs/vae-mnist-20261120-101500 --epochs 20
 """
 import argparse
-import csv
-import json
 import os
 import shlex
 import sys
@@ -18,6 +16,7 @@ from torchvision.utils import save_image
 
 import data
 import losses
+import runs
 from vae import VAE
 
 MODELS = ("vae",)
@@ -160,13 +159,12 @@ def resolve(argv):
     args = build_parser().parse_args(argv)
     given = explicit_flags(build_parser(), argv)
     if args.resume:
-        cfg_path = os.path.join(args.resume, "config.json")
         ckpt_path = os.path.join(args.resume, "checkpoint.pt")
+        cfg_path = os.path.join(args.resume, "config.json")
         if not os.path.isfile(cfg_path) or not os.path.isfile(ckpt_path):
             raise ValueError(f"--resume {args.resume}: no config.json and checkpoint.pt there; "
                              f"pass a run folder written by train.py")
-        with open(cfg_path) as f:
-            cfg = json.load(f)
+        cfg = runs.load_config(args.resume)
         new = check(dict(vars(args)), given)
         for name in sorted(given - RESUME_SAFE):
             if new[name] != cfg.get(name):
@@ -176,8 +174,7 @@ def resolve(argv):
         cfg.update({k: getattr(args, k) for k in given & RESUME_SAFE})
         cfg["resume_commands"] = cfg.get("resume_commands", []) + [shlex.join(["train.py"] + argv)]
         check(cfg, set())
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        return cfg, ckpt
+        return cfg, runs.load_checkpoint(ckpt_path)
     cfg = check(vars(args), given)
     cfg["command"] = shlex.join(["train.py"] + argv)
     if cfg["out"] is None:
@@ -192,27 +189,6 @@ def build_model(cfg, image_shape):
     return VAE(image_shape, cfg["latent_dim"], cfg["arch"], parse_hidden(cfg["hidden"]),
                cfg["act"], cfg["dropout"], cfg["batchnorm"], cfg["output"], cfg["recon"],
                cfg["beta"], cfg["c"])
-
-
-def atomic_save(obj, path):
-    """Write to a temporary file in the same folder, fsync, then rename over `path`."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        if isinstance(obj, str):
-            f.write(obj.encode())
-        else:
-            torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_history(history, path):
-    with open(path + ".tmp", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(history[0]))
-        w.writeheader()
-        w.writerows(history)
-    os.replace(path + ".tmp", path)
 
 
 def train_epoch(model, opt, split, cfg, epoch, noise):
@@ -277,7 +253,8 @@ def save_figures(model, split, cfg, noise, epoch, z):
                                      noise=noise, noise_seed=data.TEST_NOISE_SEED))
     rows = [x, model.reconstruct(x)] + ([target] if noise else [])
     to01 = (lambda t: t) if cfg["output"] == "sigmoid" else (lambda t: (t + 1) / 2)
-    save_image(to01(torch.cat(rows)), os.path.join(cfg["out"], f"reconstruction_{epoch}.png"), nrow=8)
+    save_image(to01(torch.cat(rows)), os.path.join(cfg["out"], f"reconstruction_{epoch}.png"),
+               nrow=8)
     samples = model.activate(model.decode(z))
     save_image(to01(samples), os.path.join(cfg["out"], f"sample_{epoch}.png"), nrow=8)
 
@@ -308,7 +285,7 @@ def run(cfg, ckpt=None):
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
         print(f"Resuming {cfg['out']} after epoch {ckpt['epoch']}")
     os.makedirs(cfg["out"], exist_ok=True)
-    atomic_save(json.dumps(cfg, indent=2) + "\n", os.path.join(cfg["out"], "config.json"))
+    runs.save_config(cfg, cfg["out"])
     z = torch.randn(64, cfg["latent_dim"], generator=torch.Generator().manual_seed(cfg["seed"]))
     z = z.to(device)
     for epoch in range(start, cfg["epochs"] + 1):
@@ -327,17 +304,18 @@ def run(cfg, ckpt=None):
                         **{f"test_{k}": v for k, v in test.items()},
                         "seconds": round(seconds, 3), "lr": lr})
         save_figures(model, splits["test"], cfg, noise, epoch, z)
-        write_history(history, os.path.join(cfg["out"], "history.csv"))
+        runs.write_history(history, cfg["out"])
+        out = cfg["out"]
         if test["loss"] < best:
             best = test["loss"]
-            atomic_save({"model": model.state_dict(), "config": cfg, "epoch": epoch,
-                         "test_loss": best}, os.path.join(cfg["out"], "best.pt"))
-        atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                     "scheduler": sched.state_dict() if sched else None, "epoch": epoch,
-                     "config": cfg, "history": history, "best_test_loss": best,
-                     "rng": {"torch": torch.get_rng_state(),
-                             "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []}},
-                    os.path.join(cfg["out"], "checkpoint.pt"))
+            runs.atomic_save({"model": model.state_dict(), "config": cfg, "epoch": epoch,
+                              "test_loss": best}, os.path.join(out, "best.pt"))
+        cuda_rng = torch.cuda.get_rng_state_all() if device.type == "cuda" else []
+        runs.atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                          "scheduler": sched.state_dict() if sched else None, "epoch": epoch,
+                          "config": cfg, "history": history, "best_test_loss": best,
+                          "rng": {"torch": torch.get_rng_state(), "cuda": cuda_rng}},
+                         os.path.join(out, "checkpoint.pt"))
     return history
 
 

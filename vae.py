@@ -48,12 +48,12 @@ def conv_kernels(image_shape):
     28x28: 4, 4, 3 gives 28 -> 14 -> 7 -> 4; the decoder mirrors it (3, 4, 4 transposed)
     to 4 -> 7 -> 14 -> 28, so the output is exactly 28x28 with no padding or cropping.
     """
-    size = image_shape[-1]
-    if image_shape[-2:] == (32, 32):
+    if tuple(image_shape[-2:]) == (32, 32):
         return (4, 4, 4)
-    if image_shape[-2:] == (28, 28):
+    if tuple(image_shape[-2:]) == (28, 28):
         return (4, 4, 3)
-    raise ValueError(f"conv arch supports 28x28 and 32x32 images, got {size}x{image_shape[-2]}")
+    raise ValueError(f"conv arch supports 28x28 and 32x32 images, "
+                     f"got {image_shape[-2]}x{image_shape[-1]}")
 
 
 def conv_encoder(image_shape, out_dim, act="relu", dropout=0.0, batchnorm=True):
