@@ -57,3 +57,18 @@ def l1_penalty(parameters):
     """sum |w| over the given parameters (L1 weight penalty; scale it with --l1)."""
     return sum(p.abs().sum() for p in parameters)
 
+
+
+def l1_activity(h):
+    """sum_j |h_j| per image: L1 on the code, the sparse autoencoder's simplest penalty."""
+    return h.abs().flatten(1).sum(1)
+
+
+def kl_sparsity(h, rho, eps=1e-7):
+    """sum_j KL(rho || rho_hat_j), rho_hat_j = mean activation of code unit j over the batch.
+
+    KL(rho || r) = rho log(rho / r) + (1 - rho) log((1 - rho) / (1 - r)) (Ng, "Sparse
+    autoencoder" notes). h: (B, D) sigmoid codes in (0, 1). One number for the batch.
+    """
+    rho_hat = h.mean(0).clamp(eps, 1 - eps)
+    return (rho * torch.log(rho / rho_hat) + (1 - rho) * torch.log((1 - rho) / (1 - rho_hat))).sum()

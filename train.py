@@ -17,9 +17,10 @@ from torchvision.utils import save_image
 import data
 import losses
 import runs
+from ae import AE
 from vae import VAE
 
-MODELS = ("vae",)
+MODELS = ("vae", "ae")
 # Flags that may differ from the saved config when resuming; anything else is refused.
 RESUME_SAFE = {"epochs", "device", "log_interval", "data_root", "download", "resume"}
 
@@ -47,6 +48,14 @@ def build_parser():
       "(default: bce for sigmoid output, mse for tanh)")
     a("--c", type=float, default=0.05, help="variance c of the gaussian decoder N(x_hat, cI)")
     a("--beta", type=float, default=1.0, help="weight of the KL term (beta-VAE); 1 is the ELBO")
+    a("--sparsity", type=float, default=0.0, help="ae: weight L of the sparsity penalty, "
+      "L * sum|h| (or the KL form with --sparsity-target)")
+    a("--sparsity-target", type=float, default=None, help="ae: target mean activation rho of "
+      "a sigmoid code; the penalty becomes L * sum_j KL(rho || rho_hat_j)")
+    a("--code", default="linear", help="ae: the code's activation, linear, relu or sigmoid "
+      "(relu for L1 sparsity; --sparsity-target implies sigmoid)")
+    a("--contractive", type=float, default=0.0, help="ae: weight L of the contractive "
+      "penalty L * ||dh/dx||_F^2 per image")
     a("--dropout", type=float, default=0.0, help="dropout after each hidden activation of the encoder")
     a("--batchnorm", action=argparse.BooleanOptionalAction, default=None,
       help="batch norm after each hidden layer (default: on for conv, off for mlp)")
@@ -116,6 +125,26 @@ def check(cfg, given):
     for name in ("latent_dim", "epochs", "batch_size", "step_size", "log_interval"):
         if cfg[name] < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {cfg[name]}")
+    for name in ("sparsity", "contractive"):
+        if not 0 <= cfg[name] < float("inf"):
+            raise ValueError(f"--{name} must be >= 0, got {cfg[name]}")
+        if cfg[name] and cfg["model"] != "ae":
+            raise ValueError(f"--{name} penalizes a deterministic code; use it with --model ae")
+    if cfg["sparsity_target"] is not None:
+        if not 0 < cfg["sparsity_target"] < 1 or not cfg["sparsity"]:
+            raise ValueError(f"--sparsity-target must be in (0, 1) and needs --sparsity L > 0, "
+                             f"got {cfg['sparsity_target']}")
+    if cfg["code"] not in ("linear", "relu", "sigmoid"):
+        raise ValueError(f"unknown --code {cfg['code']!r}; use linear, relu or sigmoid")
+    if "code" in given and cfg["model"] != "ae":
+        raise ValueError("--code sets the ae's code activation; use it with --model ae")
+    if cfg["sparsity_target"] is not None:
+        if "code" in given and cfg["code"] != "sigmoid":
+            raise ValueError("--sparsity-target needs a sigmoid code (rho_hat in (0, 1)); "
+                             "drop --code or use --code sigmoid")
+        cfg["code"] = "sigmoid"
+    if cfg["model"] == "ae" and "beta" in given:
+        raise ValueError("--beta weights the VAE's KL term; the ae has none (use --model vae)")
     if cfg["arch"] == "conv" and "hidden" in given:
         raise ValueError("--hidden sets mlp widths; the conv arch's channels are fixed at 32-64-128")
     cfg["hidden"] = ",".join(map(str, parse_hidden(cfg["hidden"])))
@@ -164,7 +193,8 @@ def resolve(argv):
         if not os.path.isfile(cfg_path) or not os.path.isfile(ckpt_path):
             raise ValueError(f"--resume {args.resume}: no config.json and checkpoint.pt there; "
                              f"pass a run folder written by train.py")
-        cfg = runs.load_config(args.resume)
+        # flags added since the run was saved take their defaults
+        cfg = {**vars(build_parser().parse_args([])), **runs.load_config(args.resume)}
         new = check(dict(vars(args)), given)
         for name in sorted(given - RESUME_SAFE):
             if new[name] != cfg.get(name):
@@ -186,17 +216,20 @@ def resolve(argv):
 
 def build_model(cfg, image_shape):
     """The model a config describes; evaluate.py rebuilds runs with this too."""
-    return VAE(image_shape, cfg["latent_dim"], cfg["arch"], parse_hidden(cfg["hidden"]),
-               cfg["act"], cfg["dropout"], cfg["batchnorm"], cfg["output"], cfg["recon"],
-               cfg["beta"], cfg["c"])
+    nets = dict(image_shape=image_shape, latent_dim=cfg["latent_dim"], arch=cfg["arch"],
+                hidden=parse_hidden(cfg["hidden"]), act=cfg["act"], dropout=cfg["dropout"],
+                batchnorm=cfg["batchnorm"], output=cfg["output"], recon=cfg["recon"], c=cfg["c"])
+    if cfg["model"] == "ae":
+        return AE(**nets, code=cfg.get("code", "linear"), sparsity=cfg["sparsity"],
+                  sparsity_target=cfg["sparsity_target"], contractive=cfg["contractive"])
+    return VAE(**nets, beta=cfg["beta"])
 
 
 def train_epoch(model, opt, split, cfg, epoch, noise):
     """One pass over the training split. Sums stay on the device; read once at the end."""
     model.train()
     images, labels = split
-    names = ("loss", "recon", "kl")
-    sums = torch.zeros(len(names), device=images.device)
+    sums, names = 0, None
     first_bad = torch.zeros((), dtype=torch.long, device=images.device)
     n, n_steps = 0, -(-images.shape[0] // cfg["batch_size"])
     for step, (x, target, _) in enumerate(data.batches(
@@ -205,43 +238,47 @@ def train_epoch(model, opt, split, cfg, epoch, noise):
         if x.shape[0] < 2 and cfg["batchnorm"]:
             continue  # batch norm cannot normalize a batch of one image
         out = model.loss(x, target)
-        loss = out["loss"]
         if cfg["l1"]:
-            loss = loss + cfg["l1"] * losses.l1_penalty(model.parameters())
+            out["l1"] = losses.l1_penalty(model.parameters())
+            out["loss"] = out["loss"] + cfg["l1"] * out["l1"]
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        out["loss"].backward()
         opt.step()
-        terms = torch.stack([loss.detach(), out["recon"].detach(), out["kl"].detach()])
-        sums += terms * x.shape[0]
-        first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss), step, first_bad)
+        names = names or list(out)
+        sums = sums + torch.stack([out[k].detach() for k in names]) * x.shape[0]
+        first_bad = torch.where((first_bad == 0) & ~torch.isfinite(out["loss"]), step, first_bad)
         n += x.shape[0]
         if step % cfg["log_interval"] == 0 or step == n_steps:
             stop_if_bad(sums, first_bad, names, epoch)
             if step < n_steps:
-                print(f"Train Epoch: {epoch} [{n}/{images.shape[0]} ({100 * n / images.shape[0]:.0f}%)]"
-                      f"\tLoss: {sums[0].item() / n:.4f}", flush=True)
+                print(f"Train Epoch: {epoch} [{n}/{images.shape[0]} "
+                      f"({100 * n / images.shape[0]:.0f}%)]\tLoss: {sums[0].item() / n:.4f}",
+                      flush=True)
     return dict(zip(names, (sums / n).tolist()))
 
 
 def stop_if_bad(sums, first_bad, names, epoch):
     if bool(first_bad):
         bad = [name for name, s in zip(names, sums.tolist()) if s != s or abs(s) == float("inf")]
-        raise FloatingPointError(f"non-finite {' and '.join(bad) or 'loss'} at epoch {epoch}, "
+        bad = [name for name in bad if name != "loss"] or ["loss"]
+        raise FloatingPointError(f"non-finite {' and '.join(bad)} at epoch {epoch}, "
                                  f"step {int(first_bad)}; the last good checkpoint is kept "
                                  f"(try a lower --lr)")
 
 
 @torch.no_grad()
 def evaluate(model, split, cfg, noise):
-    """Test loss with beta = 1 and no regularizers, z sampled: the negative ELBO per image."""
+    """Test loss without beta or penalties: the VAE's negative ELBO per image (z sampled),
+    the AE's reconstruction term."""
     model.eval()
     images, labels = split
-    sums = torch.zeros(3, device=images.device)
+    sums, names = 0, None
     for x, target, _ in data.batches(images, labels, 1000, output=cfg["output"], noise=noise,
                                      noise_seed=data.TEST_NOISE_SEED):
-        out = model.loss(x, target, beta=1.0)
-        sums += torch.stack([out["loss"], out["recon"], out["kl"]]) * x.shape[0]
-    return dict(zip(("loss", "recon", "kl"), (sums / images.shape[0]).tolist()))
+        out = model.test_loss(x, target)
+        names = names or list(out)
+        sums = sums + torch.stack([out[k] for k in names]) * x.shape[0]
+    return dict(zip(names, (sums / images.shape[0]).tolist()))
 
 
 @torch.no_grad()
@@ -255,8 +292,9 @@ def save_figures(model, split, cfg, noise, epoch, z):
     to01 = (lambda t: t) if cfg["output"] == "sigmoid" else (lambda t: (t + 1) / 2)
     save_image(to01(torch.cat(rows)), os.path.join(cfg["out"], f"reconstruction_{epoch}.png"),
                nrow=8)
-    samples = model.activate(model.decode(z))
-    save_image(to01(samples), os.path.join(cfg["out"], f"sample_{epoch}.png"), nrow=8)
+    if cfg["model"] == "vae":  # an AE has no prior to sample from
+        samples = model.activate(model.decode(z))
+        save_image(to01(samples), os.path.join(cfg["out"], f"sample_{epoch}.png"), nrow=8)
 
 
 def run(cfg, ckpt=None):
@@ -296,10 +334,10 @@ def run(cfg, ckpt=None):
         lr = opt.param_groups[0]["lr"]
         if sched:
             sched.step()
-        print(f"====> Epoch: {epoch} Average loss: {train['loss']:.4f} "
-              f"(recon {train['recon']:.4f}, kl {train['kl']:.4f}) {seconds:.1f}s")
-        print(f"====> Test set loss: {test['loss']:.4f} "
-              f"(recon {test['recon']:.4f}, kl {test['kl']:.4f})", flush=True)
+        terms = lambda d: ", ".join(f"{k} {v:.4f}" for k, v in d.items() if k != "loss")  # noqa
+        print(f"====> Epoch: {epoch} Average loss: {train['loss']:.4f} ({terms(train)}) "
+              f"{seconds:.1f}s")
+        print(f"====> Test set loss: {test['loss']:.4f} ({terms(test)})", flush=True)
         history.append({"epoch": epoch, **{f"train_{k}": v for k, v in train.items()},
                         **{f"test_{k}": v for k, v in test.items()},
                         "seconds": round(seconds, 3), "lr": lr})

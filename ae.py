@@ -1,0 +1,126 @@
+"""Autoencoders: plain (under- or overcomplete), denoising, sparse and contractive.
+
+The encoder and decoder are the VAE's networks of the same arch (vae.build_networks), so
+an AE-vs-VAE comparison changes one thing only: a deterministic code h of size
+latent_dim instead of q(z|x). Denoising is the data's job (train.py --noise): the model
+just sees a corrupted input and a clean target. Copy this file with vae.py and losses.py.
+
+    from ae import AE
+    model = AE((1, 28, 28), latent_dim=32, contractive=0.1)
+    out = model.loss(x, x)      # {"loss", "recon", "contractive"}, nats (or squared error) per image
+"""
+import torch
+import torch.nn as nn
+
+import losses
+from vae import ACTIVATIONS, build_networks, reconstruction
+
+CODES = {"linear": lambda h: h, "relu": torch.relu, "sigmoid": torch.sigmoid}
+
+
+class AE(nn.Module):
+    """x -> h = encoder(x) -> decoder(h). Penalties, each weighted and logged on its own:
+
+    code: the code's activation, linear (default), relu or sigmoid.
+    sparsity L: L * sum_j |h_j| per image (L1 on the code), or with sparsity_target rho,
+        L * sum_j KL(rho || rho_hat_j) over the batch, on a sigmoid code (Ng's sparse AE);
+    contractive L: L * ||dh/dx||_F^2 per image (Rifai et al. 2011).
+    """
+
+    def __init__(self, image_shape=(1, 28, 28), latent_dim=32, arch="mlp", hidden=(400,),
+                 act="relu", dropout=0.0, batchnorm=None, output="sigmoid", recon="bce", c=0.05,
+                 code="linear", sparsity=0.0, sparsity_target=None, contractive=0.0):
+        super().__init__()
+        if recon == "bce" and output != "sigmoid":
+            raise ValueError("bce needs a sigmoid output on [0, 1] data; use --recon mse or gaussian")
+        self.image_shape, self.latent_dim = tuple(image_shape), latent_dim
+        self.output, self.recon, self.c = output, recon, c
+        if code not in CODES:
+            raise ValueError(f"unknown code {code!r}; use {', '.join(CODES)}")
+        # the KL form needs activations in (0, 1); L1 on a linear code can be dodged by
+        # shrinking h and growing the decoder's weights, so use relu codes with --sparsity
+        self.code = "sigmoid" if sparsity_target is not None else code
+        self.sparsity, self.sparsity_target, self.contractive = sparsity, sparsity_target, contractive
+        self.encoder, self.decoder = build_networks(
+            image_shape, latent_dim, latent_dim, arch, hidden, act, dropout, batchnorm)
+
+    def encode(self, x):
+        return CODES[self.code](self.encoder(x))  # (B, D)
+
+    def decode(self, h):
+        return self.decoder(h)  # (B, C, H, W) logits (sigmoid) or pre-activations (tanh)
+
+    def activate(self, logits):
+        return torch.sigmoid(logits) if self.output == "sigmoid" else torch.tanh(logits)
+
+    def forward(self, x):
+        h = self.encode(x)
+        return self.decode(h), h
+
+    @torch.no_grad()
+    def reconstruct(self, x):
+        return self.activate(self.decode(self.encode(x)))
+
+    def jacobian_norm2(self, x, h=None):
+        """||dh/dx||_F^2 per image, shape (B,), differentiable in the weights.
+
+        Closed form for a one-hidden-layer MLP encoder h = W2 a(W1 x + b1) + b2 (no batch
+        norm or dropout): J = W2 diag(s) W1 with s = a'(W1 x + b1), so
+        ||J||_F^2 = s^T [(W1 W1^T) * (W2^T W2)] s. Cost: one H x H matrix per step
+        (H^2 (P + D) multiply-adds) and H^2 per image.
+        Otherwise, exact autograd: D vector-Jacobian products batched in one vmapped
+        backward (is_grads_batched), about D encoder backward passes, plus the double
+        backward that trains through it. x must require grad and h = self.encode(x).
+        With batch norm in training mode the batch statistics couple the images, and the
+        result includes those O(1/B) cross-image terms.
+        """
+        layers = [m for m in self.encoder if not isinstance(m, nn.Flatten)]
+        kinds = [type(m) for m in layers]
+        if (self.code == "linear" and len(layers) == 3 and kinds[0] is nn.Linear
+                and kinds[1] in ACTIVATIONS.values() and kinds[2] is nn.Linear):
+            first, act, last = layers
+            a = first(x.flatten(1))  # (B, H)
+            s = (a > 0).to(a.dtype) if isinstance(act, nn.ReLU) else torch.where(
+                a > 0, torch.ones_like(a), act.alpha * torch.exp(a))  # ELU'
+            w1, w2 = first.weight, last.weight  # (H, P), (D, H)
+            A = (w1 @ w1.T) * (w2.T @ w2)  # (H, H)
+            return ((s @ A) * s).sum(1)
+        B, D = h.shape
+        basis = torch.eye(D, device=h.device, dtype=h.dtype).unsqueeze(1).expand(D, B, D)
+        (jac,) = torch.autograd.grad(h, x, grad_outputs=basis, is_grads_batched=True,
+                                     create_graph=True)  # (D, B, C, H, W): row k of each J
+        return jac.pow(2).flatten(2).sum(2).sum(0)
+
+    def loss(self, input, target):
+        """Batch means of the per-image terms: loss = recon + penalties."""
+        x = input.detach().requires_grad_(True) if self.contractive else input
+        h = self.encode(x)
+        recon = reconstruction(self.recon, self.decode(h), target, self.output, self.c).mean()
+        out = {"loss": recon, "recon": recon}
+        if self.sparsity:
+            if self.sparsity_target is None:
+                out["sparsity"] = losses.l1_activity(h).mean()
+            else:
+                out["sparsity"] = losses.kl_sparsity(h, self.sparsity_target)
+            out["loss"] = out["loss"] + self.sparsity * out["sparsity"]
+        if self.contractive:
+            out["contractive"] = self.jacobian_norm2(x, h).mean()
+            out["loss"] = out["loss"] + self.contractive * out["contractive"]
+        return out
+
+    def test_loss(self, input, target):
+        """The reconstruction term alone: the AE's number in the VAE's units."""
+        h = self.encode(input)
+        recon = reconstruction(self.recon, self.decode(h), target, self.output, self.c).mean()
+        return {"loss": recon, "recon": recon}
+
+
+if __name__ == "__main__":
+    # Runs alone: each variant on a random batch, with its terms.
+    x = torch.rand(16, 1, 28, 28)
+    for name, kw in (("plain", {}), ("sparse L1", {"sparsity": 1e-3}),
+                     ("sparse KL", {"sparsity": 1.0, "sparsity_target": 0.05}),
+                     ("contractive", {"contractive": 0.1}),
+                     ("contractive conv", {"contractive": 0.1, "arch": "conv"})):
+        out = AE((1, 28, 28), latent_dim=32, **kw).loss(x, x)
+        print(f"{name:17s}" + " ".join(f"{k} {v.item():.3f}" for k, v in out.items()))
