@@ -81,7 +81,7 @@ def main():
     args = p.parse_args()
     torch.manual_seed(0)
     test = data.load("mnist", args.data_root, "cpu")["test"]
-    print(f"\n| run | flags | test recon (nats/image) | PSNR input dB | PSNR output dB "
+    print("\n| run | flags | test recon (nats/image) | PSNR input dB | PSNR output dB "
           f"| fraction |h| < 1e-2 | mean ||dh/dx||_F |")
     print("|---|---|---|---|---|---|---|")
     for name in SETTINGS:

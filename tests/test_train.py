@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+import flags
 import train
 import vae
 
@@ -153,7 +154,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp
 
 def test_readme_documents_every_flag():
     readme = open(os.path.join(ROOT, "README.md")).read()
-    for action in train.build_parser()._actions:
+    for action in flags.build_parser()._actions:
         for flag in action.option_strings:
             if flag not in ("-h", "--help"):
                 assert f"`{flag}" in readme, f"{flag} missing from the README's flag table"
