@@ -82,7 +82,7 @@ def main():
     torch.manual_seed(0)
     test = data.load("mnist", args.data_root, "cpu")["test"]
     print("\n| run | flags | test recon (nats/image) | PSNR input dB | PSNR output dB "
-          f"| fraction |h| < 1e-2 | mean ||dh/dx||_F |")
+          "| fraction |h| < 1e-2 | mean ||dh/dx||_F |")
     print("|---|---|---|---|---|---|---|")
     for name in SETTINGS:
         model, cfg, last = trained(name, args)
