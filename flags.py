@@ -74,6 +74,11 @@ def build_parser():
     return p
 
 
+def defaults():
+    """Every flag at its default; fills the flags a saved run's config predates."""
+    return vars(build_parser().parse_args([]))
+
+
 def explicit_flags(parser, argv):
     """The dests of the flags actually typed on the command line."""
     for action in parser._actions:
@@ -187,7 +192,7 @@ def resolve(argv):
             raise ValueError(f"--resume {args.resume}: no config.json and checkpoint.pt there; "
                              f"pass a run folder written by train.py")
         # flags added since the run was saved take their defaults
-        cfg = {**vars(build_parser().parse_args([])), **runs.load_config(args.resume)}
+        cfg = {**defaults(), **runs.load_config(args.resume)}
         new = check(dict(vars(args)), given)
         for name in sorted(given - RESUME_SAFE):
             if new[name] != cfg.get(name):

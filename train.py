@@ -16,17 +16,18 @@ import data
 import losses
 import runs
 from ae import AE
-from flags import parse_hidden, pick_device, resolve
+from flags import defaults, parse_hidden, pick_device, resolve
 from vae import VAE
 
 
 def build_model(cfg, image_shape):
     """The model a config describes; evaluate.py rebuilds runs with this too."""
+    cfg = {**defaults(), **cfg}  # a run saved before a flag existed gets its default
     nets = dict(image_shape=image_shape, latent_dim=cfg["latent_dim"], arch=cfg["arch"],
                 hidden=parse_hidden(cfg["hidden"]), act=cfg["act"], dropout=cfg["dropout"],
                 batchnorm=cfg["batchnorm"], output=cfg["output"], recon=cfg["recon"], c=cfg["c"])
     if cfg["model"] == "ae":
-        return AE(**nets, code=cfg.get("code", "linear"), sparsity=cfg["sparsity"],
+        return AE(**nets, code=cfg["code"], sparsity=cfg["sparsity"],
                   sparsity_target=cfg["sparsity_target"], contractive=cfg["contractive"])
     return VAE(**nets, beta=cfg["beta"])
 

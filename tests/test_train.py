@@ -158,3 +158,15 @@ def test_readme_documents_every_flag():
         for flag in action.option_strings:
             if flag not in ("-h", "--help"):
                 assert f"`{flag}" in readme, f"{flag} missing from the README's flag table"
+
+
+def test_a_config_saved_before_a_flag_existed_still_builds_and_resumes(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    assert train.main(["--model", "ae", "--data-root", tiny_data, "--epochs", "1",
+                       "--batch-size", "16", "--out", str(out)]) == 0
+    cfg = json.load(open(out / "config.json"))
+    del cfg["code"]  # as written before --code was added
+    (out / "config.json").write_text(json.dumps(cfg))
+    assert train.build_model(cfg, (1, 28, 28)).code == "linear"
+    assert train.main(["--resume", str(out), "--epochs", "2"]) == 0
+    assert [int(r["epoch"]) for r in history(out)] == [1, 2]
