@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 import losses
-from vae import ACTIVATIONS, build_networks, reconstruction
+from vae import ACTIVATIONS, build_networks
 
 CODES = {"linear": lambda h: h, "relu": torch.relu, "sigmoid": torch.sigmoid}
 
@@ -95,7 +95,7 @@ class AE(nn.Module):
         """Batch means of the per-image terms: loss = recon + penalties."""
         x = input.detach().requires_grad_(True) if self.contractive else input
         h = self.encode(x)
-        recon = reconstruction(self.recon, self.decode(h), target, self.output, self.c).mean()
+        recon = losses.reconstruction(self.recon, self.decode(h), target, self.output, self.c).mean()
         out = {"loss": recon, "recon": recon}
         if self.sparsity:
             if self.sparsity_target is None:
@@ -111,7 +111,7 @@ class AE(nn.Module):
     def test_loss(self, input, target):
         """The reconstruction term alone: the AE's number in the VAE's units."""
         h = self.encode(input)
-        recon = reconstruction(self.recon, self.decode(h), target, self.output, self.c).mean()
+        recon = losses.reconstruction(self.recon, self.decode(h), target, self.output, self.c).mean()
         return {"loss": recon, "recon": recon}
 
 

@@ -13,7 +13,7 @@ import torch
 import data
 import runs
 
-MODELS = ("vae", "ae")
+MODELS = ("vae", "ae", "vaegan")
 # Flags that may differ from the saved config when resuming; anything else is refused.
 RESUME_SAFE = {"epochs", "device", "log_interval", "data_root", "download", "resume"}
 
@@ -34,11 +34,13 @@ def build_parser():
       help="never download; fail with a message if the files are missing")
     a("--arch", default="mlp", help="mlp or conv (three stride-2 convolutions 32-64-128)")
     a("--latent-dim", type=int, default=20, help="size of the latent code z")
-    a("--hidden", default="400", help="mlp hidden widths, comma-separated, e.g. 300,100,10")
+    a("--hidden", default=None, help="mlp hidden widths, comma-separated, e.g. 300,100,10 "
+      "(default 400; vaegan: latent_dim squared, reference 001's d^2)")
     a("--act", default="relu", help="hidden activation: relu or elu")
     a("--output", default="sigmoid", help="decoder output: sigmoid ([0, 1] data) or tanh ([-1, 1])")
-    a("--recon", default=None, help="reconstruction loss: bce, mse or gaussian "
-      "(default: bce for sigmoid output, mse for tanh)")
+    a("--recon", default=None, help="reconstruction loss: bce, mse or gaussian; vaegan also "
+      "feature (Larsen's error on a discriminator layer) (default: bce for sigmoid output, "
+      "mse for tanh)")
     a("--c", type=float, default=0.05, help="variance c of the gaussian decoder N(x_hat, cI)")
     a("--beta", type=float, default=1.0, help="weight of the KL term (beta-VAE); 1 is the ELBO")
     a("--sparsity", type=float, default=0.0, help="ae: weight L of the sparsity penalty, "
@@ -51,7 +53,8 @@ def build_parser():
       "penalty L * ||dh/dx||_F^2 per image")
     a("--dropout", type=float, default=0.0, help="dropout after each hidden activation of the encoder")
     a("--batchnorm", action=argparse.BooleanOptionalAction, default=None,
-      help="batch norm after each hidden layer (default: on for conv, off for mlp)")
+      help="batch norm after each hidden layer (default: on for conv and for vaegan, off for "
+      "vae and ae mlp); --no-batchnorm removes every batch norm layer")
     a("--weight-decay", type=float, default=0.0, help="L2 penalty, as Adam's weight_decay")
     a("--l1", type=float, default=0.0, help="L1 weight penalty: adds L1 * sum|w| to the loss")
     a("--augment", action="store_true", help="--hflip and --crop together")
@@ -61,10 +64,20 @@ def build_parser():
       "saltpepper:0.2, mask:0.3 (fixed-seed corruption on the test split)")
     a("--epochs", type=int, default=10, help="number of epochs (raise it with --resume to extend)")
     a("--batch-size", type=int, default=128, help="images per training step")
-    a("--lr", type=float, default=1e-3, help="Adam learning rate")
+    a("--lr", type=float, default=1e-3, help="Adam learning rate (vaegan: encoder and decoder)")
+    a("--lr-disc", type=float, default=None, help="vaegan: the discriminator's learning rate "
+      "(default: --lr)")
+    a("--gamma", type=float, default=1.0, help="vaegan: weight of the reconstruction in the "
+      "decoder's loss, gamma * recon + adversarial (both nats per image)")
+    a("--feature-layer", type=int, default=None, help="vaegan --recon feature: discriminator "
+      "block whose output is compared, 1 (first) to 1 (mlp) or 3 (conv) (default: the last)")
+    a("--equilibrium", type=float, default=None, help="vaegan: gate updates around this "
+      "discriminator loss (Larsen: 0.68); off by default")
+    a("--margin", type=float, default=0.35, help="vaegan --equilibrium: skip the discriminator "
+      "update below equilibrium - margin, the decoder's adversarial term above + margin")
     a("--scheduler", default="none", help="learning-rate schedule: none or step (StepLR)")
     a("--step-size", type=int, default=10, help="StepLR: epochs between decays")
-    a("--gamma", type=float, default=0.5, help="StepLR: factor applied to the learning rate")
+    a("--lr-gamma", type=float, default=0.5, help="StepLR: factor applied to the learning rate")
     a("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     a("--seed", type=int, default=1, help="seeds torch: weights, data order, z samples, dropout, "
       "augmentation (the test-split noise has its own fixed seed)")
@@ -79,11 +92,24 @@ def defaults():
     return vars(build_parser().parse_args([]))
 
 
+def saved_config(run_dir):
+    """A run folder's config.json, with defaults for flags added since it was written."""
+    saved = runs.load_config(run_dir)
+    if "lr_gamma" not in saved and "gamma" in saved:  # before the VAE-GAN, --gamma was StepLR's
+        saved["lr_gamma"] = saved.pop("gamma")
+    return {**defaults(), **saved}
+
+
 def explicit_flags(parser, argv):
     """The dests of the flags actually typed on the command line."""
     for action in parser._actions:
         action.default = argparse.SUPPRESS
     return set(vars(parser.parse_known_args(argv)[0]))
+
+
+def default_hidden(cfg):
+    """400 (pytorch/examples); the VAE-GAN's mlp has d^2 for latent size d (reference 001)."""
+    return str(cfg["latent_dim"] ** 2) if cfg["model"] == "vaegan" and cfg["arch"] == "mlp" else "400"
 
 
 def parse_hidden(spec):
@@ -107,8 +133,12 @@ def check(cfg, given):
         if cfg[name] not in choices:
             raise ValueError(f"unknown --{name} {cfg[name]!r}; use {' or '.join(choices)}")
     cfg["recon"] = cfg["recon"] or ("bce" if cfg["output"] == "sigmoid" else "mse")
-    if cfg["recon"] not in ("bce", "mse", "gaussian"):
-        raise ValueError(f"unknown --recon {cfg['recon']!r}; use bce, mse or gaussian")
+    if cfg["recon"] == "feature" and cfg["model"] != "vaegan":
+        raise ValueError("--recon feature compares discriminator features; use it with "
+                         "--model vaegan")
+    if cfg["recon"] not in ("bce", "mse", "gaussian", "feature"):
+        raise ValueError(f"unknown --recon {cfg['recon']!r}; use bce, mse or gaussian "
+                         f"(vaegan: also feature)")
     if cfg["recon"] == "bce" and cfg["output"] == "tanh":
         raise ValueError("--recon bce needs [0, 1] data and a sigmoid output; with --output tanh "
                          "use --recon mse or gaussian")
@@ -117,9 +147,26 @@ def check(cfg, given):
     for name in ("beta", "weight_decay", "l1"):
         if not 0 <= cfg[name] < float("inf"):
             raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {cfg[name]}")
-    for name in ("lr", "c", "gamma"):
-        if not 0 < cfg[name] < float("inf"):
-            raise ValueError(f"--{name} must be > 0, got {cfg[name]}")
+    for name in ("lr", "c", "lr_gamma", "gamma", "lr_disc", "equilibrium"):
+        if cfg[name] is not None and not 0 < cfg[name] < float("inf"):
+            raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {cfg[name]}")
+    if not 0 <= cfg["margin"] < float("inf"):
+        raise ValueError(f"--margin must be >= 0, got {cfg['margin']}")
+    for name in ("gamma", "lr_disc", "feature_layer", "equilibrium", "margin"):
+        if name in given and cfg["model"] != "vaegan":
+            raise ValueError(f"--{name.replace('_', '-')} is a VAE-GAN setting; use it with "
+                             f"--model vaegan")
+    if "margin" in given and cfg["equilibrium"] is None:
+        raise ValueError("--margin sets the width of equilibrium gating; add --equilibrium "
+                         "(e.g. 0.68)")
+    if cfg["feature_layer"] is not None:
+        blocks = 3 if cfg["arch"] == "conv" else 1
+        if cfg["recon"] != "feature":
+            raise ValueError("--feature-layer picks the layer of --recon feature; add "
+                             "--recon feature")
+        if not 1 <= cfg["feature_layer"] <= blocks:
+            raise ValueError(f"--feature-layer must be in 1..{blocks} for the {cfg['arch']} "
+                             f"discriminator, got {cfg['feature_layer']}")
     for name in ("latent_dim", "epochs", "batch_size", "step_size", "log_interval"):
         if cfg[name] < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {cfg[name]}")
@@ -144,12 +191,14 @@ def check(cfg, given):
     if cfg["model"] == "ae" and "beta" in given:
         raise ValueError("--beta weights the VAE's KL term; the ae has none (use --model vae)")
     if cfg["arch"] == "conv" and "hidden" in given:
-        raise ValueError("--hidden sets mlp widths; the conv arch's channels are fixed at 32-64-128")
+        raise ValueError("--hidden sets mlp widths; the conv arch's channels are fixed")
+    cfg["hidden"] = cfg["hidden"] or default_hidden(cfg)
     cfg["hidden"] = ",".join(map(str, parse_hidden(cfg["hidden"])))
     data.parse_noise(cfg["noise"])
     if cfg["augment"]:
         cfg["hflip"] = cfg["crop"] = True
-    cfg["batchnorm"] = cfg["arch"] == "conv" if cfg["batchnorm"] is None else cfg["batchnorm"]
+    if cfg["batchnorm"] is None:
+        cfg["batchnorm"] = cfg["arch"] == "conv" or cfg["model"] == "vaegan"
     return cfg
 
 
@@ -191,8 +240,7 @@ def resolve(argv):
         if not os.path.isfile(cfg_path) or not os.path.isfile(ckpt_path):
             raise ValueError(f"--resume {args.resume}: no config.json and checkpoint.pt there; "
                              f"pass a run folder written by train.py")
-        # flags added since the run was saved take their defaults
-        cfg = {**defaults(), **runs.load_config(args.resume)}
+        cfg = saved_config(args.resume)
         new = check(dict(vars(args)), given)
         for name in sorted(given - RESUME_SAFE):
             if new[name] != cfg.get(name):

@@ -43,6 +43,20 @@ def gaussian_const(num_pixels, c):
     return 0.5 * num_pixels * math.log(2 * math.pi * c)
 
 
+def reconstruction(recon, logits, target, output="sigmoid", c=0.05):
+    """Per-image reconstruction term from the decoder's pre-activations, shape (B,)."""
+    if recon == "bce":
+        if output != "sigmoid":
+            raise ValueError("bce needs a sigmoid output on [0, 1] data; use --recon mse or gaussian")
+        return bce_logits(logits, target)
+    x_hat = torch.sigmoid(logits) if output == "sigmoid" else torch.tanh(logits)
+    if recon == "mse":
+        return mse(x_hat, target)
+    if recon == "gaussian":
+        return gaussian(x_hat, target, c)
+    raise ValueError(f"unknown recon {recon!r}; use bce, mse or gaussian")
+
+
 def kl_normal(mu, logvar, per_dim=False):
     """KL(N(mu, sigma^2) || N(0, I)) = 1/2 sum(mu^2 + sigma^2 - log sigma^2 - 1).
 
@@ -53,10 +67,24 @@ def kl_normal(mu, logvar, per_dim=False):
     return kl if per_dim else kl.sum(1)
 
 
+def gan_real(logits):
+    """-log D(x) = softplus(-l) per image, D = sigmoid(l): BCE with label 1.
+
+    The discriminator's loss on real images, and the decoder's non-saturating adversarial
+    loss on its own images (Goodfellow et al. 2014, section 3). logits: (B,).
+    """
+    return F.softplus(-logits)
+
+
+def gan_fake(logits):
+    """-log(1 - D(x)) = softplus(l) per image: BCE with label 0, the discriminator's loss
+    on reconstructions and prior samples."""
+    return F.softplus(logits)
+
+
 def l1_penalty(parameters):
     """sum |w| over the given parameters (L1 weight penalty; scale it with --l1)."""
     return sum(p.abs().sum() for p in parameters)
-
 
 
 def l1_activity(h):

@@ -3,6 +3,7 @@ on the test split every epoch, and writes the run folder (DESIGN.md).
 
     python train.py --model vae --dataset mnist
     python train.py --model vae --dataset cifar10 --arch conv --beta 4 --dropout 0.3
+    python train.py --model vaegan --dataset mnist --no-batchnorm
     python train.py --resume runs/vae-mnist-20261120-101500 --epochs 20
 """
 import os
@@ -16,27 +17,49 @@ import data
 import losses
 import runs
 from ae import AE
-from flags import defaults, parse_hidden, pick_device, resolve
+from flags import default_hidden, defaults, parse_hidden, pick_device, resolve
 from vae import VAE
+from vaegan import VAEGAN
 
 
 def build_model(cfg, image_shape):
     """The model a config describes; evaluate.py rebuilds runs with this too."""
     cfg = {**defaults(), **cfg}  # a run saved before a flag existed gets its default
+    cfg["hidden"] = cfg["hidden"] or default_hidden(cfg)
     nets = dict(image_shape=image_shape, latent_dim=cfg["latent_dim"], arch=cfg["arch"],
                 hidden=parse_hidden(cfg["hidden"]), act=cfg["act"], dropout=cfg["dropout"],
                 batchnorm=cfg["batchnorm"], output=cfg["output"], recon=cfg["recon"], c=cfg["c"])
     if cfg["model"] == "ae":
         return AE(**nets, code=cfg["code"], sparsity=cfg["sparsity"],
                   sparsity_target=cfg["sparsity_target"], contractive=cfg["contractive"])
+    if cfg["model"] == "vaegan":
+        nets["batchnorm"] = cfg["batchnorm"] is not False  # None: the default, on
+        return VAEGAN(**nets, beta=cfg["beta"], gamma=cfg["gamma"],
+                      feature_layer=cfg["feature_layer"], equilibrium=cfg["equilibrium"],
+                      margin=cfg["margin"])
     return VAE(**nets, beta=cfg["beta"])
 
 
+def build_optimizers(model, cfg, device):
+    """{name: Adam}: one for the whole model, or the VAE-GAN's three (--lr-disc for D)."""
+    fused = device.type in ("cpu", "cuda")  # one kernel for all tensors
+    adam = lambda params, lr: torch.optim.Adam(  # noqa: E731
+        params, lr=lr, weight_decay=cfg["weight_decay"], fused=fused)
+    if cfg["model"] != "vaegan":
+        return {"model": adam(model.parameters(), cfg["lr"])}
+    return {"encoder": adam(model.encoder.parameters(), cfg["lr"]),
+            "decoder": adam(model.decoder.parameters(), cfg["lr"]),
+            "discriminator": adam(model.discriminator.parameters(), cfg["lr_disc"] or cfg["lr"])}
+
+
 def train_epoch(model, opt, split, cfg, epoch, noise):
-    """One pass over the training split. Sums stay on the device; read once at the end."""
+    """One pass over the training split. Sums stay on the device; read once at the end.
+
+    Terms are averaged over images, except skips_* (VAE-GAN gating), which are counted.
+    """
     model.train()
     images, labels = split
-    sums, names = 0, None
+    sums, names, counted = 0, None, None
     first_bad = torch.zeros((), dtype=torch.long, device=images.device)
     n, n_steps = 0, -(-images.shape[0] // cfg["batch_size"])
     for step, (x, target, _) in enumerate(data.batches(
@@ -44,16 +67,22 @@ def train_epoch(model, opt, split, cfg, epoch, noise):
             hflip=cfg["hflip"], crop=cfg["crop"], noise=noise), start=1):
         if x.shape[0] < 2 and cfg["batchnorm"]:
             continue  # batch norm cannot normalize a batch of one image
-        out = model.loss(x, target)
-        if cfg["l1"]:
-            out["l1"] = losses.l1_penalty(model.parameters())
-            out["loss"] = out["loss"] + cfg["l1"] * out["l1"]
-        opt.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        opt.step()
-        names = names or list(out)
-        sums = sums + torch.stack([out[k].detach() for k in names]) * x.shape[0]
-        first_bad = torch.where((first_bad == 0) & ~torch.isfinite(out["loss"]), step, first_bad)
+        if isinstance(model, VAEGAN):  # three networks, three losses: see vaegan.py
+            out = model.train_step(x, target, opt, l1=cfg["l1"])
+        else:
+            out = model.loss(x, target)
+            if cfg["l1"]:
+                out["l1"] = losses.l1_penalty(model.parameters())
+                out["loss"] = out["loss"] + cfg["l1"] * out["l1"]
+            opt["model"].zero_grad(set_to_none=True)
+            out["loss"].backward()
+            opt["model"].step()
+        if names is None:
+            names = list(out)
+            counted = torch.tensor([k.startswith("skips_") for k in names], device=x.device)
+        values = torch.stack([out[k].detach() for k in names])
+        sums = sums + torch.where(counted, values, values * x.shape[0])
+        first_bad = torch.where((first_bad == 0) & ~torch.isfinite(values).all(), step, first_bad)
         n += x.shape[0]
         if step % cfg["log_interval"] == 0 or step == n_steps:
             stop_if_bad(sums, first_bad, names, epoch)
@@ -61,7 +90,7 @@ def train_epoch(model, opt, split, cfg, epoch, noise):
                 print(f"Train Epoch: {epoch} [{n}/{images.shape[0]} "
                       f"({100 * n / images.shape[0]:.0f}%)]\tLoss: {sums[0].item() / n:.4f}",
                       flush=True)
-    return dict(zip(names, (sums / n).tolist()))
+    return dict(zip(names, torch.where(counted, sums, sums / n).tolist()))
 
 
 def stop_if_bad(sums, first_bad, names, epoch):
@@ -99,7 +128,7 @@ def save_figures(model, split, cfg, noise, epoch, z):
     to01 = (lambda t: t) if cfg["output"] == "sigmoid" else (lambda t: (t + 1) / 2)
     save_image(to01(torch.cat(rows)), os.path.join(cfg["out"], f"reconstruction_{epoch}.png"),
                nrow=8)
-    if cfg["model"] == "vae":  # an AE has no prior to sample from
+    if hasattr(model, "sample"):  # an AE has no prior to sample from
         samples = model.activate(model.decode(z))
         save_image(to01(samples), os.path.join(cfg["out"], f"sample_{epoch}.png"), nrow=8)
 
@@ -114,16 +143,19 @@ def run(cfg, ckpt=None):
     image_shape = tuple(splits["train"][0].shape[1:])
     cfg["image_shape"] = list(image_shape)
     model = build_model(cfg, image_shape).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"],
-                           fused=device.type in ("cpu", "cuda"))  # one kernel for all tensors
-    sched = (torch.optim.lr_scheduler.StepLR(opt, cfg["step_size"], cfg["gamma"])
-             if cfg["scheduler"] == "step" else None)
+    opt = build_optimizers(model, cfg, device)
+    sched = {name: torch.optim.lr_scheduler.StepLR(o, cfg["step_size"], cfg["lr_gamma"])
+             for name, o in opt.items()} if cfg["scheduler"] == "step" else {}
     history, start, best = [], 1, float("inf")
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        if sched:
-            sched.load_state_dict(ckpt["scheduler"])
+        saved_opt, saved_sched = ckpt["optimizer"], ckpt["scheduler"] or {}
+        if "param_groups" in saved_opt:  # a checkpoint from before one optimizer per network
+            saved_opt, saved_sched = {"model": saved_opt}, {"model": saved_sched}
+        for name in opt:
+            opt[name].load_state_dict(saved_opt[name])
+            if sched:
+                sched[name].load_state_dict(saved_sched[name])
         history, start, best = ckpt["history"], ckpt["epoch"] + 1, ckpt["best_test_loss"]
         torch.set_rng_state(ckpt["rng"]["torch"])
         if device.type == "cuda" and ckpt["rng"]["cuda"]:
@@ -138,9 +170,9 @@ def run(cfg, ckpt=None):
         train = train_epoch(model, opt, splits["train"], cfg, epoch, noise)
         test = evaluate(model, splits["test"], cfg, noise)
         seconds = time.perf_counter() - t0
-        lr = opt.param_groups[0]["lr"]
-        if sched:
-            sched.step()
+        lr = next(iter(opt.values())).param_groups[0]["lr"]
+        for s in sched.values():
+            s.step()
         terms = lambda d: ", ".join(f"{k} {v:.4f}" for k, v in d.items() if k != "loss")  # noqa
         print(f"====> Epoch: {epoch} Average loss: {train['loss']:.4f} ({terms(train)}) "
               f"{seconds:.1f}s")
@@ -156,8 +188,10 @@ def run(cfg, ckpt=None):
             runs.atomic_save({"model": model.state_dict(), "config": cfg, "epoch": epoch,
                               "test_loss": best}, os.path.join(out, "best.pt"))
         cuda_rng = torch.cuda.get_rng_state_all() if device.type == "cuda" else []
-        runs.atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                          "scheduler": sched.state_dict() if sched else None, "epoch": epoch,
+        runs.atomic_save({"model": model.state_dict(),
+                          "optimizer": {name: o.state_dict() for name, o in opt.items()},
+                          "scheduler": {name: s.state_dict() for name, s in sched.items()},
+                          "epoch": epoch,
                           "config": cfg, "history": history, "best_test_loss": best,
                           "rng": {"torch": torch.get_rng_state(), "cuda": cuda_rng}},
                          os.path.join(out, "checkpoint.pt"))

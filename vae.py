@@ -98,20 +98,6 @@ def build_networks(image_shape, code_dim, latent_dim, arch="mlp", hidden=(400,),
     raise ValueError(f"unknown arch {arch!r}; use mlp or conv")
 
 
-def reconstruction(recon, logits, target, output="sigmoid", c=0.05):
-    """Per-image reconstruction term from the decoder's pre-activations, shape (B,)."""
-    if recon == "bce":
-        if output != "sigmoid":
-            raise ValueError("bce needs a sigmoid output on [0, 1] data; use --recon mse or gaussian")
-        return losses.bce_logits(logits, target)
-    x_hat = torch.sigmoid(logits) if output == "sigmoid" else torch.tanh(logits)
-    if recon == "mse":
-        return losses.mse(x_hat, target)
-    if recon == "gaussian":
-        return losses.gaussian(x_hat, target, c)
-    raise ValueError(f"unknown recon {recon!r}; use bce, mse or gaussian")
-
-
 class VAE(nn.Module):
     """q(z|x) = N(mu(x), diag sigma^2(x)), p(z) = N(0, I), p(x|z) from the decoder.
 
@@ -163,7 +149,7 @@ class VAE(nn.Module):
         """Batch means of the per-image terms: loss = recon + beta * kl (nats per image)."""
         beta = self.beta if beta is None else beta
         logits, mu, logvar = self(input)
-        recon = reconstruction(self.recon, logits, target, self.output, self.c).mean()
+        recon = losses.reconstruction(self.recon, logits, target, self.output, self.c).mean()
         kl = losses.kl_normal(mu, logvar).mean()
         return {"loss": recon + beta * kl, "recon": recon, "kl": kl}
 

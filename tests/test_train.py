@@ -83,7 +83,7 @@ def test_resume_continues_exactly_where_the_run_stopped(tiny_data, tmp_path, cap
     a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
     b = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    assert b["epoch"] == 3 and b["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-3 / 8)
+    assert b["epoch"] == 3 and b["optimizer"]["model"]["param_groups"][0]["lr"] == pytest.approx(1e-3 / 8)
 
 
 def test_resume_refuses_a_conflicting_flag(tiny_data, tmp_path, capsys):
@@ -102,7 +102,12 @@ BAD_FLAGS = [
     ["--model", "gan"], ["--recon", "l2"], ["--device", "tpu"], ["--device", "cuda:7"],
     ["--arch", "conv", "--hidden", "300"], ["--act", "tanh"], ["--scheduler", "cosine"],
     ["--weight-decay", "-0.1"], ["--c", "0"], ["--latent-dim", "two"], ["--bogus"],
-    ["--resume", "/nonexistent/run"],
+    ["--resume", "/nonexistent/run"], ["--lr-gamma", "0"], ["--gamma", "2"],
+    ["--recon", "feature"], ["--model", "vaegan", "--gamma", "0"],
+    ["--model", "vaegan", "--lr-disc", "-1"], ["--model", "vaegan", "--equilibrium", "0"],
+    ["--model", "vaegan", "--margin", "0.3"], ["--model", "vaegan", "--feature-layer", "1"],
+    ["--model", "vaegan", "--recon", "feature", "--feature-layer", "2"],
+    ["--model", "vaegan", "--arch", "conv", "--recon", "feature", "--feature-layer", "0"],
 ]
 
 
@@ -170,3 +175,22 @@ def test_a_config_saved_before_a_flag_existed_still_builds_and_resumes(tiny_data
     assert train.build_model(cfg, (1, 28, 28)).code == "linear"
     assert train.main(["--resume", str(out), "--epochs", "2"]) == 0
     assert [int(r["epoch"]) for r in history(out)] == [1, 2]
+
+
+def test_resume_reads_a_run_saved_before_the_vaegan_flags(tiny_data, tmp_path):
+    """Older run folders: --gamma was StepLR's factor, and the checkpoint held one optimizer."""
+    out = str(tmp_path / "run")
+    assert train.main(["--data-root", tiny_data, "--epochs", "1", "--batch-size", "16",
+                       "--scheduler", "step", "--step-size", "1", "--lr-gamma", "0.25",
+                       "--out", out]) == 0
+    cfg = json.load(open(os.path.join(out, "config.json")))
+    cfg["gamma"] = cfg.pop("lr_gamma")
+    for new in ("lr_disc", "feature_layer", "equilibrium", "margin"):
+        del cfg[new]
+    json.dump(cfg, open(os.path.join(out, "config.json"), "w"))
+    ckpt = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
+    ckpt["optimizer"], ckpt["scheduler"] = ckpt["optimizer"]["model"], ckpt["scheduler"]["model"]
+    torch.save(ckpt, os.path.join(out, "checkpoint.pt"))
+    assert train.main(["--resume", out, "--epochs", "2"]) == 0
+    ckpt = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
+    assert ckpt["optimizer"]["model"]["param_groups"][0]["lr"] == pytest.approx(1e-3 / 16)
