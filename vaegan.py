@@ -18,6 +18,7 @@ recon is pixel-wise (bce, mse, gaussian) or Larsen's feature-wise error on a lay
 discriminator ("feature"). Each network is updated by the gradient of its own loss only,
 all three computed from one forward pass (the paper's Algorithm 1).
 """
+import contextlib
 import math
 
 import torch
@@ -244,7 +245,8 @@ class VAEGAN(nn.Module):
 
     def test_loss(self, input, target):
         """Reference 001's test loss, pixel recon + KL with z = mu (loss), the honest
-        negative ELBO with z sampled (nelbo), and the discriminator's accuracies."""
+        negative ELBO with z sampled (nelbo), and the discriminator's accuracies on test
+        images, reconstructions (z = mu) and prior samples, one batch of each kind."""
         mu, logvar = self.encode(input)
         kl = losses.kl_normal(mu, logvar)
         rec_mu = self.decode(mu)
@@ -252,9 +254,27 @@ class VAEGAN(nn.Module):
         rec_z = self.decode(self.reparameterize(mu, logvar))
         recon_z = losses.reconstruction(self.pixel_recon, rec_z, target, self.output, self.c)
         prior = self.activate(self.decode(torch.randn_like(mu)))
-        logits = [self.discriminate(x)[0] for x in (target, self.activate(rec_mu), prior)]
+        with batch_statistics(self.discriminator):
+            logits = [self.discriminate(x)[0] for x in (target, self.activate(rec_mu), prior)]
         return {"loss": (recon + kl).mean(), "recon": recon.mean(), "kl": kl.mean(),
                 "nelbo": (recon_z + kl).mean(), **accuracies(*logits)}
+
+
+@contextlib.contextmanager
+def batch_statistics(net):
+    """Batch norm in `net` normalizes each batch with its own statistics, as in training,
+    and leaves the running averages alone. D is trained on all-real and all-generated
+    batches, so its running averages mix the two, and in evaluation mode it would be a
+    different classifier from the one the decoder was trained against."""
+    layers = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.training, m.track_running_stats) for m in layers]
+    for m in layers:
+        m.training, m.track_running_stats = True, False
+    try:
+        yield
+    finally:
+        for m, (training, track) in zip(layers, saved):
+            m.training, m.track_running_stats = training, track
 
 
 def accuracies(real_logit, rec_logit, prior_logit):

@@ -206,6 +206,31 @@ def test_test_loss_decodes_the_mean_and_reports_the_sampled_elbo_too():
     assert out["nelbo"].item() != pytest.approx(out["loss"].item(), rel=1e-4)
 
 
+def test_test_accuracies_use_batch_statistics_as_in_training_and_change_no_state():
+    torch.manual_seed(0)
+    model = VAEGAN(latent_dim=3, arch="conv")
+    x = torch.rand(16, 1, 28, 28)
+    torch.manual_seed(1)
+    model.train_step(x, x, sgd(model, {n: 0.1 for n in NETS}))
+    model.eval()
+    bn = model.discriminator.blocks[1][1]
+    bn.running_mean += 5.0  # running averages far from any batch's statistics
+    with torch.no_grad():
+        d = copy.deepcopy(model.discriminator).train()  # a copy: its running stats may move
+        want = (d(x, 3)[0] > 0).float().mean().item()
+    seen = []
+    bn.register_forward_hook(lambda m, inp, out: seen.append(out.mean((0, 2, 3))))
+    state = copy.deepcopy(model.state_dict())
+    with torch.no_grad():
+        out = model.test_loss(x, x)
+    assert len(seen) == 3  # real, reconstructed, sampled: each normalized by its own mean
+    for mean in seen:
+        torch.testing.assert_close(mean, bn.bias.detach(), atol=1e-4, rtol=0)
+    assert out["acc_real"].item() == want
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert not any(m.training for m in model.modules())
+
+
 def history(run_dir):
     with open(os.path.join(run_dir, "history.csv")) as f:
         return list(csv.DictReader(f))
