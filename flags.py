@@ -69,8 +69,8 @@ def build_parser():
       "(default: --lr)")
     a("--gamma", type=float, default=1.0, help="vaegan: weight of the reconstruction in the "
       "decoder's loss, gamma * recon + adversarial (both nats per image)")
-    a("--feature-layer", type=int, default=None, help="vaegan --recon feature: discriminator "
-      "block whose output is compared, 1 (first) to 1 (mlp) or 3 (conv) (default: the last)")
+    a("--feature-layer", type=int, default=None, help="vaegan --recon feature: the "
+      "discriminator block whose output is compared: 1 for mlp, 1-3 for conv (default: the last)")
     a("--equilibrium", type=float, default=None, help="vaegan: gate updates around this "
       "discriminator loss (Larsen: 0.68); off by default")
     a("--margin", type=float, default=0.35, help="vaegan --equilibrium: skip the discriminator "
@@ -154,8 +154,9 @@ def check(cfg, given):
         raise ValueError(f"--margin must be >= 0, got {cfg['margin']}")
     for name in ("gamma", "lr_disc", "feature_layer", "equilibrium", "margin"):
         if name in given and cfg["model"] != "vaegan":
+            hint = " (StepLR's factor is --lr-gamma)" if name == "gamma" else ""
             raise ValueError(f"--{name.replace('_', '-')} is a VAE-GAN setting; use it with "
-                             f"--model vaegan")
+                             f"--model vaegan{hint}")
     if "margin" in given and cfg["equilibrium"] is None:
         raise ValueError("--margin sets the width of equilibrium gating; add --equilibrium "
                          "(e.g. 0.68)")
