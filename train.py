@@ -33,7 +33,6 @@ def build_model(cfg, image_shape):
         return AE(**nets, code=cfg["code"], sparsity=cfg["sparsity"],
                   sparsity_target=cfg["sparsity_target"], contractive=cfg["contractive"])
     if cfg["model"] == "vaegan":
-        nets["batchnorm"] = cfg["batchnorm"] is not False  # None: the default, on
         return VAEGAN(**nets, beta=cfg["beta"], gamma=cfg["gamma"],
                       feature_layer=cfg["feature_layer"], equilibrium=cfg["equilibrium"],
                       margin=cfg["margin"])

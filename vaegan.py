@@ -125,6 +125,7 @@ class VAEGAN(nn.Module):
         self.image_shape, self.latent_dim = tuple(image_shape), latent_dim
         self.output, self.recon, self.beta, self.c, self.gamma = output, recon, beta, c, gamma
         self.equilibrium, self.margin = equilibrium, margin
+        batchnorm = True if batchnorm is None else batchnorm  # None: the default, on
         # The test loss is always a pixel likelihood, also when training on features.
         self.pixel_recon = recon if recon != "feature" else (
             "bce" if output == "sigmoid" else "mse")
@@ -239,8 +240,9 @@ class VAEGAN(nn.Module):
             opt[name].step()
         if l1:
             out["l1"] = sum(penalties).detach()
-        out["skips_disc"] = out["loss"].new_tensor(float(not train_disc))
-        out["skips_adv"] = out["loss"].new_tensor(float(not train_adv))
+        # full_like fills on the device; new_tensor would copy from the host every step
+        out["skips_disc"] = torch.full_like(out["loss"], float(not train_disc))
+        out["skips_adv"] = torch.full_like(out["loss"], float(not train_adv))
         return {k: v.detach() for k, v in out.items()}
 
     def test_loss(self, input, target):
