@@ -1,0 +1,328 @@
+"""Metrics and figures for one run or a comparison of runs, rebuilt from the run folders.
+
+    python evaluate.py runs/vae-mnist-20261120-101500
+    python evaluate.py runs/ae-cifar10 runs/vae-cifar10 runs/vae-reg-cifar10 --out figures/
+    python evaluate.py 'runs/vae-mnist-*' --iw-samples 100          # a glob, or a folder of runs
+
+Each run: metrics.json in its folder (units below, and in the file), one markdown row
+per run on stdout (also <out>/table.md), figures in --out. Inputs are what the model saw
+in its test loss: the corrupted image for --noise runs (fixed seed), else the clean one.
+"""
+import argparse
+import csv
+import glob
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+
+import data
+import figures
+import losses
+import metrics
+import runs
+import train
+from flags import MODELS, pick_device, saved_config
+
+UNITS = {
+    "test_loss": "the test loss as train.py prints it (VAE: negative ELBO, z sampled once; "
+                 "AE: reconstruction term; VAE-GAN: recon with z = mu, plus KL), per image",
+    "train_loss": "the same quantity on the training split, in evaluation mode",
+    "gap": "test_loss - train_loss",
+    "history_train_loss": "the training objective train.py logged for the last epoch",
+    "history_test_loss": "the test loss train.py logged for the last epoch",
+    "nelbo": "negative ELBO, nats per image, reconstruction averaged over the K samples",
+    "nelbo_se": "sampling standard error of nelbo",
+    "recon": "reconstruction term of nelbo", "kl": "KL(q(z|x) || p(z)), nats per image",
+    "nll_iw": "importance-sampled negative log-likelihood with K samples (Burda et al. 2016), "
+              "nats per image, same constant as the test loss",
+    "likelihood_constant": "nats per image to add to nll_iw and nelbo for the full -log p(x) "
+                           "(Gaussian and mse decoders)",
+    "bits_per_dim": "nll_iw in bits per dimension (see metrics.bits_per_dim)",
+    "mse": "reconstruction mean squared error per pixel on [0, 1] pixels (z = mu)",
+    "psnr": "mean over test images of 10 log10(1 / MSE), dB",
+    "psnr_noisy": "--noise runs: PSNR of the corrupted input against the clean image, dB",
+    "kl_per_dim": "KL of each latent dimension, nats per image",
+    "active_units": "dimensions with Cov_x(E_q[z_d]) > 0.01 (Burda et al. 2016)",
+    "probe_accuracy": "test accuracy of a logistic regression on the train split's codes",
+    "acc_real": "VAE-GAN: fraction of test images D calls real",
+    "acc_rec": "VAE-GAN: fraction of reconstructions D calls fake",
+    "acc_prior": "VAE-GAN: fraction of prior samples D calls fake",
+}
+COLUMNS = [("test_loss", "test loss", 2), ("train_loss", "train loss", 2), ("gap", "gap", 2),
+           ("nelbo", "NELBO", 2), ("nll_iw", "NLL (IW)", 2), ("bits_per_dim", "bits/dim", 3),
+           ("mse", "MSE", 4), ("psnr", "PSNR dB", 2), ("psnr_noisy", "noisy PSNR", 2),
+           ("active_units", "AU", 0), ("probe_accuracy", "probe acc", 3),
+           ("acc_real", "D real", 2), ("acc_rec", "D rec", 2), ("acc_prior", "D prior", 2)]
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser():
+    p = Parser(prog="evaluate.py", description="Metrics and figures for train.py run folders.",
+               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = p.add_argument
+    a("runs", nargs="+", metavar="RUN", help="run folders, globs, or folders holding runs")
+    a("--out", default=None, help="folder for figures and table.md (default: <run>/eval for "
+      "one run, figures/ for several)")
+    a("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    a("--iw-samples", type=int, default=1000, help="K of the importance-sampled likelihood; 0 skips it")
+    a("--chunk", type=int, default=16384, help="images x samples decoded at once (bounds memory)")
+    a("--n", type=int, default=10, help="images per figure row (samples: an n x n grid)")
+    a("--seed", type=int, default=0, help="seeds every sample drawn in evaluation")
+    a("--weights", default="last", help="last (checkpoint.pt) or best (best.pt, lowest test loss)")
+    a("--partial", action="store_true", help="evaluate a run that has not finished its epochs")
+    a("--data-root", default=None, help="dataset folder (default: the run's own --data-root)")
+    a("--no-download", dest="download", action="store_false", help="never download datasets")
+    a("--no-figures", dest="figures", action="store_false", help="metrics only")
+    return p
+
+
+def find_runs(patterns):
+    """Run folders from paths, globs ('runs/vae-*') and folders holding run folders."""
+    found = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        matches = [m for m in matches if os.path.isdir(m) or not glob.has_magic(pattern)]
+        if not matches:
+            raise ValueError(f"{pattern}: no run folder matches it")
+        for path in matches:
+            inner = sorted(os.path.dirname(c) for c in glob.glob(os.path.join(path, "*", "config.json")))
+            found += inner if not os.path.isfile(os.path.join(path, "config.json")) and inner else [path]
+    return list(dict.fromkeys(os.path.normpath(f) for f in found))
+
+
+def load_run(run_dir, weights="last", partial=False):
+    """(config, model on the CPU, history rows, epoch) from a run folder, or one-line ValueError."""
+    if not os.path.isdir(run_dir):
+        raise ValueError(f"{run_dir}: no such run folder")
+    if not os.path.isfile(os.path.join(run_dir, "config.json")):
+        raise ValueError(f"{run_dir}: not a run folder (no config.json); pass a folder written by train.py")
+    try:
+        cfg = saved_config(run_dir)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{run_dir}: config.json unreadable ({e}); pass a folder written by train.py") from None
+    if cfg.get("model") not in MODELS or not cfg.get("image_shape"):
+        raise ValueError(f"{run_dir}: config.json is not a train.py run of {', '.join(MODELS)} "
+                         f"(model {cfg.get('model')!r}); pass a folder written by train.py")
+    if not os.path.isfile(os.path.join(run_dir, "checkpoint.pt")):
+        raise ValueError(f"{run_dir}: unfinished, no epoch saved yet (no checkpoint.pt); resume it "
+                         f"with: python train.py --resume {run_dir}")
+    ckpt = runs.load_checkpoint(os.path.join(run_dir, "checkpoint.pt"))
+    epoch, history = ckpt["epoch"], ckpt["history"]
+    if epoch < cfg["epochs"] and not partial:
+        raise ValueError(f"{run_dir}: unfinished ({epoch} of {cfg['epochs']} epochs); finish it with "
+                         f"python train.py --resume {run_dir}, or pass --partial to evaluate epoch {epoch}")
+    if weights == "best":
+        ckpt = runs.load_checkpoint(os.path.join(run_dir, "best.pt"))
+    model = train.build_model(cfg, tuple(cfg["image_shape"]))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, KeyError) as e:
+        lines = [line.strip() for line in str(e).strip().splitlines()]
+        first = (lines[1] if len(lines) > 1 else lines[0])[:140]  # line 0 is a header
+        raise ValueError(f"{run_dir}: the checkpoint does not match config.json ({first}); "
+                         f"the folder mixes two runs") from None
+    return cfg, model, history, ckpt["epoch"]
+
+
+def test_inputs(split, cfg, n=None):
+    """(input, target, label) of the first n test images (all if n is None), as in the test loss."""
+    images, labels = split if n is None else (split[0][:n], split[1][:n])
+    parts = list(zip(*data.batches(images, labels, 1000, output=cfg["output"],
+                                   noise=data.parse_noise(cfg["noise"]),
+                                   noise_seed=data.TEST_NOISE_SEED)))
+    return [torch.cat(p) for p in parts]
+
+
+@torch.no_grad()
+def codes_of(model, split, cfg):
+    return torch.cat([figures.means(model, x) for x, _, _ in data.batches(
+        *split, 1000, output=cfg["output"], noise=data.parse_noise(cfg["noise"]),
+        noise_seed=data.TEST_NOISE_SEED)])
+
+
+@torch.no_grad()
+def measure(model, cfg, splits, args, history):
+    """Every metric of one run (see UNITS), as plain numbers and lists."""
+    torch.manual_seed(args.seed)
+    noise = data.parse_noise(cfg["noise"])
+    test = train.evaluate(model, splits["test"], cfg, noise)
+    m = {"test_loss": test["loss"], "train_loss": train.evaluate(model, splits["train"], cfg, noise)["loss"]}
+    m["gap"] = m["test_loss"] - m["train_loss"]
+    m["history_train_loss"] = float(history[-1]["train_loss"])
+    m["history_test_loss"] = float(history[-1]["test_loss"])
+    m.update({k: v for k, v in test.items() if k.startswith("acc_")})
+    variational = cfg["model"] != "ae"
+    k = args.iw_samples if variational else 0
+    recon_name = getattr(model, "pixel_recon", model.recon)
+    nll = lambda logits, t: losses.reconstruction(recon_name, logits, t, cfg["output"], cfg["c"])  # noqa: E731
+    sums, codes, kl_dims = {}, [], []
+    n_test, t0, done = splits["test"][0].shape[0], time.perf_counter(), 0
+    for x, target, _ in data.batches(*splits["test"], 1000, output=cfg["output"], noise=noise,
+                                     noise_seed=data.TEST_NOISE_SEED):
+        clean = figures.to01(target, cfg["output"])
+        per = {"mse": (figures.to01(model.reconstruct(x), cfg["output"]) - clean).pow(2).flatten(1).mean(1)}
+        per["psnr"] = metrics.psnr(figures.to01(model.reconstruct(x), cfg["output"]), clean)
+        if noise is not None:
+            per["psnr_noisy"] = metrics.psnr(figures.to01(x, cfg["output"]), clean)
+        codes.append(figures.means(model, x))
+        if variational:
+            kl_dims.append(losses.kl_normal(*model.encode(x), per_dim=True))
+        if k:
+            b = max(1, args.chunk // k)
+            parts = [metrics.importance_sampled(model, xs, ts, k, nll, args.chunk)
+                     for xs, ts in zip(x.split(b), target.split(b))]
+            per.update({key: torch.cat([p[key] for p in parts]) for key in parts[0]})
+        for key, v in per.items():
+            sums[key] = sums.get(key, 0) + v.double().sum()
+        done += x.shape[0]
+        if k and (done == n_test or done % 5000 == 0):
+            rate = done / (time.perf_counter() - t0)
+            print(f"  {done}/{n_test} test images, {rate:.1f} images/s with K = {k}", flush=True)
+    seconds = time.perf_counter() - t0
+    for key in ("mse", "psnr", "psnr_noisy", "nll_iw", "recon", "kl"):
+        if key in sums:
+            m[key] = sums[key].item() / n_test
+    if k:
+        m["nelbo"] = m["recon"] + m["kl"]
+        m["nelbo_se"] = math.sqrt(sums["recon_var"].item() / k) / n_test
+        pixels = math.prod(cfg["image_shape"])
+        m["likelihood_constant"] = metrics.likelihood_constant(recon_name, cfg["c"], pixels)
+        m["bits_per_dim"] = metrics.bits_per_dim(m["nll_iw"], recon_name, cfg["c"], pixels, cfg["output"])
+        m["iw_samples"], m["iw_seconds"] = k, round(seconds, 2)
+        m["iw_images_per_second"] = round(n_test / seconds, 1)
+    codes = torch.cat(codes)
+    if variational:
+        kl_dims = torch.cat(kl_dims).mean(0)
+        m["kl_per_dim"] = kl_dims.tolist()
+        m["active_units"], variance = metrics.active_units(codes)
+        m["code_variance"] = variance.tolist()
+    m["probe_accuracy"] = metrics.linear_probe(codes_of(model, splits["train"], cfg),
+                                               splits["train"][1], codes, splits["test"][1])
+    return m, codes
+
+
+@torch.no_grad()
+def draw(model, cfg, split, m, codes, history, name, out, args):
+    """The figures of one run, into folder `out`."""
+    n, gen = args.n, torch.Generator().manual_seed(args.seed)
+    x, target, labels = test_inputs(split, cfg, 2 * n)
+    clean = figures.to01(target, cfg["output"])
+    recon = figures.to01(model.reconstruct(x), cfg["output"])
+    path = lambda f: os.path.join(out, f)  # noqa: E731
+    figures.reconstructions(clean[:n], {name: recon[:n]}, path("reconstructions.png"))
+    if cfg["noise"]:
+        figures.denoising(figures.to01(x, cfg["output"])[:n], recon[:n], clean[:n], path("denoising.png"))
+    figures.latent_scatter(codes, split[1], path("latent.png"), f"{name}: test codes")
+    variational = cfg["model"] != "ae"
+    pairs = min(4, x.shape[0] // 2)
+    figures.interpolations(model, x[:pairs], x[-pairs:], n, path("interpolation.png"), variational)
+    if variational:
+        figures.samples(model, n, path("samples.png"), f"{name}: samples from the prior", gen)
+        if cfg["latent_dim"] == 2:
+            figures.manifold(model, n, path("manifold.png"), f"{name}: decodes over the prior's quantiles")
+        kl = torch.tensor(m["kl_per_dim"])
+        order = kl.argsort(descending=True)[:min(8, len(kl))].tolist()
+        center, spread = torch.zeros(len(kl)), torch.ones(len(kl))
+        labels = [f"z{d + 1} (KL {kl[d]:.2f})" for d in order]
+        figures.kl_bars({name: kl}, path("kl_per_dim.png"))
+    else:  # an AE has no prior: walk each code unit over its own spread on the test set
+        center, spread = codes.mean(0).cpu(), codes.std(0).cpu()
+        order = spread.argsort(descending=True)[:min(8, len(spread))].tolist()
+        labels = [f"h{d + 1} (sd {spread[d]:.2f})" for d in order]
+    device = x.device
+    figures.traversal(model, x, order, center.to(device), spread.to(device), n,
+                      path("traversal.png"), f"{name}: one dimension at a time, "
+                      f"{'prior' if variational else 'test'} standard deviations", labels)
+    figures.loss_curves({name: history}, path("loss_curves.png"))
+
+
+def table(rows):
+    """A markdown table, one row per run, the columns any run has."""
+    cols = [c for c in COLUMNS if any(c[0] in m for _, m in rows)]
+    k = next((m["iw_samples"] for _, m in rows if "iw_samples" in m), None)
+    heads = ["run", "model", "epoch"] + [f"NLL (K={k})" if c[0] == "nll_iw" else c[1] for c in cols]
+    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    for name, m in rows:
+        cells = [name, m["model"], str(m["epoch"])]
+        cells += [f"{m[key]:.{digits}f}" if key in m else "-" for key, _, digits in cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def read_history(run_dir, fallback):
+    path = os.path.join(run_dir, "history.csv")
+    if not os.path.isfile(path):
+        return fallback
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def main(argv=None):
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        for flag, value, low in (("--iw-samples", args.iw_samples, 0), ("--chunk", args.chunk, 1),
+                                 ("--n", args.n, 1)):
+            if value < low:
+                raise ValueError(f"{flag} must be >= {low}, got {value}")
+        if args.weights not in ("last", "best"):
+            raise ValueError(f"unknown --weights {args.weights!r}; use last or best")
+        device = pick_device(args.device)
+        loaded = [(d, *load_run(d, args.weights, args.partial)) for d in find_runs(args.runs)]
+        out = args.out or (os.path.join(loaded[0][0], "eval") if len(loaded) == 1 else "figures")
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise ValueError(f"--out {out} is a file; choose a folder")
+    except ValueError as e:
+        print(f"evaluate.py: error: {e}", file=sys.stderr)
+        return 2
+    names = [os.path.basename(d) for d, *_ in loaded]
+    names = [f"{nm}-{i + 1}" if names.count(nm) > 1 else nm for i, nm in enumerate(names)]
+    print(f"Device: {device}; {len(loaded)} run(s); figures in {out}")
+    splits, rows, recons, histories, kls = {}, [], {}, {}, {}
+    for name, (run_dir, cfg, model, history, epoch) in zip(names, loaded):
+        key = (cfg["dataset"], args.data_root or cfg["data_root"])
+        try:
+            splits[key] = splits.get(key) or data.load(cfg["dataset"], key[1], device, args.download)
+        except data.DataError as e:
+            print(f"evaluate.py: error: {e}", file=sys.stderr)
+            return 2
+        model.to(device).eval()
+        print(f"{run_dir}: {cfg['model']} on {cfg['dataset']}, epoch {epoch} ({args.weights} weights)", flush=True)
+        m, codes = measure(model, cfg, splits[key], args, history)
+        m = {"run": run_dir, "model": cfg["model"], "dataset": cfg["dataset"], "epoch": epoch,
+             "weights": args.weights, "seed": args.seed, **m, "units": UNITS}
+        name_json = "metrics.json" if args.weights == "last" else "metrics_best.json"
+        runs.atomic_save(json.dumps(m, indent=2) + "\n", os.path.join(run_dir, name_json))
+        rows.append((name, m))
+        histories[name], kls[name] = read_history(run_dir, history), m.get("kl_per_dim")
+        if args.figures:
+            folder = out if len(loaded) == 1 else os.path.join(out, name)
+            os.makedirs(folder, exist_ok=True)
+            draw(model, cfg, splits[key]["test"], m, codes, histories[name], name, folder, args)
+            x, target, _ = test_inputs(splits[key]["test"], cfg, args.n)
+            recons.setdefault(cfg["dataset"], (figures.to01(target, cfg["output"]), {}))[1][name] = \
+                figures.to01(model.reconstruct(x), cfg["output"])
+        model.cpu()
+    os.makedirs(out, exist_ok=True)
+    if args.figures and len(loaded) > 1:
+        for dataset, (originals, by_run) in recons.items():
+            suffix = "" if len(recons) == 1 else f"_{dataset}"
+            figures.reconstructions(originals, by_run, os.path.join(out, f"reconstructions{suffix}.png"))
+        figures.loss_curves(histories, os.path.join(out, "loss_curves.png"))
+        if any(kl is not None for kl in kls.values()):
+            figures.kl_bars({k: v for k, v in kls.items() if v is not None}, os.path.join(out, "kl_per_dim.png"))
+    text = table(rows)
+    runs.atomic_save(text + "\n", os.path.join(out, "table.md"))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""Figures for evaluate.py: image grids with labelled rows, latent plots and loss curves.
+
+Every function writes one PNG of a size fixed by its inputs (image grids are pixel-exact:
+each image drawn at SCALE times its size, no resampling blur). Images come in as tensors
+in [0, 1]; `model` arguments need encode, decode and activate (ae.py, vae.py, vaegan.py).
+"""
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed on a cluster node
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torchvision.utils import make_grid  # noqa: E402
+
+DPI = 100
+PAD = 2  # pixels between images in a grid
+LEFT, RIGHT, TOP, BOTTOM = 150, 10, 30, 10  # margins in pixels around an image grid
+XLABELS = 20  # extra bottom margin when columns are labelled
+
+
+def scale_for(height):
+    """Draw 28x28 and 32x32 images at 2x, larger ones at 1x."""
+    return max(1, 64 // height)
+
+
+def to01(x, output):
+    return x if output == "sigmoid" else (x + 1) / 2
+
+
+def means(model, x):
+    """The code used for latent plots: the posterior mean (VAE, VAE-GAN) or h (AE)."""
+    out = model.encode(x)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def decode01(model, z):
+    return to01(model.activate(model.decode(z)), model.output).clamp(0, 1)
+
+
+def figure(width, height):
+    return plt.figure(figsize=(width / DPI, height / DPI), dpi=DPI)
+
+
+def save(fig, path):
+    fig.savefig(path, dpi=DPI)  # no bbox_inches="tight": the pixel size stays as laid out
+    plt.close(fig)
+
+
+def image_rows(rows, labels, path, title=None, col_labels=None):
+    """Rows of images, each (n, C, H, W) in [0, 1], one label per row, in one grid.
+
+    Size: LEFT + SCALE * (n (W + PAD) + PAD) + RIGHT wide, TOP + SCALE * (R (H + PAD) + PAD)
+    + BOTTOM high (+ XLABELS with col_labels), for R rows of n images.
+    """
+    n, (H, W) = rows[0].shape[0], rows[0].shape[2:]
+    grid = make_grid(torch.cat([r.detach().float().cpu() for r in rows]), nrow=n, padding=PAD,
+                     pad_value=1.0)  # (3, R (H + PAD) + PAD, n (W + PAD) + PAD)
+    s = scale_for(H)
+    gh, gw = grid.shape[1] * s, grid.shape[2] * s
+    bottom = BOTTOM + (XLABELS if col_labels else 0)
+    width, height = LEFT + gw + RIGHT, TOP + gh + bottom
+    fig = figure(width, height)
+    ax = fig.add_axes([LEFT / width, bottom / height, gw / width, gh / height])
+    ax.imshow(grid.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest", aspect="auto")
+    ax.set_yticks([PAD + r * (H + PAD) + H / 2 for r in range(len(rows))], labels, fontsize=9)
+    if col_labels:
+        ax.set_xticks([PAD + i * (W + PAD) + W / 2 for i in range(n)], col_labels, fontsize=8)
+    else:
+        ax.set_xticks([])
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    if title:
+        fig.suptitle(title, y=1 - 4 / height, va="top", fontsize=10)
+    save(fig, path)
+
+
+def short(name, width=22):
+    return name if len(name) <= width else "..." + name[-(width - 3):]
+
+
+def reconstructions(originals, recons, path, title="reconstructions (z = posterior mean)"):
+    """originals (n, C, H, W) over one row per run: recons {name: (n, C, H, W)}."""
+    image_rows([originals, *recons.values()], ["original", *map(short, recons)], path, title)
+
+
+def denoising(noisy, denoised, clean, path):
+    image_rows([noisy, denoised, clean], ["noisy input", "denoised", "clean"], path,
+               "denoising: input, output, target")
+
+
+@torch.no_grad()
+def samples(model, n, path, title, generator=None):
+    """An n x n grid of decodes of z ~ N(0, I) (fixed by `generator`)."""
+    z = torch.randn(n * n, model.latent_dim, generator=generator)
+    images = decode01(model, z.to(next(model.parameters()).device))
+    image_rows(list(images.split(n)), [""] * n, path, title)
+
+
+def latent_scatter(codes, labels, path, title):
+    """Test codes coloured by label: the two dimensions when the code is 2-D, else PCA."""
+    codes, labels = codes.detach().float().cpu(), labels.cpu()
+    if codes.shape[1] == 2:
+        xy, axes = codes, ("z1", "z2")
+    else:
+        centred = codes - codes.mean(0)
+        _, sv, v = torch.linalg.svd(centred, full_matrices=False)
+        xy = centred @ v[:2].T
+        share = sv.pow(2) / sv.pow(2).sum()
+        axes = tuple(f"PCA component {i + 1} ({100 * share[i]:.0f}% of variance)" for i in (0, 1))
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+    xy, labels = xy[order], labels[order]  # drawn in a random order: no class hides the others
+    fig = figure(640, 560)
+    ax = fig.add_axes([0.11, 0.1, 0.72, 0.82])
+    points = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10", s=3, vmin=-0.5, vmax=9.5,
+                        rasterized=True)
+    fig.colorbar(points, cax=fig.add_axes([0.86, 0.1, 0.03, 0.82]), ticks=range(10), label="label")
+    ax.set_xlabel(axes[0])
+    ax.set_ylabel(axes[1])
+    ax.set_title(title, fontsize=10)
+    save(fig, path)
+
+
+@torch.no_grad()
+def manifold(model, n, path, title):
+    """For a 2-D latent: decodes over an n x n grid of the prior's quantiles (i + 1/2) / n."""
+    q = torch.distributions.Normal(0.0, 1.0).icdf((torch.arange(n) + 0.5) / n)
+    z = torch.stack(torch.meshgrid(q.flip(0), q, indexing="ij"), -1).flatten(0, 1)  # rows: z2
+    images = decode01(model, z[:, [1, 0]].to(next(model.parameters()).device))
+    labels = [f"z2 = {v:.2f}" for v in q.flip(0).tolist()]
+    image_rows(list(images.split(n)), labels, path, title, [f"{v:.1f}" for v in q.tolist()])
+
+
+def slerp(a, b, t):
+    """Spherical interpolation (Shoemake 1985; White 2016 for Gaussian latents). a, b: (D,)."""
+    omega = torch.arccos((a / a.norm() * b / b.norm()).sum().clamp(-1, 1))
+    if omega.abs() < 1e-6:
+        return (1 - t)[:, None] * a + t[:, None] * b
+    return (torch.sin((1 - t) * omega)[:, None] * a + torch.sin(t * omega)[:, None] * b) / torch.sin(omega)
+
+
+@torch.no_grad()
+def interpolations(model, x_a, x_b, n, path, spherical=True):
+    """Between the codes of test image pairs: a linear row (and a spherical one) per pair."""
+    t = torch.linspace(0, 1, n, device=x_a.device)
+    za, zb = means(model, x_a), means(model, x_b)
+    rows, labels = [], []
+    for i in range(za.shape[0]):
+        rows.append(decode01(model, (1 - t)[:, None] * za[i] + t[:, None] * zb[i]))
+        labels.append(f"pair {i + 1}: linear")
+        if spherical:
+            rows.append(decode01(model, slerp(za[i], zb[i], t)))
+            labels.append(f"pair {i + 1}: spherical")
+    image_rows(rows, labels, path, "interpolation between test images", [f"{v:.2f}" for v in t.tolist()])
+
+
+@torch.no_grad()
+def traversal(model, x, order, center, spread, n, path, title, names):
+    """Decodes of z = code(x) with one dimension d set to center_d + spread_d * v, v in
+    [-3, 3], one row per dimension of `order` (the most used first)."""
+    v = torch.linspace(-3, 3, n, device=x.device)
+    z0 = means(model, x[:1])[0]
+    rows = []
+    for d in order:
+        z = z0.repeat(n, 1)
+        z[:, d] = center[d] + spread[d] * v
+        rows.append(decode01(model, z))
+    image_rows(rows, names, path, title, [f"{s:+.1f}" for s in v.tolist()])
+
+
+def loss_curves(histories, path, terms=None):
+    """One panel per term (loss, recon, kl, ...): train solid, test dashed, one colour per run.
+
+    histories: {name: rows of history.csv as dicts}. Panels: 3 per row, 400 x 300 px each.
+    """
+    if terms is None:
+        terms = []
+        for rows in histories.values():
+            for key in rows[0]:
+                for split in ("train_", "test_"):
+                    if key.startswith(split) and key[len(split):] not in terms:
+                        terms.append(key[len(split):])
+    cols = min(3, len(terms))
+    nrows = math.ceil(len(terms) / cols)
+    fig = figure(400 * cols, 300 * nrows)
+    colours = plt.get_cmap("tab10")
+    for i, term in enumerate(terms):
+        ax = fig.add_subplot(nrows, cols, i + 1)
+        for j, (name, rows) in enumerate(histories.items()):
+            for split, style in (("train_", "-"), ("test_", "--")):
+                points = [(float(r["epoch"]), float(r[split + term])) for r in rows
+                          if r.get(split + term) not in (None, "")]
+                if points:
+                    ax.plot(*zip(*points), style, color=colours(j % 10), marker=".",
+                            label=f"{short(name)} {split[:-1]}")
+        ax.set_title(term, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("per image")
+        ax.grid(alpha=0.3)
+        if i == 0:
+            ax.legend(fontsize=7)
+    fig.tight_layout()  # arranges the panels; the canvas keeps its size
+    save(fig, path)
+
+
+def kl_bars(kl_per_dim, path):
+    """KL per latent dimension (nats per image), one panel per run: {name: (D,)}. 640 x
+    (60 + 200 R) px for R runs."""
+    fig = figure(640, 60 + 200 * len(kl_per_dim))
+    for i, (name, kl) in enumerate(kl_per_dim.items()):
+        ax = fig.add_subplot(len(kl_per_dim), 1, i + 1)
+        kl = torch.as_tensor(kl).cpu()
+        ax.bar(range(1, len(kl) + 1), kl.tolist(), color="tab:blue")
+        ax.set_title(f"{short(name, 40)}: KL {kl.sum():.2f} nats over {len(kl)} dimensions",
+                     fontsize=9)
+        ax.set_xlabel("latent dimension")
+        ax.set_ylabel("KL (nats)")
+    fig.tight_layout()
+    save(fig, path)

@@ -1,0 +1,114 @@
+"""Evaluation metrics as functions of a model and tensors; evaluate.py runs them on run folders.
+
+Units (DESIGN.md): likelihood terms in nats per image, summed over pixels and latent
+dimensions; reconstruction MSE and PSNR on [0, 1] pixels, whatever the model's scaling.
+"""
+import math
+
+import torch
+
+import losses
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+@torch.no_grad()
+def importance_sampled(model, input, target, k, nll, chunk=16384):
+    """The importance-weighted bound with K samples (Burda et al. 2016, eq. 8), per image:
+
+        log p(x) >= log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x),   z_k ~ q(z|input)
+
+    All K samples of all B images go through the decoder together, at most `chunk`
+    decodes at a time. nll(logits, target) -> (N,) is -log p(x|z) per image, in the same
+    convention as the test loss. Returns per-image tensors (B,): nll_iw, the K-sample
+    average of the reconstruction term (recon) and its variance over samples (recon_var),
+    and the closed-form KL, so recon + kl is the negative ELBO averaged over K samples.
+    """
+    mu, logvar = model.encode(input)  # (B, D) each
+    std = torch.exp(0.5 * logvar)
+    B = mu.shape[0]
+    per_chunk = max(1, chunk // B)
+    log_w, recon = [], []
+    for start in range(0, k, per_chunk):
+        n = min(per_chunk, k - start)
+        eps = torch.randn((n, *mu.shape), device=mu.device, dtype=mu.dtype)  # (n, B, D)
+        z = mu + std * eps
+        logits = model.decode(z.flatten(0, 1))  # (n * B, C, H, W)
+        r = nll(logits, target.expand(n, *target.shape).flatten(0, 1)).view(n, B)
+        log_pz = -0.5 * (z.pow(2) + LOG_2PI).sum(-1)  # log N(z; 0, I)
+        log_qz = -0.5 * (eps.pow(2) + logvar + LOG_2PI).sum(-1)  # log N(z; mu, sigma^2)
+        log_w.append(-r + log_pz - log_qz)
+        recon.append(r)
+    log_w, recon = torch.cat(log_w), torch.cat(recon)  # (K, B)
+    return {"nll_iw": math.log(k) - torch.logsumexp(log_w, 0), "recon": recon.mean(0),
+            "recon_var": recon.var(0) if k > 1 else torch.zeros_like(recon[0]),
+            "kl": losses.kl_normal(mu, logvar)}
+
+
+def likelihood_constant(recon, c, num_pixels):
+    """What the reconstruction term leaves out of -log p(x|z), in nats per image.
+
+    bce: nothing (Bernoulli). gaussian: D/2 log(2 pi c). mse: ||x - x_hat||^2 is the
+    Gaussian NLL with c = 1/2 less D/2 log(pi).
+    """
+    if recon == "gaussian":
+        return losses.gaussian_const(num_pixels, c)
+    if recon == "mse":
+        return losses.gaussian_const(num_pixels, 0.5)
+    return 0.0
+
+
+def bits_per_dim(nll, recon, c, num_pixels, output="sigmoid"):
+    """Bits per dimension from an NLL in nats per image (as the test loss reports it).
+
+    Gaussian and mse decoders are densities on the scaled pixels: their full NLL plus
+    D log(255 / range) (bins of width range / 255, range 1 for [0, 1] data and 2 for
+    [-1, 1]) is the NLL of the 8-bit pixel values, comparable with papers' bits/dim.
+    A Bernoulli (bce) decoder on gray levels is not a density over pixel values: its
+    number is NLL / (D ln 2) and is only comparable with other Bernoulli numbers.
+    """
+    full = nll + likelihood_constant(recon, c, num_pixels)
+    if recon != "bce":
+        full = full + num_pixels * math.log(255 / (1 if output == "sigmoid" else 2))
+    return full / (num_pixels * math.log(2))
+
+
+def psnr(x, y):
+    """Peak signal-to-noise ratio per image in dB, for images in [0, 1]: 10 log10(1 / MSE)."""
+    mse = (x - y).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(1 / mse.clamp_min(1e-10))
+
+
+def active_units(mu, threshold=0.01):
+    """Burda et al. 2016: unit d is active when Cov_x(E_q[z_d | x]) > threshold.
+
+    mu: (N, D) posterior means over a dataset. Returns (count, variance per unit (D,)).
+    """
+    var = mu.var(0, unbiased=False)
+    return int((var > threshold).sum()), var
+
+
+def linear_probe(train_x, train_y, test_x, test_y, weight_decay=1e-4, iters=200):
+    """Accuracy on the test codes of a multinomial logistic regression fit to the train codes.
+
+    Features are standardized with the train split's mean and std; full-batch L-BFGS,
+    deterministic. A measure of how much of the label a linear map can read off the code.
+    """
+    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
+    a, b = (train_x - mean) / std, (test_x - mean) / std
+    classes = int(max(train_y.max(), test_y.max())) + 1
+    w = torch.zeros(a.shape[1], classes, device=a.device, requires_grad=True)
+    bias = torch.zeros(classes, device=a.device, requires_grad=True)
+    opt = torch.optim.LBFGS([w, bias], max_iter=iters, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(a @ w + bias, train_y)
+        loss = loss + weight_decay * w.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    with torch.no_grad():
+        return (b @ w + bias).argmax(1).eq(test_y).float().mean().item()
