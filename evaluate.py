@@ -32,9 +32,10 @@ UNITS = {
                  "AE: reconstruction term; VAE-GAN: recon with z = mu, plus KL), per image",
     "train_loss": "the same quantity on the training split, in evaluation mode",
     "gap": "test_loss - train_loss",
-    "history_train_loss": "the training objective train.py logged for the last epoch",
-    "history_test_loss": "the test loss train.py logged for the last epoch",
+    "history_train_loss": "the training objective train.py logged for this epoch",
+    "history_test_loss": "the test loss train.py logged for this epoch",
     "nelbo": "negative ELBO, nats per image, reconstruction averaged over the K samples",
+    "code_variance": "Cov_x(E_q[z_d]) of each dimension over the test split",
     "nelbo_se": "sampling standard error of nelbo",
     "recon": "reconstruction term of nelbo", "kl": "KL(q(z|x) || p(z)), nats per image",
     "nll_iw": "importance-sampled negative log-likelihood with K samples (Burda et al. 2016), "
@@ -73,7 +74,7 @@ def build_parser():
       "one run, figures/ for several)")
     a("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     a("--iw-samples", type=int, default=1000, help="K of the importance-sampled likelihood; 0 skips it")
-    a("--chunk", type=int, default=16384, help="images x samples decoded at once (bounds memory)")
+    a("--chunk", type=int, default=1024, help="images x samples decoded at once (bounds memory)")
     a("--n", type=int, default=10, help="images per figure row (samples: an n x n grid)")
     a("--seed", type=int, default=0, help="seeds every sample drawn in evaluation")
     a("--weights", default="last", help="last (checkpoint.pt) or best (best.pt, lowest test loss)")
@@ -149,15 +150,15 @@ def codes_of(model, split, cfg):
 
 
 @torch.no_grad()
-def measure(model, cfg, splits, args, history):
+def measure(model, cfg, splits, args, history, epoch):
     """Every metric of one run (see UNITS), as plain numbers and lists."""
     torch.manual_seed(args.seed)
     noise = data.parse_noise(cfg["noise"])
     test = train.evaluate(model, splits["test"], cfg, noise)
     m = {"test_loss": test["loss"], "train_loss": train.evaluate(model, splits["train"], cfg, noise)["loss"]}
     m["gap"] = m["test_loss"] - m["train_loss"]
-    m["history_train_loss"] = float(history[-1]["train_loss"])
-    m["history_test_loss"] = float(history[-1]["test_loss"])
+    row = next(r for r in history if int(r["epoch"]) == epoch)  # the weights' epoch
+    m["history_train_loss"], m["history_test_loss"] = float(row["train_loss"]), float(row["test_loss"])
     m.update({k: v for k, v in test.items() if k.startswith("acc_")})
     variational = cfg["model"] != "ae"
     k = args.iw_samples if variational else 0
@@ -167,9 +168,8 @@ def measure(model, cfg, splits, args, history):
     n_test, t0, done = splits["test"][0].shape[0], time.perf_counter(), 0
     for x, target, _ in data.batches(*splits["test"], 1000, output=cfg["output"], noise=noise,
                                      noise_seed=data.TEST_NOISE_SEED):
-        clean = figures.to01(target, cfg["output"])
-        per = {"mse": (figures.to01(model.reconstruct(x), cfg["output"]) - clean).pow(2).flatten(1).mean(1)}
-        per["psnr"] = metrics.psnr(figures.to01(model.reconstruct(x), cfg["output"]), clean)
+        clean, rec = figures.to01(target, cfg["output"]), figures.to01(model.reconstruct(x), cfg["output"])
+        per = {"mse": (rec - clean).pow(2).flatten(1).mean(1), "psnr": metrics.psnr(rec, clean)}
         if noise is not None:
             per["psnr_noisy"] = metrics.psnr(figures.to01(x, cfg["output"]), clean)
         codes.append(figures.means(model, x))
@@ -179,7 +179,7 @@ def measure(model, cfg, splits, args, history):
             b = max(1, args.chunk // k)
             parts = [metrics.importance_sampled(model, xs, ts, k, nll, args.chunk)
                      for xs, ts in zip(x.split(b), target.split(b))]
-            per.update({key: torch.cat([p[key] for p in parts]) for key in parts[0]})
+            per.update({key: torch.cat([p[key] for p in parts]) for key in ("nll_iw", "recon", "recon_var")})
         for key, v in per.items():
             sums[key] = sums.get(key, 0) + v.double().sum()
         done += x.shape[0]
@@ -187,9 +187,15 @@ def measure(model, cfg, splits, args, history):
             rate = done / (time.perf_counter() - t0)
             print(f"  {done}/{n_test} test images, {rate:.1f} images/s with K = {k}", flush=True)
     seconds = time.perf_counter() - t0
-    for key in ("mse", "psnr", "psnr_noisy", "nll_iw", "recon", "kl"):
+    for key in ("mse", "psnr", "psnr_noisy", "nll_iw", "recon"):
         if key in sums:
             m[key] = sums[key].item() / n_test
+    codes = torch.cat(codes)
+    if variational:
+        kl_dims = torch.cat(kl_dims).mean(0)
+        m["kl"], m["kl_per_dim"] = kl_dims.sum().item(), kl_dims.tolist()
+        m["active_units"], variance = metrics.active_units(codes)
+        m["code_variance"] = variance.tolist()
     if k:
         m["nelbo"] = m["recon"] + m["kl"]
         m["nelbo_se"] = math.sqrt(sums["recon_var"].item() / k) / n_test
@@ -198,12 +204,6 @@ def measure(model, cfg, splits, args, history):
         m["bits_per_dim"] = metrics.bits_per_dim(m["nll_iw"], recon_name, cfg["c"], pixels, cfg["output"])
         m["iw_samples"], m["iw_seconds"] = k, round(seconds, 2)
         m["iw_images_per_second"] = round(n_test / seconds, 1)
-    codes = torch.cat(codes)
-    if variational:
-        kl_dims = torch.cat(kl_dims).mean(0)
-        m["kl_per_dim"] = kl_dims.tolist()
-        m["active_units"], variance = metrics.active_units(codes)
-        m["code_variance"] = variance.tolist()
     m["probe_accuracy"] = metrics.linear_probe(codes_of(model, splits["train"], cfg),
                                                splits["train"][1], codes, splits["test"][1])
     return m, codes
@@ -295,7 +295,7 @@ def main(argv=None):
             return 2
         model.to(device).eval()
         print(f"{run_dir}: {cfg['model']} on {cfg['dataset']}, epoch {epoch} ({args.weights} weights)", flush=True)
-        m, codes = measure(model, cfg, splits[key], args, history)
+        m, codes = measure(model, cfg, splits[key], args, history, epoch)
         m = {"run": run_dir, "model": cfg["model"], "dataset": cfg["dataset"], "epoch": epoch,
              "weights": args.weights, "seed": args.seed, **m, "units": UNITS}
         name_json = "metrics.json" if args.weights == "last" else "metrics_best.json"

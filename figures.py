@@ -169,18 +169,25 @@ def traversal(model, x, order, center, spread, n, path, title, names):
     image_rows(rows, names, path, title, [f"{s:+.1f}" for s in v.tolist()])
 
 
+def history_terms(histories):
+    """The terms logged as train_<term> or test_<term>, in order, less skip counts that stayed 0."""
+    terms = []
+    for rows in histories.values():
+        for key in rows[0]:
+            for split in ("train_", "test_"):
+                term = key[len(split):]
+                if key.startswith(split) and term not in terms:
+                    if not term.startswith("skips_") or any(float(r[key]) for r in rows):
+                        terms.append(term)
+    return terms
+
+
 def loss_curves(histories, path, terms=None):
     """One panel per term (loss, recon, kl, ...): train solid, test dashed, one colour per run.
 
     histories: {name: rows of history.csv as dicts}. Panels: 3 per row, 400 x 300 px each.
     """
-    if terms is None:
-        terms = []
-        for rows in histories.values():
-            for key in rows[0]:
-                for split in ("train_", "test_"):
-                    if key.startswith(split) and key[len(split):] not in terms:
-                        terms.append(key[len(split):])
+    terms = terms or history_terms(histories)
     cols = min(3, len(terms))
     nrows = math.ceil(len(terms) / cols)
     fig = figure(400 * cols, 300 * nrows)
@@ -196,7 +203,8 @@ def loss_curves(histories, path, terms=None):
                             label=f"{short(name)} {split[:-1]}")
         ax.set_title(term, fontsize=10)
         ax.set_xlabel("epoch")
-        ax.set_ylabel("per image")
+        ax.set_ylabel("fraction" if term.startswith("acc_") else
+                      "steps per epoch" if term.startswith("skips_") else "per image")
         ax.grid(alpha=0.3)
         if i == 0:
             ax.legend(fontsize=7)

@@ -13,7 +13,7 @@ LOG_2PI = math.log(2 * math.pi)
 
 
 @torch.no_grad()
-def importance_sampled(model, input, target, k, nll, chunk=16384):
+def importance_sampled(model, input, target, k, nll, chunk=1024):
     """The importance-weighted bound with K samples (Burda et al. 2016, eq. 8), per image:
 
         log p(x) >= log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x),   z_k ~ q(z|input)

@@ -162,9 +162,12 @@ def test_each_figure_writes_a_png_of_the_expected_size(tmp_path):
     figures.latent_scatter(torch.randn(50, 5), torch.arange(50) % 10, p("latent.png"), "codes")
     assert png_size(p("latent.png")) == (640, 560)
     rows = [{"epoch": e, "train_loss": 10 - e, "test_loss": 11 - e, "train_kl": e, "test_kl": e,
-             "train_recon": 9, "test_recon": 9} for e in (1, 2, 3)]
+             "train_recon": 9, "test_recon": 9, "train_skips_disc": 0} for e in (1, 2, 3)]
     figures.loss_curves({"a": rows, "b": rows[:2]}, p("curves.png"))
-    assert png_size(p("curves.png")) == (1200, 300)
+    assert png_size(p("curves.png")) == (1200, 300)  # a skip count that stayed 0 has no panel
+    rows[1]["train_skips_disc"] = 4
+    figures.loss_curves({"a": rows}, p("curves.png"))
+    assert png_size(p("curves.png")) == (1200, 600)  # 4 panels: two rows of three
     figures.kl_bars({"a": torch.rand(6), "b": torch.rand(6)}, p("kl.png"))
     assert png_size(p("kl.png")) == (640, 460)
 
@@ -259,3 +262,23 @@ def test_bad_runs_and_flags_give_one_line_errors(tiny_data, tmp_path, capsys):
         assert not os.path.exists(os.path.join(done, "metrics.json"))  # nothing was done
     assert evaluate.main([unfinished, "--partial", "--iw-samples", "0", "--no-figures"]) == 0
     assert json.load(open(os.path.join(unfinished, "metrics.json")))["epoch"] == 1
+
+
+def test_best_weights_are_evaluated_with_their_own_epoch(tiny_data, tmp_path):
+    run = make_run(tiny_data, tmp_path / "run", epochs="3")
+    assert evaluate.main([run, "--weights", "best", "--iw-samples", "0", "--no-figures"]) == 0
+    m = json.load(open(os.path.join(run, "metrics_best.json")))
+    best = torch.load(os.path.join(run, "best.pt"), weights_only=True)
+    assert m["epoch"] == best["epoch"] and m["weights"] == "best"
+    assert m["history_test_loss"] == pytest.approx(min(
+        float(r["test_loss"]) for r in evaluate.read_history(run, None)))
+    assert not os.path.exists(os.path.join(run, "metrics.json"))  # the last epoch's stays apart
+
+
+def test_readme_documents_every_evaluate_flag():
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    section = readme.split("## Evaluation")[1].split("\n## ")[0]
+    for action in evaluate.build_parser()._actions:
+        for flag in action.option_strings:
+            if flag not in ("-h", "--help"):
+                assert f"`{flag}`" in section, f"{flag} missing from the README's evaluate flags"
