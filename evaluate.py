@@ -25,7 +25,7 @@ import losses
 import metrics
 import runs
 import train
-from flags import MODELS, pick_device, saved_config
+from flags import MODELS, Parser, pick_device, saved_config
 
 UNITS = {
     "test_loss": "the test loss as train.py prints it (VAE: negative ELBO, z sampled once; "
@@ -58,11 +58,6 @@ COLUMNS = [("test_loss", "test loss", 2), ("train_loss", "train loss", 2), ("gap
            ("mse", "MSE", 4), ("psnr", "PSNR dB", 2), ("psnr_noisy", "noisy PSNR", 2),
            ("active_units", "AU", 0), ("probe_accuracy", "probe acc", 3),
            ("acc_real", "D real", 2), ("acc_rec", "D rec", 2), ("acc_prior", "D prior", 2)]
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def build_parser():
