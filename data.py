@@ -6,11 +6,15 @@ scaling, flips, crops and noise are batched tensor operations: no per-sample Pyt
 """
 import contextlib
 import io
+import math
 import os
+import pickle
+import struct
 
 import torch
 import torch.nn.functional as F
 import torchvision
+from torchvision.datasets import utils as tv_utils
 
 # name -> (torchvision class, folder under the data root, files that must be there)
 IDX_FILES = ("train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz "
@@ -45,16 +49,68 @@ def load_split(name, root="./data", train=True, download=True):
         with contextlib.redirect_stdout(log):
             ds = getattr(torchvision.datasets, cls)(root, train=train, download=download)
     except Exception as e:  # torchvision raises RuntimeError, OSError or URLError offline
+        split = "train" if train else "test"
+        bad = corrupted_file(name, root, train)
+        if bad:
+            raise DataError(f"{name} {split} split: {bad}; delete it and place the official "
+                            f"file there, or let it download (README: offline use)") from None
         where = os.path.normpath(os.path.join(root, folder))
         how = "could not be downloaded" if download else "download is off"
-        raise DataError(f"{name} {'train' if train else 'test'} split missing or corrupted in "
-                        f"{where} and {how} ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
-                        f"place {files} there (README: offline use)") from None
+        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else "no message"
+        raise DataError(f"{name} {split} split missing or corrupted in {where} and {how} "
+                        f"({type(e).__name__}: {reason}); place {files} there "
+                        f"(README: offline use)") from None
     if log.getvalue():
         print(log.getvalue(), end="")
     images = torch.as_tensor(ds.data)
     images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)  # CIFAR: NHWC
     return images.contiguous(), torch.as_tensor(ds.targets, dtype=torch.long)
+
+
+def corrupted_file(name, root, train):
+    """The first file of a split that is present but damaged, said in words, or None.
+
+    MNIST-style IDX files: the header's sizes must match the file's length; their .gz
+    archives and CIFAR-10's must match torchvision's md5 sums; CIFAR-10 batches must unpickle.
+    """
+    cls = getattr(torchvision.datasets, DATASETS[name][0])
+    if name == "cifar10":
+        folder = os.path.join(root, cls.base_folder)
+        present = [(os.path.join(folder, file), md5) for file, md5 in
+                   (cls.train_list if train else cls.test_list)
+                   if os.path.isfile(os.path.join(folder, file))]
+        for path, _ in present:
+            try:
+                with open(path, "rb") as f:
+                    pickle.load(f, encoding="latin1")  # the official batches are plain dicts
+            except Exception:
+                return f"{path} is corrupted (it does not unpickle)"
+        for path, md5 in present:
+            if not tv_utils.check_integrity(path, md5):
+                return f"{path} is corrupted (its md5 is not the official one)"
+        archive = os.path.join(root, cls.filename)
+        if os.path.isfile(archive) and not tv_utils.check_integrity(archive, cls.tgz_md5):
+            return f"{archive} is corrupted (its md5 is not the official one)"
+        return None
+    raw = os.path.join(root, cls.__name__, "raw")
+    for gz, md5 in cls.resources:
+        if gz.startswith("train") != train:
+            continue
+        path = os.path.join(raw, gz[:-3])
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                magic = f.read(4)
+                ndim = magic[3] if len(magic) == 4 else 0
+                sizes = f.read(4 * ndim)
+            if magic[:3] != b"\x00\x00\x08" or not ndim or len(sizes) != 4 * ndim:
+                return f"{path} is corrupted (not an IDX file of bytes: bad header)"
+            expected = 4 + 4 * ndim + math.prod(struct.unpack(f">{ndim}I", sizes))
+            if os.path.getsize(path) != expected:
+                return (f"{path} is corrupted ({os.path.getsize(path)} bytes; its header "
+                        f"promises {expected})")
+        elif os.path.isfile(path + ".gz") and not tv_utils.check_integrity(path + ".gz", md5):
+            return f"{path}.gz is corrupted (its md5 is not the official one)"
+    return None
 
 
 def load(name, root="./data", device="cpu", download=True):
@@ -122,19 +178,22 @@ def to_range(x, output="sigmoid"):
 
 
 def batches(images, labels, batch_size, shuffle=False, output="sigmoid", hflip=False,
-            crop=False, noise=None, noise_seed=None):
+            crop=False, noise=None, noise_seed=None, order=None, start=0):
     """Yield (input, target, label) batches; input is the corrupted image when noise is set.
 
-    shuffle draws a torch.randperm order from the global generator (seeded by --seed);
-    noise_seed gives the corruption its own generator, so it is the same on every pass.
+    shuffle draws a torch.randperm order from the global generator (seeded by --seed), or
+    takes `order`; `start` skips that many batches (resuming mid-epoch, with the global
+    generator restored to where the skipped batches left it). noise_seed gives the
+    corruption its own generator, so it is the same on every pass.
     """
     n = images.shape[0]
-    order = torch.randperm(n, device=images.device) if shuffle else None
+    if shuffle and order is None:
+        order = torch.randperm(n, device=images.device)
     generator = None
     if noise is not None and noise_seed is not None:
         generator = torch.Generator(device=images.device).manual_seed(noise_seed)
-    for i in range(0, n, batch_size):
-        idx = order[i:i + batch_size] if shuffle else slice(i, i + batch_size)
+    for i in range(start * batch_size, n, batch_size):
+        idx = order[i:i + batch_size] if order is not None else slice(i, i + batch_size)
         x, y = images[idx], labels[idx]
         if hflip:
             x = random_hflip(x)

@@ -290,7 +290,12 @@ def main(argv=None):
             return 2
         model.to(device).eval()
         print(f"{run_dir}: {cfg['model']} on {cfg['dataset']}, epoch {epoch} ({args.weights} weights)", flush=True)
-        m, codes = measure(model, cfg, splits[key], args, history, epoch)
+        try:
+            m, codes = measure(model, cfg, splits[key], args, history, epoch)
+        except torch.OutOfMemoryError:
+            print(f"evaluate.py: error: out of memory on {device} for {run_dir}; lower --chunk "
+                  f"(now {args.chunk}), or use --device cpu", file=sys.stderr)
+            return 1
         m = {"run": run_dir, "model": cfg["model"], "dataset": cfg["dataset"], "epoch": epoch,
              "weights": args.weights, "seed": args.seed, **m, "units": UNITS}
         name_json = "metrics.json" if args.weights == "last" else "metrics_best.json"

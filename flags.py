@@ -75,6 +75,8 @@ def build_parser():
       "discriminator loss (Larsen: 0.68); off by default")
     a("--margin", type=float, default=0.35, help="vaegan --equilibrium: skip the discriminator "
       "update below equilibrium - margin, the decoder's adversarial term above + margin")
+    a("--grad-clip", type=float, default=None, help="clip the gradient norm (each VAE-GAN "
+      "network's own) to this value; the norm before clipping is logged as grad_*")
     a("--scheduler", default="none", help="learning-rate schedule: none or step (StepLR)")
     a("--step-size", type=int, default=10, help="StepLR: epochs between decays")
     a("--lr-gamma", type=float, default=0.5, help="StepLR: factor applied to the learning rate")
@@ -147,7 +149,7 @@ def check(cfg, given):
     for name in ("beta", "weight_decay", "l1"):
         if not 0 <= cfg[name] < float("inf"):
             raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {cfg[name]}")
-    for name in ("lr", "c", "lr_gamma", "gamma", "lr_disc", "equilibrium"):
+    for name in ("lr", "c", "lr_gamma", "gamma", "lr_disc", "equilibrium", "grad_clip"):
         if cfg[name] is not None and not 0 < cfg[name] < float("inf"):
             raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {cfg[name]}")
     if not 0 <= cfg["margin"] < float("inf"):
@@ -227,6 +229,8 @@ def check_out_dir(path):
     parent = os.path.abspath(path)
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"--out {path}: {parent} is a file, not a folder; choose another --out")
     if not os.access(parent, os.W_OK):
         raise ValueError(f"--out {path}: {parent} is not writable; choose another --out")
 

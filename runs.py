@@ -4,8 +4,12 @@ Used by train.py (writing) and evaluate.py (reading). A checkpoint is a plain di
 tensors and numbers, loaded with weights_only=True, so a shared file cannot run code.
 """
 import csv
+import io
 import json
 import os
+import pickle
+import re
+import shutil
 
 import torch
 
@@ -17,6 +21,8 @@ def atomic_save(obj, path):
     `obj` is text (written as is) or anything torch.save takes.
     """
     tmp = f"{path}.tmp{os.getpid()}"
+    if os.path.lexists(tmp):  # left by a killed writer of the same pid
+        os.remove(tmp)
     with open(tmp, "wb") as f:
         if isinstance(obj, str):
             f.write(obj.encode())
@@ -37,19 +43,65 @@ def load_config(run_dir):
 
 
 def write_history(rows, run_dir):
-    """history.csv: one row per epoch, the columns of the first row."""
-    tmp = os.path.join(run_dir, "history.csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, os.path.join(run_dir, "history.csv"))
+    """history.csv: one row per epoch, the columns of the first row; written atomically."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_save(text.getvalue(), os.path.join(run_dir, "history.csv"))
+
+
+def save_checkpoint(obj, path):
+    """Write `path` atomically and keep the checkpoint it replaces as <name>.prev.pt.
+
+    The old file is hard-linked (or copied) to the backup before the rename, so `path`
+    itself is never missing: after a crash at any moment, both files are complete.
+    """
+    prev = backup_of(path)
+    if os.path.exists(path) and not (os.path.exists(prev) and os.path.samefile(path, prev)):
+        tmp = f"{prev}.tmp{os.getpid()}"
+        if os.path.lexists(tmp):  # left by a killed writer; never write through its link
+            os.remove(tmp)
+        try:
+            os.link(path, tmp)
+        except OSError:  # a file system without hard links
+            shutil.copyfile(path, tmp)
+        os.replace(tmp, prev)
+    atomic_save(obj, path)
+
+
+def remove_temporaries(run_dir):
+    """Delete the half-written <file>.tmp<pid> files a killed writer leaves behind."""
+    for name in os.listdir(run_dir):
+        if re.search(r"\.tmp\d+$", name):
+            os.remove(os.path.join(run_dir, name))
+
+
+def backup_of(path):
+    return path[:-3] + ".prev.pt" if path.endswith(".pt") else path + ".prev"
 
 
 def load_checkpoint(path):
-    """torch.load with weights_only=True; a file that is not a checkpoint is one clear error."""
+    """torch.load with weights_only=True: a file that is not a plain checkpoint is refused
+    with one clear line, and nothing in it is executed."""
+    backup = backup_of(path)
+    hint = (f"; the previous checkpoint is {backup}: copy it over {path} to go back to it"
+            if os.path.isfile(backup) else "")
+    if not os.path.isfile(path):
+        raise ValueError(f"checkpoint {path} is missing{hint}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" in str(e).lower() or "weights_only" in str(e):
+            raise ValueError(f"refused {path}: it holds Python objects, not only tensors and "
+                             f"numbers, and loading it could run code (nothing was run); use "
+                             f"checkpoints written by train.py{hint}") from None
+        raise ValueError(f"cannot load checkpoint {path}: corrupted ({first_line(e)}){hint}") from None
     except Exception as e:
-        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise ValueError(f"cannot load checkpoint {path}: {first}") from None
+        raise ValueError(f"cannot load checkpoint {path}: truncated or corrupted "
+                         f"({first_line(e)}){hint}") from None
+
+
+def first_line(e):
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:140]}" if text else type(e).__name__

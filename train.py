@@ -7,7 +7,9 @@ on the test split every epoch, and writes the run folder (DESIGN.md).
     python train.py --resume runs/vae-mnist-20261120-101500 --epochs 20
 """
 import os
+import signal
 import sys
+import threading
 import time
 
 import torch
@@ -19,7 +21,7 @@ import runs
 from ae import AE
 from flags import default_hidden, defaults, parse_hidden, pick_device, resolve
 from vae import VAE
-from vaegan import VAEGAN
+from vaegan import VAEGAN, grad_norm
 
 
 def build_model(cfg, image_shape):
@@ -51,23 +53,63 @@ def build_optimizers(model, cfg, device):
             "discriminator": adam(model.discriminator.parameters(), cfg["lr_disc"] or cfg["lr"])}
 
 
-def train_epoch(model, opt, split, cfg, epoch, noise):
+class Stop(Exception):
+    """SIGINT or SIGTERM arrived; `mid_epoch` is where the epoch stopped (None: at its end)."""
+
+    def __init__(self, signum, mid_epoch=None):
+        super().__init__(signum)
+        self.signum, self.mid_epoch = signum, mid_epoch
+
+
+class Signals:
+    """While active, SIGINT (Ctrl-C) and SIGTERM (a cluster's time limit) only set
+    `received`: the loop finishes its step, saves, and stops. A second one stops at once;
+    the files on disk are whole either way, since every write is atomic."""
+
+    def __enter__(self):
+        self.received, self.saved = None, {}
+        if threading.current_thread() is threading.main_thread():  # signal() needs it
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.saved[sig] = signal.signal(sig, self.handle)
+        return self
+
+    def handle(self, signum, frame):
+        if self.received:
+            raise KeyboardInterrupt
+        self.received = signum
+        print(f"\n{signal.Signals(signum).name}: finishing this step, then saving "
+              f"(again to stop without saving)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)
+
+
+def train_epoch(model, opt, split, cfg, epoch, noise, signals=None, resume=None):
     """One pass over the training split. Sums stay on the device; read once at the end.
 
     Terms are averaged over images, except skips_* (VAE-GAN gating), which are counted.
+    A signal stops it after the current step with Stop, carrying the epoch's data order,
+    step and sums; `resume` is that state, to finish the epoch as if never stopped.
     """
     model.train()
     images, labels = split
-    sums, names, counted = 0, None, None
-    first_bad = torch.zeros((), dtype=torch.long, device=images.device)
-    n, n_steps = 0, -(-images.shape[0] // cfg["batch_size"])
+    r = resume or {"step": 0, "sums": 0, "n": 0, "names": None, "seconds": 0.0,
+                   "order": torch.randperm(images.shape[0], device=images.device),
+                   "first_bad": torch.zeros((), dtype=torch.long, device=images.device),
+                   "bad": None}
+    order, sums, n, names = r["order"], r["sums"], r["n"], r["names"]
+    first_bad, bad = r["first_bad"], r["bad"]  # the first step with a non-finite term, and which
+    counted = names and torch.tensor([k.startswith("skips_") for k in names], device=images.device)
+    n_steps, t0 = -(-images.shape[0] // cfg["batch_size"]), time.perf_counter() - r["seconds"]
     for step, (x, target, _) in enumerate(data.batches(
             images, labels, cfg["batch_size"], shuffle=True, output=cfg["output"],
-            hflip=cfg["hflip"], crop=cfg["crop"], noise=noise), start=1):
+            hflip=cfg["hflip"], crop=cfg["crop"], noise=noise, order=order, start=r["step"]),
+            start=r["step"] + 1):
         if x.shape[0] < 2 and cfg["batchnorm"]:
             continue  # batch norm cannot normalize a batch of one image
         if isinstance(model, VAEGAN):  # three networks, three losses: see vaegan.py
-            out = model.train_step(x, target, opt, l1=cfg["l1"])
+            out = model.train_step(x, target, opt, l1=cfg["l1"], grad_clip=cfg["grad_clip"])
         else:
             out = model.loss(x, target)
             if cfg["l1"]:
@@ -75,30 +117,40 @@ def train_epoch(model, opt, split, cfg, epoch, noise):
                 out["loss"] = out["loss"] + cfg["l1"] * out["l1"]
             opt["model"].zero_grad(set_to_none=True)
             out["loss"].backward()
+            out["grad_norm"] = grad_norm(model.parameters(), cfg["grad_clip"])
             opt["model"].step()
         if names is None:
             names = list(out)
             counted = torch.tensor([k.startswith("skips_") for k in names], device=x.device)
+            bad = torch.zeros(len(names), dtype=torch.bool, device=x.device)
         values = torch.stack([out[k].detach() for k in names])
         sums = sums + torch.where(counted, values, values * x.shape[0])
-        first_bad = torch.where((first_bad == 0) & ~torch.isfinite(values).all(), step, first_bad)
+        newly_bad = (first_bad == 0) & ~torch.isfinite(values).all()
+        bad = torch.where(newly_bad, ~torch.isfinite(values), bad)
+        first_bad = torch.where(newly_bad, step, first_bad)
         n += x.shape[0]
         if step % cfg["log_interval"] == 0 or step == n_steps:
-            stop_if_bad(sums, first_bad, names, epoch)
+            stop_if_bad(bad, first_bad, names, epoch)
             if step < n_steps:
                 print(f"Train Epoch: {epoch} [{n}/{images.shape[0]} "
                       f"({100 * n / images.shape[0]:.0f}%)]\tLoss: {sums[0].item() / n:.4f}",
                       flush=True)
-    return dict(zip(names, torch.where(counted, sums, sums / n).tolist()))
+        if signals and signals.received and step < n_steps:
+            stop_if_bad(bad, first_bad, names, epoch)  # never save weights after a bad step
+            raise Stop(signals.received, {
+                "step": step, "order": order, "sums": sums, "n": n, "names": names,
+                "first_bad": first_bad, "bad": bad, "seconds": time.perf_counter() - t0})
+    return dict(zip(names, torch.where(counted, sums, sums / n).tolist())), time.perf_counter() - t0
 
 
-def stop_if_bad(sums, first_bad, names, epoch):
+def stop_if_bad(bad, first_bad, names, epoch):
+    """Raise, naming the terms that were not finite at the first bad step (one host sync)."""
     if bool(first_bad):
-        bad = [name for name, s in zip(names, sums.tolist()) if s != s or abs(s) == float("inf")]
-        bad = [name for name in bad if name != "loss"] or ["loss"]
-        raise FloatingPointError(f"non-finite {' and '.join(bad)} at epoch {epoch}, "
+        terms = [name for name, b in zip(names, bad.tolist()) if b]
+        terms = [name for name in terms if name != "loss"] or ["loss"]
+        raise FloatingPointError(f"non-finite {' and '.join(terms)} at epoch {epoch}, "
                                  f"step {int(first_bad)}; the last good checkpoint is kept "
-                                 f"(try a lower --lr)")
+                                 f"(try a lower --lr, or --grad-clip)")
 
 
 @torch.no_grad()
@@ -145,7 +197,7 @@ def run(cfg, ckpt=None):
     opt = build_optimizers(model, cfg, device)
     sched = {name: torch.optim.lr_scheduler.StepLR(o, cfg["step_size"], cfg["lr_gamma"])
              for name, o in opt.items()} if cfg["scheduler"] == "step" else {}
-    history, start, best = [], 1, float("inf")
+    history, start, best, mid_epoch = [], 1, float("inf"), None
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         saved_opt, saved_sched = ckpt["optimizer"], ckpt["scheduler"] or {}
@@ -156,45 +208,67 @@ def run(cfg, ckpt=None):
             if sched:
                 sched[name].load_state_dict(saved_sched[name])
         history, start, best = ckpt["history"], ckpt["epoch"] + 1, ckpt["best_test_loss"]
+        mid_epoch = ckpt.get("mid_epoch")
+        if mid_epoch is not None:
+            mid_epoch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in mid_epoch.items()}
         torch.set_rng_state(ckpt["rng"]["torch"])
         if device.type == "cuda" and ckpt["rng"]["cuda"]:
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
-        print(f"Resuming {cfg['out']} after epoch {ckpt['epoch']}")
+        where = f"epoch {start}, step {mid_epoch['step']}" if mid_epoch else f"epoch {ckpt['epoch']}"
+        print(f"Resuming {cfg['out']} after {where}")
     os.makedirs(cfg["out"], exist_ok=True)
+    runs.remove_temporaries(cfg["out"])
     runs.save_config(cfg, cfg["out"])
     z = torch.randn(64, cfg["latent_dim"], generator=torch.Generator().manual_seed(cfg["seed"]))
     z = z.to(device)
-    for epoch in range(start, cfg["epochs"] + 1):
-        t0 = time.perf_counter()
-        train = train_epoch(model, opt, splits["train"], cfg, epoch, noise)
-        test = evaluate(model, splits["test"], cfg, noise)
-        seconds = time.perf_counter() - t0
-        lr = next(iter(opt.values())).param_groups[0]["lr"]
-        for s in sched.values():
-            s.step()
-        terms = lambda d: ", ".join(f"{k} {v:.4f}" for k, v in d.items() if k != "loss")  # noqa
-        print(f"====> Epoch: {epoch} Average loss: {train['loss']:.4f} ({terms(train)}) "
-              f"{seconds:.1f}s")
-        print(f"====> Test set loss: {test['loss']:.4f} ({terms(test)})", flush=True)
-        history.append({"epoch": epoch, **{f"train_{k}": v for k, v in train.items()},
-                        **{f"test_{k}": v for k, v in test.items()},
-                        "seconds": round(seconds, 3), "lr": lr})
-        save_figures(model, splits["test"], cfg, noise, epoch, z)
-        runs.write_history(history, cfg["out"])
-        out = cfg["out"]
-        if test["loss"] < best:
-            best = test["loss"]
-            runs.atomic_save({"model": model.state_dict(), "config": cfg, "epoch": epoch,
-                              "test_loss": best}, os.path.join(out, "best.pt"))
-        cuda_rng = torch.cuda.get_rng_state_all() if device.type == "cuda" else []
-        runs.atomic_save({"model": model.state_dict(),
-                          "optimizer": {name: o.state_dict() for name, o in opt.items()},
-                          "scheduler": {name: s.state_dict() for name, s in sched.items()},
-                          "epoch": epoch,
-                          "config": cfg, "history": history, "best_test_loss": best,
-                          "rng": {"torch": torch.get_rng_state(), "cuda": cuda_rng}},
-                         os.path.join(out, "checkpoint.pt"))
+    state = lambda epoch, mid=None: checkpoint(model, opt, sched, epoch, cfg, history, best, mid)  # noqa
+    with Signals() as signals:
+        for epoch in range(start, cfg["epochs"] + 1):
+            try:
+                train, seconds = train_epoch(model, opt, splits["train"], cfg, epoch, noise,
+                                             signals, mid_epoch)
+            except Stop as stop:  # the epoch's state so far, and the weights after its last step
+                runs.save_checkpoint(state(epoch - 1, stop.mid_epoch),
+                                     os.path.join(cfg["out"], "checkpoint.pt"))
+                stop.where = f"epoch {epoch}, step {stop.mid_epoch['step']}"
+                raise
+            mid_epoch, t0 = None, time.perf_counter()
+            test = evaluate(model, splits["test"], cfg, noise)
+            seconds += time.perf_counter() - t0
+            lr = next(iter(opt.values())).param_groups[0]["lr"]
+            for s in sched.values():
+                s.step()
+            terms = lambda d: ", ".join(f"{k} {v:.4f}" for k, v in d.items() if k != "loss")  # noqa
+            print(f"====> Epoch: {epoch} Average loss: {train['loss']:.4f} ({terms(train)}) "
+                  f"{seconds:.1f}s")
+            print(f"====> Test set loss: {test['loss']:.4f} ({terms(test)})", flush=True)
+            history.append({"epoch": epoch, **{f"train_{k}": v for k, v in train.items()},
+                            **{f"test_{k}": v for k, v in test.items()},
+                            "seconds": round(seconds, 3), "lr": lr})
+            save_figures(model, splits["test"], cfg, noise, epoch, z)
+            runs.write_history(history, cfg["out"])
+            if test["loss"] < best:
+                best = test["loss"]
+                runs.atomic_save({"model": model.state_dict(), "config": cfg, "epoch": epoch,
+                                  "test_loss": best}, os.path.join(cfg["out"], "best.pt"))
+            runs.save_checkpoint(state(epoch), os.path.join(cfg["out"], "checkpoint.pt"))
+            if signals.received and epoch < cfg["epochs"]:
+                stop = Stop(signals.received)
+                stop.where = f"the end of epoch {epoch}"
+                raise stop
     return history
+
+
+def checkpoint(model, opt, sched, epoch, cfg, history, best, mid_epoch=None):
+    """Everything needed to continue exactly: weights, optimizers, schedulers, the epochs
+    done, the unfinished epoch's data order, step and sums (mid_epoch), and the random
+    generators' states. Python's and numpy's generators are not used in training."""
+    cuda_rng = torch.cuda.get_rng_state_all() if next(model.parameters()).is_cuda else []
+    return {"model": model.state_dict(), "epoch": epoch, "mid_epoch": mid_epoch,
+            "optimizer": {name: o.state_dict() for name, o in opt.items()},
+            "scheduler": {name: s.state_dict() for name, s in sched.items()},
+            "config": cfg, "history": history, "best_test_loss": best,
+            "rng": {"torch": torch.get_rng_state(), "cuda": cuda_rng}}
 
 
 def main(argv=None):
@@ -215,10 +289,21 @@ def main(argv=None):
     except FloatingPointError as e:
         print(f"train.py: stopped: {e}", file=sys.stderr)
         return 1
+    except Stop as stop:
+        print(f"train.py: stopped by {signal.Signals(stop.signum).name} at {stop.where}; saved "
+              f"{os.path.join(cfg['out'], 'checkpoint.pt')}. Resume with: python train.py "
+              f"--resume {cfg['out']}", file=sys.stderr)
+        return 128 + stop.signum  # 130 for SIGINT, 143 for SIGTERM
     except KeyboardInterrupt:
-        print(f"\ntrain.py: interrupted; the last finished epoch is saved. Resume with: "
+        print(f"\ntrain.py: interrupted; the last saved checkpoint is kept. Resume with: "
               f"python train.py --resume {cfg['out']}", file=sys.stderr)
         return 130
+    except torch.OutOfMemoryError:
+        print(f"train.py: stopped: out of memory on {cfg['device']} at --batch-size "
+              f"{cfg['batch_size']}; start again with a smaller --batch-size (e.g. "
+              f"{max(1, cfg['batch_size'] // 2)}); the last finished epoch is saved",
+              file=sys.stderr)
+        return 1
     print(f"Run folder: {cfg['out']}")
     return 0
 

@@ -204,11 +204,12 @@ class VAEGAN(nn.Module):
         out.update(accuracies(real_logit, rec_logit, prior_logit))
         return out
 
-    def train_step(self, input, target, opt, l1=0.0):
+    def train_step(self, input, target, opt, l1=0.0, grad_clip=None):
         """Update encoder, decoder and discriminator, each by the gradient of its own loss.
 
         opt: {"encoder": ..., "decoder": ..., "discriminator": ...} optimizers. l1 adds
-        l1 * sum|w| of each network to that network's loss.
+        l1 * sum|w| of each network to that network's loss. grad_clip caps each network's
+        gradient norm; grad_<network> reports the norm before clipping.
         Equilibrium gating (Larsen's code; equilibrium 0.68 ~ ln 2, margin 0.35): when the
         discriminator's loss on real or on fake images is below equilibrium - margin it is
         too good and is not updated; when either is above equilibrium + margin it is too
@@ -236,7 +237,9 @@ class VAEGAN(nn.Module):
             # inputs=: this loss's gradient reaches only this network's weights
             loss.backward(inputs=list(getattr(self, name).parameters()),
                           retain_graph=name != steps[-1][0])
+        out["grad_discriminator"] = torch.zeros_like(out["loss"])  # stays 0 on a skipped step
         for name, _ in steps:  # step only after every backward: they share one graph
+            out[f"grad_{name}"] = grad_norm(getattr(self, name).parameters(), grad_clip)
             opt[name].step()
         if l1:
             out["l1"] = sum(penalties).detach()
@@ -260,6 +263,14 @@ class VAEGAN(nn.Module):
             logits = [self.discriminate(x)[0] for x in (target, self.activate(rec_mu), prior)]
         return {"loss": (recon + kl).mean(), "recon": recon.mean(), "kl": kl.mean(),
                 "nelbo": (recon_z + kl).mean(), **accuracies(*logits)}
+
+
+def grad_norm(parameters, clip=None):
+    """The L2 norm of all gradients together, on the device; with clip, scaled down to it."""
+    parameters = [p for p in parameters if p.grad is not None]
+    if clip:
+        return nn.utils.clip_grad_norm_(parameters, clip)
+    return nn.utils.get_total_norm([p.grad for p in parameters])
 
 
 @contextlib.contextmanager

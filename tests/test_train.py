@@ -108,6 +108,9 @@ BAD_FLAGS = [
     ["--model", "vaegan", "--margin", "0.3"], ["--model", "vaegan", "--feature-layer", "1"],
     ["--model", "vaegan", "--recon", "feature", "--feature-layer", "2"],
     ["--model", "vaegan", "--arch", "conv", "--recon", "feature", "--feature-layer", "0"],
+    ["--grad-clip", "0"], ["--grad-clip", "-1"], ["--noise", "gaussian:-0.5"],
+    ["--noise", "mask:1.5"], ["--noise", "blur:0.5"], ["--contractive", "0.1"],
+    ["--model", "ae", "--sparsity-target", "0.05"], ["--dataset", "cifar100"],
 ]
 
 
@@ -119,6 +122,14 @@ def test_bad_flags_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, flag
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and "error" in err
     assert not out.exists() and not (tmp_path / "none").exists()
+
+
+def test_an_out_folder_under_a_file_is_refused_before_any_work(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert train.main(["--out", str(tmp_path / "file" / "run"), "--data-root",
+                       str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert "is a file, not a folder" in err and not (tmp_path / "none").exists()
 
 
 def test_existing_out_folder_is_refused(tmp_path, capsys):

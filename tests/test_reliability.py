@@ -1,0 +1,260 @@
+"""Interruption and exact resume, checkpoints that survive SIGKILL and refuse pickled code,
+non-finite numbers, out of memory, and damaged data files."""
+import csv
+import multiprocessing
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import ae
+import data
+import evaluate
+import runs
+import train
+import vae
+import vaegan
+from conftest import write_cifar, write_mnist
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+FAMILIES = {  # model: (flags exercising its random parts, the method called once per step)
+    "vae": (["--dropout", "0.2", "--augment", "--noise", "gaussian:0.3"], vae.VAE, "loss"),
+    "ae": (["--model", "ae", "--contractive", "0.1", "--noise", "mask:0.2"], ae.AE, "loss"),
+    "vaegan": (["--model", "vaegan", "--equilibrium", "0.68", "--scheduler", "step",
+                "--step-size", "1"], vaegan.VAEGAN, "train_step"),
+}
+
+
+def rows(run_dir):
+    with open(os.path.join(run_dir, "history.csv")) as f:
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
+
+
+def signal_at_step(monkeypatch, cls, method, at, sig=signal.SIGTERM):
+    """Send `sig` to this process during training step number `at` (counted over epochs)."""
+    real, calls = getattr(cls, method), {"n": 0}
+
+    def patched(self, *args, **kwargs):
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == at:
+                os.kill(os.getpid(), sig)
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(cls, method, patched)
+
+
+def same_checkpoints(a_dir, b_dir):
+    a = torch.load(os.path.join(a_dir, "checkpoint.pt"), weights_only=True)
+    b = torch.load(os.path.join(b_dir, "checkpoint.pt"), weights_only=True)
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for name, opt in a["optimizer"].items():
+        for pid, state in opt["state"].items():
+            for key, value in state.items():
+                assert torch.equal(value, b["optimizer"][name]["state"][pid][key]), (name, key)
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("at,sig,where", [(6, signal.SIGTERM, "epoch 2, step 2"),
+                                          (4, signal.SIGINT, "the end of epoch 1")])
+def test_a_signal_saves_and_resume_ends_bit_for_bit_equal(tiny_data, tmp_path, capsys,
+                                                          monkeypatch, family, at, sig, where):
+    extra, cls, method = FAMILIES[family]
+    args = ["--data-root", tiny_data, "--batch-size", "16", "--latent-dim", "4", "--hidden", "32",
+            "--epochs", "3", "--log-interval", "1000", *extra]  # 60 images: 4 steps per epoch
+    straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
+    assert train.main(args + ["--out", straight]) == 0
+    with monkeypatch.context() as m:
+        signal_at_step(m, cls, method, at, sig)
+        code = train.main(args + ["--out", split])
+    err = capsys.readouterr().err
+    assert code == 128 + sig and f"at {where}" in err and f"--resume {split}" in err
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers put back
+    ckpt = torch.load(os.path.join(split, "checkpoint.pt"), weights_only=True)
+    assert ckpt["epoch"] == 1 and (ckpt["mid_epoch"] is None) == (at == 4)
+    assert train.main(["--resume", split]) == 0
+    assert rows(split) == rows(straight)
+    same_checkpoints(straight, split)
+
+
+def test_sigint_from_the_shell_saves_and_says_how_to_resume(tmp_path):
+    root = str(tmp_path / "data")
+    write_mnist(root, n_train=2000, n_test=24)
+    out = str(tmp_path / "run")
+    proc = subprocess.Popen([sys.executable, "train.py", "--data-root", root, "--epochs", "200",
+                             "--batch-size", "16", "--out", out, "--log-interval", "10"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:  # wait until training is under way
+        if line.startswith("Train Epoch: 2"):
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "stopped by SIGINT at epoch 2, step" in err and f"--resume {out}" in err
+    ckpt = runs.load_checkpoint(os.path.join(out, "checkpoint.pt"))
+    assert ckpt["epoch"] == 1 and ckpt["mid_epoch"]["step"] >= 10
+
+
+def keep_writing(path, start):
+    """Child process: write checkpoints 0, 1, 2, ... as fast as it can, each self-checking."""
+    i = start
+    while True:
+        runs.save_checkpoint({"i": i, "weights": torch.full((30_000,), float(i))}, path)
+        i += 1
+
+
+def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint(tmp_path):
+    path = str(tmp_path / "checkpoint.pt")
+    for i in (-1, 0):  # a checkpoint and its backup, as after two epochs
+        runs.save_checkpoint({"i": i, "weights": torch.full((30_000,), float(i))}, path)
+    ctx, rng, seen = multiprocessing.get_context("fork"), random.Random(0), []
+    for _ in range(12):
+        start = runs.load_checkpoint(path)["i"] + 1  # each writer carries on the count
+        child = ctx.Process(target=keep_writing, args=(path, start))
+        child.start()
+        time.sleep(rng.uniform(0.05, 0.4))
+        os.kill(child.pid, signal.SIGKILL)
+        child.join()
+        for file in (path, runs.backup_of(path)):
+            ckpt = runs.load_checkpoint(file)  # whole, never half-written
+            assert torch.equal(ckpt["weights"], torch.full((30_000,), float(ckpt["i"])))
+        seen.append(runs.load_checkpoint(path)["i"])
+        assert runs.load_checkpoint(runs.backup_of(path))["i"] in (seen[-1] - 1, seen[-1])
+    assert seen == sorted(seen) and seen[-1] > seen[0] > 0  # killed mid-stream, while writing
+
+
+class Payload:
+    def __reduce__(self):  # unpickling this would run a shell command
+        return (os.system, (f"touch {MARKER}",))
+
+
+MARKER = None
+
+
+def test_a_pickled_payload_is_refused_and_never_runs(tiny_data, tmp_path, capsys):
+    global MARKER
+    MARKER = str(tmp_path / "payload-ran")
+    run = str(tmp_path / "run")
+    assert train.main(["--data-root", tiny_data, "--epochs", "1", "--out", run]) == 0
+    ckpt = torch.load(os.path.join(run, "checkpoint.pt"), weights_only=True)
+    ckpt["extra"] = Payload()
+    torch.save(ckpt, os.path.join(run, "checkpoint.pt"))
+    capsys.readouterr()
+    assert train.main(["--resume", run, "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "refused" in err and "checkpoint.pt" in err and len(err.strip().splitlines()) == 1
+    assert evaluate.main([run]) == 2
+    assert "refused" in capsys.readouterr().err
+    assert not os.path.exists(MARKER)
+
+
+def test_a_truncated_checkpoint_names_the_backup_and_the_backup_resumes(tiny_data, tmp_path, capsys):
+    run = str(tmp_path / "run")
+    assert train.main(["--data-root", tiny_data, "--epochs", "2", "--out", run]) == 0
+    path = os.path.join(run, "checkpoint.pt")
+    assert runs.load_checkpoint(runs.backup_of(path))["epoch"] == 1
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+    capsys.readouterr()
+    assert train.main(["--resume", run, "--epochs", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "truncated or corrupted" in err and "checkpoint.prev.pt" in err
+    shutil.copyfile(runs.backup_of(path), path)
+    assert train.main(["--resume", run, "--epochs", "3"]) == 0
+    assert [r["epoch"] for r in rows(run)] == ["1", "2", "3"]
+
+
+def test_a_non_finite_gradient_stops_the_run_and_names_it(tiny_data, tmp_path, capsys, monkeypatch):
+    real_loss, calls = vae.VAE.loss, {"n": 0}
+
+    def loss_with_a_bad_gradient(self, input, target, beta=None):
+        out = real_loss(self, input, target, beta)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == 6:  # epoch 2, step 2: the value stays finite, d/dw sqrt(0 w) = nan
+                out["loss"] = out["loss"] + torch.sqrt(0 * next(self.parameters()).sum())
+        return out
+    monkeypatch.setattr(vae.VAE, "loss", loss_with_a_bad_gradient)
+    run = str(tmp_path / "run")
+    assert train.main(["--data-root", tiny_data, "--epochs", "3", "--batch-size", "16",
+                       "--out", run, "--log-interval", "1000"]) == 1
+    err = capsys.readouterr().err
+    assert "non-finite grad_norm at epoch 2, step 2" in err
+    assert runs.load_checkpoint(os.path.join(run, "checkpoint.pt"))["epoch"] == 1
+
+
+def test_grad_clip_caps_the_norm_and_reports_the_norm_before():
+    w = torch.nn.Parameter(torch.zeros(4))
+    w.grad = torch.tensor([3.0, 4.0, 0.0, 0.0])
+    norm = vaegan.grad_norm([w], clip=1.0)
+    assert norm.item() == pytest.approx(5.0) and w.grad.norm().item() == pytest.approx(1.0, rel=1e-5)
+    w.grad = torch.tensor([3.0, 4.0, 0.0, 0.0])
+    assert vaegan.grad_norm([w]).item() == pytest.approx(5.0) and w.grad[1] == 4.0
+
+
+def test_grad_clip_runs_and_logs_the_norms(tiny_data, tmp_path):
+    for model, column in (("vae", "train_grad_norm"), ("vaegan", "train_grad_discriminator")):
+        run = str(tmp_path / model)
+        assert train.main(["--model", model, "--data-root", tiny_data, "--epochs", "1",
+                           "--grad-clip", "0.01", "--out", run]) == 0
+        assert float(rows(run)[0][column]) > 0.01  # logged before clipping
+
+
+def test_out_of_memory_says_to_lower_the_batch_size(tiny_data, tmp_path, capsys, monkeypatch):
+    def oom(self, *args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    monkeypatch.setattr(vae.VAE, "loss", oom)
+    assert train.main(["--data-root", tiny_data, "--out", str(tmp_path / "run"),
+                       "--batch-size", "256"]) == 1
+    err = capsys.readouterr().err
+    assert "out of memory" in err and "--batch-size (e.g. 128)" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("dataset,damage", [
+    ("mnist", "truncate"), ("mnist", "garbage"), ("fashion-mnist", "truncate"), ("cifar10", "garbage")])
+def test_a_damaged_data_file_is_named_and_nothing_is_written(tmp_path, capsys, monkeypatch,
+                                                             dataset, damage):
+    import torchvision.datasets.cifar as cifar
+    monkeypatch.setattr(cifar.CIFAR10, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(cifar, "check_integrity", lambda path, md5=None: os.path.isfile(path))
+    root = str(tmp_path / "data")
+    if dataset == "cifar10":
+        write_cifar(root)
+        path = os.path.join(root, "cifar-10-batches-py", "data_batch_3")
+    else:
+        write_mnist(root, "MNIST" if dataset == "mnist" else "FashionMNIST")
+        path = os.path.join(root, "MNIST" if dataset == "mnist" else "FashionMNIST", "raw",
+                            "train-images-idx3-ubyte")
+    content = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(content[:-50] if damage == "truncate" else b"not the real file")
+    out = tmp_path / "run"
+    assert train.main(["--dataset", dataset, "--data-root", root, "--no-download",
+                       "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path} is corrupted" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+    if dataset != "cifar10":  # the tiny CIFAR-10 files cannot match the official md5 sums
+        assert data.corrupted_file(data.canonical_name(dataset), root, train=False) is None
+
+
+def test_evaluate_out_of_memory_says_to_lower_the_chunk(tiny_data, tmp_path, capsys, monkeypatch):
+    run = str(tmp_path / "run")
+    assert train.main(["--data-root", tiny_data, "--epochs", "1", "--out", run]) == 0
+    capsys.readouterr()
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+    monkeypatch.setattr(evaluate.metrics, "importance_sampled", oom)
+    assert evaluate.main([run, "--chunk", "4096"]) == 1
+    err = capsys.readouterr().err
+    assert "out of memory" in err and "lower --chunk (now 4096)" in err
