@@ -115,6 +115,9 @@ def load_run(run_dir, weights="last", partial=False):
     if epoch < cfg["epochs"] and not partial:
         raise ValueError(f"{run_dir}: unfinished ({epoch} of {cfg['epochs']} epochs); finish it with "
                          f"python train.py --resume {run_dir}, or pass --partial to evaluate epoch {epoch}")
+    if ckpt.get("mid_epoch") and weights == "last":  # stopped by a signal inside an epoch
+        print(f"{run_dir}: its last weights are from step {ckpt['mid_epoch']['step']} of epoch "
+              f"{epoch + 1}; the logged losses are epoch {epoch}'s")
     if weights == "best":
         ckpt = runs.load_checkpoint(os.path.join(run_dir, "best.pt"))
     model = train.build_model(cfg, tuple(cfg["image_shape"]))
