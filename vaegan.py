@@ -267,10 +267,9 @@ class VAEGAN(nn.Module):
 
 def grad_norm(parameters, clip=None):
     """The L2 norm of all gradients together, on the device; with clip, scaled down to it."""
-    parameters = [p for p in parameters if p.grad is not None]
     if clip:
-        return nn.utils.clip_grad_norm_(parameters, clip)
-    return nn.utils.get_total_norm([p.grad for p in parameters])
+        return nn.utils.clip_grad_norm_([p for p in parameters if p.grad is not None], clip)
+    return nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
 
 
 @contextlib.contextmanager
