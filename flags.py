@@ -15,7 +15,8 @@ import runs
 
 MODELS = ("vae", "ae", "vaegan")
 # Flags that may differ from the saved config when resuming; anything else is refused.
-RESUME_SAFE = {"epochs", "device", "log_interval", "data_root", "download", "resume"}
+RESUME_SAFE = {"epochs", "device", "log_interval", "data_root", "download", "resume",
+               "compile", "channels_last"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -81,6 +82,12 @@ def build_parser():
     a("--step-size", type=int, default=10, help="StepLR: epochs between decays")
     a("--lr-gamma", type=float, default=0.5, help="StepLR: factor applied to the learning rate")
     a("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    a("--amp", action="store_true", help="CUDA: bfloat16 autocast for the networks (losses stay "
+      "float32); ignored, with a note, where bfloat16 autocast is not available or not faster")
+    a("--compile", action="store_true", help="torch.compile the model's loss (first steps are "
+      "slow while it compiles)")
+    a("--channels-last", action="store_true", help="conv arch: channels-last memory format for "
+      "weights and batches (faster convolutions on recent GPUs)")
     a("--seed", type=int, default=1, help="seeds torch: weights, data order, z samples, dropout, "
       "augmentation (the test-split noise has its own fixed seed)")
     a("--out", default=None, help="run folder (default runs/<model>-<dataset>-<time>)")

@@ -15,9 +15,10 @@ def bce_logits(logits, x):
 
     Computed from logits (log-sum-exp form), so it stays finite where sigmoid(l) rounds
     to 0 or 1. Data must lie in [0, 1]: BCE on [-1, 1] data is silently wrong, so it is
-    refused here.
+    refused here, for tensors on the CPU. On a GPU the check would stop the step to read a
+    number back (a host sync); train.py refuses bce with [-1, 1] data before training.
     """
-    if x.numel() and (x.min() < 0 or x.max() > 1):  # one reduction; cheap next to the model
+    if x.device.type == "cpu" and x.numel() and (x.min() < 0 or x.max() > 1):
         raise ValueError(
             f"bce needs targets in [0, 1], got values in [{x.min().item():.3g}, "
             f"{x.max().item():.3g}]; use --recon mse or gaussian for [-1, 1] (tanh) data")

@@ -1,4 +1,5 @@
-"""The run folder on disk: atomic writes, history.csv, safe checkpoint loading.
+"""The run folder on disk: atomic writes, history.csv, what a checkpoint holds, safe
+checkpoint loading, and stopping on a signal with everything saved.
 
 Used by train.py (writing) and evaluate.py (reading). A checkpoint is a plain dict of
 tensors and numbers, loaded with weights_only=True, so a shared file cannot run code.
@@ -10,6 +11,9 @@ import os
 import pickle
 import re
 import shutil
+import signal
+import sys
+import threading
 
 import torch
 
@@ -105,3 +109,47 @@ def load_checkpoint(path):
 def first_line(e):
     text = str(e).strip()
     return f"{type(e).__name__}: {text.splitlines()[0][:140]}" if text else type(e).__name__
+
+
+def checkpoint(model, opt, sched, epoch, cfg, history, best, mid_epoch=None):
+    """Everything needed to continue exactly: weights, optimizers, schedulers, the epochs
+    done, the unfinished epoch's data order, step and sums (mid_epoch), and the random
+    generators' states. Python's and numpy's generators are not used in training."""
+    cuda_rng = torch.cuda.get_rng_state_all() if next(model.parameters()).is_cuda else []
+    return {"model": model.state_dict(), "epoch": epoch, "mid_epoch": mid_epoch,
+            "optimizer": {name: o.state_dict() for name, o in opt.items()},
+            "scheduler": {name: s.state_dict() for name, s in sched.items()},
+            "config": cfg, "history": history, "best_test_loss": best,
+            "rng": {"torch": torch.get_rng_state(), "cuda": cuda_rng}}
+
+
+class Stop(Exception):
+    """SIGINT or SIGTERM arrived; `mid_epoch` is where the epoch stopped (None: at its end)."""
+
+    def __init__(self, signum, mid_epoch=None):
+        super().__init__(signum)
+        self.signum, self.mid_epoch = signum, mid_epoch
+
+
+class Signals:
+    """While active, SIGINT (Ctrl-C) and SIGTERM (a cluster's time limit) only set
+    `received`: the loop finishes its step, saves, and stops. A second one stops at once;
+    the files on disk are whole either way, since every write is atomic."""
+
+    def __enter__(self):
+        self.received, self.saved = None, {}
+        if threading.current_thread() is threading.main_thread():  # signal() needs it
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.saved[sig] = signal.signal(sig, self.handle)
+        return self
+
+    def handle(self, signum, frame):
+        if self.received:
+            raise KeyboardInterrupt
+        self.received = signum
+        print(f"\n{signal.Signals(signum).name}: finishing this step, then saving "
+              f"(again to stop without saving)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)

@@ -6,10 +6,10 @@ on the test split every epoch, and writes the run folder (DESIGN.md).
     python train.py --model vaegan --dataset mnist --no-batchnorm
     python train.py --resume runs/vae-mnist-20261120-101500 --epochs 20
 """
+import contextlib
 import os
 import signal
 import sys
-import threading
 import time
 
 import torch
@@ -53,39 +53,8 @@ def build_optimizers(model, cfg, device):
             "discriminator": adam(model.discriminator.parameters(), cfg["lr_disc"] or cfg["lr"])}
 
 
-class Stop(Exception):
-    """SIGINT or SIGTERM arrived; `mid_epoch` is where the epoch stopped (None: at its end)."""
-
-    def __init__(self, signum, mid_epoch=None):
-        super().__init__(signum)
-        self.signum, self.mid_epoch = signum, mid_epoch
-
-
-class Signals:
-    """While active, SIGINT (Ctrl-C) and SIGTERM (a cluster's time limit) only set
-    `received`: the loop finishes its step, saves, and stops. A second one stops at once;
-    the files on disk are whole either way, since every write is atomic."""
-
-    def __enter__(self):
-        self.received, self.saved = None, {}
-        if threading.current_thread() is threading.main_thread():  # signal() needs it
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.saved[sig] = signal.signal(sig, self.handle)
-        return self
-
-    def handle(self, signum, frame):
-        if self.received:
-            raise KeyboardInterrupt
-        self.received = signum
-        print(f"\n{signal.Signals(signum).name}: finishing this step, then saving "
-              f"(again to stop without saving)", file=sys.stderr, flush=True)
-
-    def __exit__(self, *exc):
-        for sig, handler in self.saved.items():
-            signal.signal(sig, handler)
-
-
-def train_epoch(model, opt, split, cfg, epoch, noise, signals=None, resume=None):
+def train_epoch(model, opt, split, cfg, epoch, noise, signals=None, resume=None,
+                autocast=contextlib.nullcontext):
     """One pass over the training split. Sums stay on the device; read once at the end.
 
     Terms are averaged over images, except skips_* (VAE-GAN gating), which are counted.
@@ -108,10 +77,14 @@ def train_epoch(model, opt, split, cfg, epoch, noise, signals=None, resume=None)
             start=r["step"] + 1):
         if x.shape[0] < 2 and cfg["batchnorm"]:
             continue  # batch norm cannot normalize a batch of one image
+        if cfg["channels_last"]:
+            x = x.contiguous(memory_format=torch.channels_last)
         if isinstance(model, VAEGAN):  # three networks, three losses: see vaegan.py
-            out = model.train_step(x, target, opt, l1=cfg["l1"], grad_clip=cfg["grad_clip"])
+            out = model.train_step(x, target, opt, l1=cfg["l1"], grad_clip=cfg["grad_clip"],
+                                   autocast=autocast)
         else:
-            out = model.loss(x, target)
+            with autocast():
+                out = model.loss(x, target)
             if cfg["l1"]:
                 out["l1"] = losses.l1_penalty(model.parameters())
                 out["loss"] = out["loss"] + cfg["l1"] * out["l1"]
@@ -137,7 +110,7 @@ def train_epoch(model, opt, split, cfg, epoch, noise, signals=None, resume=None)
                       flush=True)
         if signals and signals.received and step < n_steps:
             stop_if_bad(bad, first_bad, names, epoch)  # never save weights after a bad step
-            raise Stop(signals.received, {
+            raise runs.Stop(signals.received, {
                 "step": step, "order": order, "sums": sums, "n": n, "names": names,
                 "first_bad": first_bad, "bad": bad, "seconds": time.perf_counter() - t0})
     return dict(zip(names, torch.where(counted, sums, sums / n).tolist())), time.perf_counter() - t0
@@ -194,6 +167,7 @@ def run(cfg, ckpt=None):
     image_shape = tuple(splits["train"][0].shape[1:])
     cfg["image_shape"] = list(image_shape)
     model = build_model(cfg, image_shape).to(device)
+    autocast = speed_features(model, cfg, device)
     opt = build_optimizers(model, cfg, device)
     sched = {name: torch.optim.lr_scheduler.StepLR(o, cfg["step_size"], cfg["lr_gamma"])
              for name, o in opt.items()} if cfg["scheduler"] == "step" else {}
@@ -221,13 +195,13 @@ def run(cfg, ckpt=None):
     runs.save_config(cfg, cfg["out"])
     z = torch.randn(64, cfg["latent_dim"], generator=torch.Generator().manual_seed(cfg["seed"]))
     z = z.to(device)
-    state = lambda epoch, mid=None: checkpoint(model, opt, sched, epoch, cfg, history, best, mid)  # noqa
-    with Signals() as signals:
+    state = lambda epoch, mid=None: runs.checkpoint(model, opt, sched, epoch, cfg, history, best, mid)  # noqa
+    with runs.Signals() as signals:
         for epoch in range(start, cfg["epochs"] + 1):
             try:
                 train, seconds = train_epoch(model, opt, splits["train"], cfg, epoch, noise,
-                                             signals, mid_epoch)
-            except Stop as stop:  # the epoch's state so far, and the weights after its last step
+                                             signals, mid_epoch, autocast)
+            except runs.Stop as stop:  # the epoch's state so far, and the weights after its last step
                 runs.save_checkpoint(state(epoch - 1, stop.mid_epoch),
                                      os.path.join(cfg["out"], "checkpoint.pt"))
                 stop.where = f"epoch {epoch}, step {stop.mid_epoch['step']}"
@@ -253,22 +227,25 @@ def run(cfg, ckpt=None):
                                   "test_loss": best}, os.path.join(cfg["out"], "best.pt"))
             runs.save_checkpoint(state(epoch), os.path.join(cfg["out"], "checkpoint.pt"))
             if signals.received and epoch < cfg["epochs"]:
-                stop = Stop(signals.received)
+                stop = runs.Stop(signals.received)
                 stop.where = f"the end of epoch {epoch}"
                 raise stop
     return history
 
 
-def checkpoint(model, opt, sched, epoch, cfg, history, best, mid_epoch=None):
-    """Everything needed to continue exactly: weights, optimizers, schedulers, the epochs
-    done, the unfinished epoch's data order, step and sums (mid_epoch), and the random
-    generators' states. Python's and numpy's generators are not used in training."""
-    cuda_rng = torch.cuda.get_rng_state_all() if next(model.parameters()).is_cuda else []
-    return {"model": model.state_dict(), "epoch": epoch, "mid_epoch": mid_epoch,
-            "optimizer": {name: o.state_dict() for name, o in opt.items()},
-            "scheduler": {name: s.state_dict() for name, s in sched.items()},
-            "config": cfg, "history": history, "best_test_loss": best,
-            "rng": {"torch": torch.get_rng_state(), "cuda": cuda_rng}}
+def speed_features(model, cfg, device):
+    """--channels-last and --compile, in place; returns the autocast context for --amp."""
+    if cfg["channels_last"] and cfg["arch"] == "conv":
+        model.to(memory_format=torch.channels_last)
+    if cfg["compile"]:
+        model.loss = torch.compile(model.loss)  # an attribute: the state dict is unchanged
+    if not cfg["amp"]:
+        return contextlib.nullcontext
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    print(f"--amp: bfloat16 autocast is not used on {device} (not supported, or not faster "
+          f"without matrix units); training in float32")
+    return contextlib.nullcontext
 
 
 def main(argv=None):
@@ -289,7 +266,7 @@ def main(argv=None):
     except FloatingPointError as e:
         print(f"train.py: stopped: {e}", file=sys.stderr)
         return 1
-    except Stop as stop:
+    except runs.Stop as stop:
         print(f"train.py: stopped by {signal.Signals(stop.signum).name} at {stop.where}; saved "
               f"{os.path.join(cfg['out'], 'checkpoint.pt')}. Resume with: python train.py "
               f"--resume {cfg['out']}", file=sys.stderr)

@@ -120,7 +120,9 @@ class VAE(nn.Module):
             image_shape, 2 * latent_dim, latent_dim, arch, hidden, act, dropout, batchnorm)
 
     def encode(self, x):
-        mu, logvar = self.encoder(x).chunk(2, dim=1)  # (B, D) each
+        h = self.encoder(x)
+        mu, logvar = h.to(torch.promote_types(h.dtype, torch.float32)).chunk(2, dim=1)  # (B, D)
+        # at least float32 (under --amp the networks run in bfloat16): the KL sums in full precision
         return mu, logvar
 
     def reparameterize(self, mu, logvar):

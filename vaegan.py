@@ -102,7 +102,8 @@ class Discriminator(nn.Module):
         for i, block in enumerate(self.blocks, start=1):
             x = block(x)
             features = x if i == layer else features
-        return self.head(x).squeeze(1), features  # (B,) logits, (B, ...) features
+        logits = self.head(x).squeeze(1)
+        return logits.to(torch.promote_types(logits.dtype, torch.float32)), features  # (B,), (B, ...)
 
 
 class VAEGAN(nn.Module):
@@ -145,7 +146,9 @@ class VAEGAN(nn.Module):
                              f"discriminator, got {feature_layer}")
 
     def encode(self, x):
-        mu, logvar = self.encoder(x).chunk(2, dim=1)  # (B, D) each
+        h = self.encoder(x)
+        mu, logvar = h.to(torch.promote_types(h.dtype, torch.float32)).chunk(2, dim=1)  # (B, D)
+        # at least float32 (under --amp the networks run in bfloat16): the KL sums in full precision
         return mu, logvar
 
     def reparameterize(self, mu, logvar):
@@ -191,7 +194,8 @@ class VAEGAN(nn.Module):
         prior_logit, _ = self.discriminate(prior)
         if self.recon == "feature":
             # -log N(Dis_l(x) | Dis_l(x_rec), I) up to a constant (Larsen et al., eq. 6)
-            recon = losses.gaussian(rec_features, real_features.detach(), c=1.0)
+            f32 = torch.promote_types(rec_features.dtype, torch.float32)
+            recon = losses.gaussian(rec_features.to(f32), real_features.detach().to(f32), c=1.0)
         else:
             recon = losses.reconstruction(self.recon, rec_logits, target, self.output, self.c)
         out = {"recon": recon.mean(), "kl": losses.kl_normal(mu, logvar).mean()}
@@ -204,19 +208,21 @@ class VAEGAN(nn.Module):
         out.update(accuracies(real_logit, rec_logit, prior_logit))
         return out
 
-    def train_step(self, input, target, opt, l1=0.0, grad_clip=None):
+    def train_step(self, input, target, opt, l1=0.0, grad_clip=None, autocast=contextlib.nullcontext):
         """Update encoder, decoder and discriminator, each by the gradient of its own loss.
 
         opt: {"encoder": ..., "decoder": ..., "discriminator": ...} optimizers. l1 adds
         l1 * sum|w| of each network to that network's loss. grad_clip caps each network's
-        gradient norm; grad_<network> reports the norm before clipping.
+        gradient norm; grad_<network> reports the norm before clipping. autocast: a context
+        for the forward pass only (train.py's --amp).
         Equilibrium gating (Larsen's code; equilibrium 0.68 ~ ln 2, margin 0.35): when the
         discriminator's loss on real or on fake images is below equilibrium - margin it is
         too good and is not updated; when either is above equilibrium + margin it is too
         bad, and the decoder drops its adversarial term; if both would be skipped, neither
         is. Deciding needs the two numbers on the host: one sync per step, with gating only.
         """
-        out = self.loss(input, target)
+        with autocast():
+            out = self.loss(input, target)
         train_disc = train_adv = True
         if self.equilibrium is not None:
             real, fake = out["disc_real"].item(), out["disc_fake"].item()

@@ -16,7 +16,23 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-N_TRAIN, N_TEST = 60, 24  # N_TRAIN a multiple of 5: CIFAR-10 has five training batches
+N_TRAIN, N_TEST = 60, 24
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", help="also run tests marked slow")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: skipped unless --run-slow is given")
+
+
+def pytest_collection_modifyitems(config, items):
+    if not config.getoption("--run-slow"):
+        skip = pytest.mark.skip(reason="slow: run with --run-slow")
+        for item in items:
+            if "slow" in item.keywords:
+                item.add_marker(skip)  # N_TRAIN a multiple of 5: CIFAR-10 has five training batches
 
 
 def images_for(n, shape, seed):

@@ -258,3 +258,26 @@ def test_evaluate_out_of_memory_says_to_lower_the_chunk(tiny_data, tmp_path, cap
     assert evaluate.main([run, "--chunk", "4096"]) == 1
     err = capsys.readouterr().err
     assert "out of memory" in err and "lower --chunk (now 4096)" in err
+
+
+def test_speed_flags_work_on_a_cpu(tiny_data, tmp_path, capsys):
+    base = ["--data-root", tiny_data, "--epochs", "2", "--batch-size", "16", "--log-interval", "1000"]
+    assert train.main(base + ["--out", str(tmp_path / "plain")]) == 0
+    assert train.main(base + ["--out", str(tmp_path / "amp"), "--amp"]) == 0
+    assert "--amp: bfloat16 autocast is not used on cpu" in capsys.readouterr().out
+    assert rows(tmp_path / "amp") == rows(tmp_path / "plain")  # float32 where amp does not apply
+    conv = base + ["--arch", "conv", "--latent-dim", "4"]
+    assert train.main(conv + ["--out", str(tmp_path / "conv")]) == 0
+    assert train.main(conv + ["--out", str(tmp_path / "cl"), "--channels-last"]) == 0
+    a, b = rows(tmp_path / "conv")[-1], rows(tmp_path / "cl")[-1]
+    assert float(b["test_loss"]) == pytest.approx(float(a["test_loss"]), rel=1e-3)
+
+
+@pytest.mark.slow  # about 30 s on 2 cores, and needs a C++ compiler: python -m pytest --run-slow
+def test_compile_trains_like_eager(tiny_data, tmp_path):
+    base = ["--data-root", tiny_data, "--epochs", "2", "--batch-size", "16", "--log-interval", "1000"]
+    assert train.main(base + ["--out", str(tmp_path / "plain")]) == 0
+    assert train.main(base + ["--out", str(tmp_path / "compiled"), "--compile"]) == 0
+    a, b = rows(tmp_path / "plain")[-1], rows(tmp_path / "compiled")[-1]
+    # compiled code draws its own random numbers (z, dropout), so only close, not equal
+    assert float(b["train_loss"]) == pytest.approx(float(a["train_loss"]), rel=0.02)

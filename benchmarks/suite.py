@@ -1,0 +1,235 @@
+"""Training speed of every model, train.py's loop against the standard loop, side by side.
+
+For each setup, the same model (same class, loss and optimizers) takes a fixed number of
+training steps in each loop, each in its own fresh process (so peak memory is its own),
+the loops taking turns for --repeats rounds, the fastest round of each counting:
+
+  standard  torchvision dataset with per-sample transforms (ToTensor; for [-1, 1] data
+            Normalize(0.5, 0.5); with --augment RandomHorizontalFlip and RandomCrop(32,
+            padding=4)), DataLoader(shuffle=True), a .to(device) per batch and a .item()
+            per loss term per step: the loop of the reference reports;
+  ours      train.train_epoch: the split resident on the device as uint8, flips, crops and
+            noise as batched tensor ops, sums kept on the device and read once.
+
+It prints images per second, seconds per epoch of the full training split, peak memory
+and the time ratio ours / standard (target: at most 0.5 on a CPU), and the same ratio for
+the model's compute alone (steps on one batch already on the device): no data path can
+go below that one. Data loading before
+the first step is not timed in either loop. Then the importance-sampled likelihood's
+throughput (evaluate.py, K = 1000) on the MLP VAE.
+
+    python benchmarks/suite.py --data-root data
+    python benchmarks/suite.py --data-root data --setups vae-mlp-mnist --steps 100
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import data  # noqa: E402
+import flags  # noqa: E402
+import losses  # noqa: E402
+import metrics  # noqa: E402
+import train  # noqa: E402
+from vaegan import VAEGAN  # noqa: E402
+
+SETUPS = {
+    "vae-mlp-mnist": ["--model", "vae", "--dataset", "mnist"],
+    "vae-conv-cifar10": ["--model", "vae", "--dataset", "cifar10", "--arch", "conv",
+                         "--latent-dim", "256", "--output", "tanh", "--recon", "mse", "--augment"],
+    "ae-conv-mnist": ["--model", "ae", "--dataset", "mnist", "--arch", "conv"],
+    "vaegan-mlp-mnist": ["--model", "vaegan", "--dataset", "mnist"],
+    "vaegan-conv-cifar10": ["--model", "vaegan", "--dataset", "cifar10", "--arch", "conv",
+                            "--latent-dim", "128", "--output", "tanh", "--recon", "mse"],
+}
+TRAIN_SIZE = {"mnist": 60000, "fashion-mnist": 60000, "cifar10": 50000}
+
+
+def skip_cifar_md5():
+    """For a CIFAR-10 subset, whose files cannot match the official md5 sums."""
+    import torchvision.datasets.cifar as cifar
+    cifar.CIFAR10._check_integrity = lambda self: True
+    cifar.check_integrity = lambda path, md5=None: os.path.isfile(path)
+
+
+def build(setup, args):
+    argv = SETUPS[setup] + args.extra.split() + [
+        "--data-root", args.data_root, "--device", args.device, "--no-download",
+        "--out", os.path.join(tempfile.gettempdir(), f"suite-never-written-{os.getpid()}")]
+    cfg, _ = flags.resolve(argv)
+    device = flags.pick_device(cfg["device"])
+    shape = (1, 28, 28) if cfg["dataset"] != "cifar10" else (3, 32, 32)
+    torch.manual_seed(0)
+    model = train.build_model(cfg, shape).to(device)
+    return cfg, device, model, train.build_optimizers(model, cfg, device)
+
+
+def standard_steps(cfg, device, model, opt, n_steps):
+    """The reference reports' loop for `n_steps` steps (cycling the loader if needed)."""
+    from torchvision import datasets, transforms
+    t = [transforms.RandomHorizontalFlip()] if cfg["hflip"] else []
+    t += [transforms.RandomCrop(32, padding=4)] if cfg["crop"] else []
+    t += [transforms.ToTensor()]
+    t += [transforms.Normalize((0.5,), (0.5,))] if cfg["output"] == "tanh" else []
+    cls = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST,
+           "cifar10": datasets.CIFAR10}[cfg["dataset"]]
+    loader = torch.utils.data.DataLoader(cls(cfg["data_root"], train=True,
+                                             transform=transforms.Compose(t)),
+                                         batch_size=cfg["batch_size"], shuffle=True, drop_last=True)
+    model.train()
+    step = 0
+    while step < n_steps:
+        for x, _ in loader:
+            x = x.to(device)
+            if isinstance(model, VAEGAN):
+                out = model.train_step(x, x, opt)
+                logged = [out[k].item() for k in ("loss", "decoder", "disc")]
+            else:
+                out = model.loss(x, x)
+                opt["model"].zero_grad()
+                out["loss"].backward()
+                opt["model"].step()
+                logged = [v.item() for v in out.values()]
+            assert all(v == v for v in logged)
+            step += 1
+            if step == n_steps:
+                break
+
+
+def our_steps(cfg, device, model, opt, images, labels, n_steps):
+    n = n_steps * cfg["batch_size"]
+    reps = -(-n // images.shape[0])
+    split = (images.repeat(reps, 1, 1, 1)[:n], labels.repeat(reps)[:n])
+    train.train_epoch(model, opt, split, cfg, 1, data.parse_noise(cfg["noise"]))  # reads once
+
+
+def floor_steps(cfg, device, model, opt, images, n_steps):
+    """The model's compute alone: n_steps on one batch already on the device, no data path."""
+    x = data.to_range(images[:cfg["batch_size"]].float() / 255, cfg["output"])
+    model.train()
+    for _ in range(n_steps):
+        if isinstance(model, VAEGAN):
+            model.train_step(x, x, opt)
+        else:
+            out = model.loss(x, x)
+            opt["model"].zero_grad(set_to_none=True)
+            out["loss"].backward()
+            opt["model"].step()
+
+
+def peak_memory_mb(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_one(setup, loop, args):
+    """One setup with one loop, in this process: warm-up steps, then timed steps."""
+    cfg, device, model, opt = build(setup, args)
+    if loop in ("ours", "floor"):
+        images, labels = data.load(cfg["dataset"], cfg["data_root"], device, False)["train"]
+        run = lambda n: our_steps(cfg, device, model, opt, images, labels, n)  # noqa: E731
+        if loop == "floor":
+            run = lambda n: floor_steps(cfg, device, model, opt, images, n)  # noqa: E731
+    else:
+        run = lambda n: standard_steps(cfg, device, model, opt, n)  # noqa: E731
+    run(args.warmup)
+    sync(device)
+    t0 = time.perf_counter()
+    run(args.steps)
+    sync(device)
+    seconds = time.perf_counter() - t0
+    ips = args.steps * cfg["batch_size"] / seconds
+    return {"setup": setup, "loop": loop, "images_per_s": ips,
+            "s_per_epoch": TRAIN_SIZE[cfg["dataset"]] / ips, "peak_mb": peak_memory_mb(device)}
+
+
+def measure_iw(args):
+    """evaluate.py's importance-sampled likelihood, K = 1000, on 200 MNIST test images."""
+    cfg, device, model, _ = build("vae-mlp-mnist", args)
+    model.eval()
+    images, _ = data.load("mnist", cfg["data_root"], device, False)["test"]
+    x = images[:200].float() / 255
+    nll = lambda logits, t: losses.bce_logits(logits, t)  # noqa: E731
+    b = max(1, 1024 // 1000)
+    t0 = time.perf_counter()
+    for xs in x.split(b):
+        metrics.importance_sampled(model, xs, xs, 1000, nll, 1024)
+    sync(device)
+    return {"setup": "iw", "images_per_s": x.shape[0] / (time.perf_counter() - t0)}
+
+
+def main():
+    p = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                description=__doc__.splitlines()[0])
+    p.add_argument("--data-root", default="./data", help="folder holding MNIST and CIFAR-10")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--setups", default=",".join(SETUPS), help="comma-separated, from: " + ", ".join(SETUPS))
+    p.add_argument("--steps", type=int, default=30, help="timed training steps per loop")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    p.add_argument("--repeats", type=int, default=3, help="rounds per loop; the fastest counts "
+                   "(a shared machine's noise only ever slows a round down)")
+    p.add_argument("--extra", default="", help="more train.py flags for every setup, e.g. '--amp'")
+    p.add_argument("--skip-md5", action="store_true", help="accept a CIFAR-10 subset's files")
+    p.add_argument("--one", nargs=2, metavar=("SETUP", "LOOP"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.skip_md5:
+        skip_cifar_md5()
+    if args.one:
+        result = measure_iw(args) if args.one[0] == "iw" else measure_one(*args.one, args)
+        print("RESULT " + json.dumps(result))
+        return
+    for setup in args.setups.split(","):
+        if setup not in SETUPS:
+            p.error(f"unknown setup {setup!r}; use {', '.join(SETUPS)}")
+    device = flags.pick_device(args.device)
+    print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, "
+          f"{os.cpu_count()} CPUs; {args.steps} timed steps after {args.warmup}")
+    base = [sys.executable, os.path.abspath(__file__), "--data-root", args.data_root,
+            "--device", str(device), "--steps", str(args.steps), "--warmup", str(args.warmup),
+            "--extra", args.extra] + (["--skip-md5"] if args.skip_md5 else [])
+
+    def child(setup, loop):
+        proc = subprocess.run(base + ["--one", setup, loop], capture_output=True, text=True)
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+        if proc.returncode or not lines:
+            sys.exit(f"{setup} {loop} failed:\n{proc.stderr[-2000:]}")
+        return json.loads(lines[-1][len("RESULT "):])
+
+    memory = "peak GPU MB" if device.type == "cuda" else "peak RSS MB"
+    print(f"\n| setup | standard images/s | ours images/s | standard s/epoch | ours s/epoch "
+          f"| standard {memory} | ours {memory} | time ratio | compute-only ratio |\n"
+          f"|---|---|---|---|---|---|---|---|---|")
+    ratios = []
+    for setup in args.setups.split(","):
+        best = {}  # the fastest of --repeats rounds, the three loops taking turns
+        for _ in range(args.repeats):
+            for loop in ("standard", "ours", "floor"):
+                r = child(setup, loop)
+                if loop not in best or r["images_per_s"] > best[loop]["images_per_s"]:
+                    best[loop] = r
+        std, ours, floor = best["standard"], best["ours"], best["floor"]
+        ratios.append(ours["s_per_epoch"] / std["s_per_epoch"])
+        print(f"| {setup} | {std['images_per_s']:.0f} | {ours['images_per_s']:.0f} "
+              f"| {std['s_per_epoch']:.1f} | {ours['s_per_epoch']:.1f} | {std['peak_mb']:.0f} "
+              f"| {ours['peak_mb']:.0f} | {ratios[-1]:.2f} "
+              f"| {floor['s_per_epoch'] / std['s_per_epoch']:.2f} |", flush=True)
+    print(f"\nworst time ratio: {max(ratios):.2f} (target <= 0.5 on a CPU, <= 0.2 on a GPU)")
+    print(f"importance-sampled likelihood, K = 1000, MLP VAE: "
+          f"{child('iw', 'ours')['images_per_s']:.0f} test images/s")
+
+
+if __name__ == "__main__":
+    main()
