@@ -113,10 +113,23 @@ def corrupted_file(name, root, train):
     return None
 
 
-def load(name, root="./data", device="cpu", download=True):
-    """Both splits on `device`: {"train": (images, labels), "test": (images, labels)}."""
-    return {split: tuple(t.to(device) for t in load_split(name, root, split == "train", download))
-            for split in ("train", "test")}
+def load(name, root="./data", device="cpu", download=True, budget=float("inf")):
+    """Both splits: {"train": (images, labels), "test": (images, labels)}, each on `device`
+    when its images fit `budget` bytes, else left in host memory (pinned for a GPU), to be
+    copied over a batch at a time: pass batches(..., device=device) for those."""
+    splits = {}
+    for split in ("train", "test"):
+        images, labels = load_split(name, root, split == "train", download)
+        if fits(images, budget):
+            splits[split] = images.to(device), labels.to(device)
+        else:
+            pin = torch.device(device).type == "cuda"
+            splits[split] = (images.pin_memory(), labels.pin_memory()) if pin else (images, labels)
+    return splits
+
+
+def fits(images, budget):
+    return images.numel() * images.element_size() <= budget
 
 
 def parse_noise(spec):
@@ -178,23 +191,44 @@ def to_range(x, output="sigmoid"):
 
 
 def batches(images, labels, batch_size, shuffle=False, output="sigmoid", hflip=False,
-            crop=False, noise=None, noise_seed=None, order=None, start=0):
+            crop=False, noise=None, noise_seed=None, order=None, start=0, device=None):
     """Yield (input, target, label) batches; input is the corrupted image when noise is set.
 
     shuffle draws a torch.randperm order from the global generator (seeded by --seed), or
     takes `order`; `start` skips that many batches (resuming mid-epoch, with the global
     generator restored to where the skipped batches left it). noise_seed gives the
     corruption its own generator, so it is the same on every pass.
+    device: for a split kept in host memory (load's budget), each batch is gathered into
+    one of two staging buffers (pinned for a GPU) and copied over asynchronously; batch
+    k + 1 is gathered while batch k's copy is in flight.
     """
     n = images.shape[0]
     if shuffle and order is None:
         order = torch.randperm(n, device=images.device)
     generator = None
     if noise is not None and noise_seed is not None:
-        generator = torch.Generator(device=images.device).manual_seed(noise_seed)
-    for i in range(start * batch_size, n, batch_size):
+        generator = torch.Generator(device=device or images.device).manual_seed(noise_seed)
+    buffers, copied = {}, {}
+    for k, i in enumerate(range(start * batch_size, n, batch_size)):
         idx = order[i:i + batch_size] if order is not None else slice(i, i + batch_size)
-        x, y = images[idx], labels[idx]
+        if device is None:
+            x, y = images[idx], labels[idx]
+        else:
+            idx = torch.arange(n)[idx] if isinstance(idx, slice) else idx.cpu()
+            slot = (k % 2, len(idx))
+            if slot in copied:
+                copied[slot].synchronize()  # this buffer's previous copy has landed
+            if slot not in buffers:
+                buffers[slot] = torch.empty((len(idx), *images.shape[1:]), dtype=images.dtype,
+                                            pin_memory=images.is_pinned())
+            torch.index_select(images, 0, idx, out=buffers[slot])
+            x = buffers[slot].to(device, non_blocking=True)
+            y = labels[idx].to(device, non_blocking=True)
+            if x.device.type == "cuda":
+                copied[slot] = torch.cuda.Event()
+                copied[slot].record()
+            elif x.data_ptr() == buffers[slot].data_ptr():
+                x = x.clone()  # the same device: never hand out the buffer itself
         if hflip:
             x = random_hflip(x)
         if crop:

@@ -16,7 +16,7 @@ import runs
 MODELS = ("vae", "ae", "vaegan")
 # Flags that may differ from the saved config when resuming; anything else is refused.
 RESUME_SAFE = {"epochs", "device", "log_interval", "data_root", "download", "resume",
-               "compile", "channels_last"}
+               "compile", "channels_last", "data_budget"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -82,6 +82,9 @@ def build_parser():
     a("--step-size", type=int, default=10, help="StepLR: epochs between decays")
     a("--lr-gamma", type=float, default=0.5, help="StepLR: factor applied to the learning rate")
     a("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    a("--data-budget", type=float, default=None, help="GB of training images allowed in device "
+      "memory; a larger split stays in host memory and is copied a batch at a time (default: "
+      "half the GPU's free memory; unlimited on a CPU)")
     a("--amp", action="store_true", help="CUDA: bfloat16 autocast for the networks (losses stay "
       "float32); ignored, with a note, where bfloat16 autocast is not available or not faster")
     a("--compile", action="store_true", help="torch.compile the model's loss (first steps are "
@@ -156,7 +159,8 @@ def check(cfg, given):
     for name in ("beta", "weight_decay", "l1"):
         if not 0 <= cfg[name] < float("inf"):
             raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {cfg[name]}")
-    for name in ("lr", "c", "lr_gamma", "gamma", "lr_disc", "equilibrium", "grad_clip"):
+    for name in ("lr", "c", "lr_gamma", "gamma", "lr_disc", "equilibrium", "grad_clip",
+                 "data_budget"):
         if cfg[name] is not None and not 0 < cfg[name] < float("inf"):
             raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {cfg[name]}")
     if not 0 <= cfg["margin"] < float("inf"):

@@ -54,27 +54,28 @@ def build_optimizers(model, cfg, device):
 
 
 def train_epoch(model, opt, split, cfg, epoch, noise, signals=None, resume=None,
-                autocast=contextlib.nullcontext):
+                autocast=contextlib.nullcontext, copy_to=None):
     """One pass over the training split. Sums stay on the device; read once at the end.
 
     Terms are averaged over images, except skips_* (VAE-GAN gating), which are counted.
     A signal stops it after the current step with Stop, carrying the epoch's data order,
     step and sums; `resume` is that state, to finish the epoch as if never stopped.
+    copy_to: the device, for a split kept in host memory (--data-budget).
     """
     model.train()
     images, labels = split
+    dev = copy_to or images.device
     r = resume or {"step": 0, "sums": 0, "n": 0, "names": None, "seconds": 0.0,
                    "order": torch.randperm(images.shape[0], device=images.device),
-                   "first_bad": torch.zeros((), dtype=torch.long, device=images.device),
-                   "bad": None}
-    order, sums, n, names = r["order"], r["sums"], r["n"], r["names"]
+                   "first_bad": torch.zeros((), dtype=torch.long, device=dev), "bad": None}
+    order, sums, n, names = r["order"].to(images.device), r["sums"], r["n"], r["names"]
     first_bad, bad = r["first_bad"], r["bad"]  # the first step with a non-finite term, and which
-    counted = names and torch.tensor([k.startswith("skips_") for k in names], device=images.device)
+    counted = names and torch.tensor([k.startswith("skips_") for k in names], device=dev)
     n_steps, t0 = -(-images.shape[0] // cfg["batch_size"]), time.perf_counter() - r["seconds"]
     for step, (x, target, _) in enumerate(data.batches(
             images, labels, cfg["batch_size"], shuffle=True, output=cfg["output"],
-            hflip=cfg["hflip"], crop=cfg["crop"], noise=noise, order=order, start=r["step"]),
-            start=r["step"] + 1):
+            hflip=cfg["hflip"], crop=cfg["crop"], noise=noise, order=order, start=r["step"],
+            device=copy_to), start=r["step"] + 1):
         if x.shape[0] < 2 and cfg["batchnorm"]:
             continue  # batch norm cannot normalize a batch of one image
         if cfg["channels_last"]:
@@ -127,14 +128,14 @@ def stop_if_bad(bad, first_bad, names, epoch):
 
 
 @torch.no_grad()
-def evaluate(model, split, cfg, noise):
+def evaluate(model, split, cfg, noise, copy_to=None):
     """Test loss without beta or penalties: the VAE's negative ELBO per image (z sampled),
     the AE's reconstruction term."""
     model.eval()
     images, labels = split
     sums, names = 0, None
     for x, target, _ in data.batches(images, labels, 1000, output=cfg["output"], noise=noise,
-                                     noise_seed=data.TEST_NOISE_SEED):
+                                     noise_seed=data.TEST_NOISE_SEED, device=copy_to):
         out = model.test_loss(x, target)
         names = names or list(out)
         sums = sums + torch.stack([out[k] for k in names]) * x.shape[0]
@@ -142,12 +143,12 @@ def evaluate(model, split, cfg, noise):
 
 
 @torch.no_grad()
-def save_figures(model, split, cfg, noise, epoch, z):
+def save_figures(model, split, cfg, noise, epoch, z, copy_to=None):
     """Test inputs over their reconstructions (z = mu), and decodes of fixed prior samples."""
     model.eval()
     images, labels = split
     x, target, _ = next(data.batches(images[:8], labels[:8], 8, output=cfg["output"],
-                                     noise=noise, noise_seed=data.TEST_NOISE_SEED))
+                                     noise=noise, noise_seed=data.TEST_NOISE_SEED, device=copy_to))
     rows = [x, model.reconstruct(x)] + ([target] if noise else [])
     to01 = (lambda t: t) if cfg["output"] == "sigmoid" else (lambda t: (t + 1) / 2)
     save_image(to01(torch.cat(rows)), os.path.join(cfg["out"], f"reconstruction_{epoch}.png"),
@@ -162,7 +163,15 @@ def run(cfg, ckpt=None):
     print(f"Device: {device}")
     print("Config: " + " ".join(f"{k}={v}" for k, v in cfg.items() if k != "resume_commands"))
     torch.manual_seed(cfg["seed"])
-    splits = data.load(cfg["dataset"], cfg["data_root"], device, cfg["download"])
+    budget = data_budget(cfg, device)
+    splits = data.load(cfg["dataset"], cfg["data_root"], device, cfg["download"], budget)
+    copy_to = {name: None if data.fits(images, budget) else device
+               for name, (images, _) in splits.items()}
+    for name, (images, _) in splits.items():
+        if copy_to[name] is not None:
+            print(f"Data: the {name} split ({images.numel() / 2**20:.0f} MB) is over the "
+                  f"{budget / 2**20:.0f} MB budget: kept in host memory"
+                  f"{' (pinned)' if images.is_pinned() else ''}, copied a batch at a time")
     noise = data.parse_noise(cfg["noise"])
     image_shape = tuple(splits["train"][0].shape[1:])
     cfg["image_shape"] = list(image_shape)
@@ -200,14 +209,14 @@ def run(cfg, ckpt=None):
         for epoch in range(start, cfg["epochs"] + 1):
             try:
                 train, seconds = train_epoch(model, opt, splits["train"], cfg, epoch, noise,
-                                             signals, mid_epoch, autocast)
+                                             signals, mid_epoch, autocast, copy_to["train"])
             except runs.Stop as stop:  # the epoch's state so far, and the weights after its last step
                 runs.save_checkpoint(state(epoch - 1, stop.mid_epoch),
                                      os.path.join(cfg["out"], "checkpoint.pt"))
                 stop.where = f"epoch {epoch}, step {stop.mid_epoch['step']}"
                 raise
             mid_epoch, t0 = None, time.perf_counter()
-            test = evaluate(model, splits["test"], cfg, noise)
+            test = evaluate(model, splits["test"], cfg, noise, copy_to["test"])
             seconds += time.perf_counter() - t0
             lr = next(iter(opt.values())).param_groups[0]["lr"]
             for s in sched.values():
@@ -219,7 +228,7 @@ def run(cfg, ckpt=None):
             history.append({"epoch": epoch, **{f"train_{k}": v for k, v in train.items()},
                             **{f"test_{k}": v for k, v in test.items()},
                             "seconds": round(seconds, 3), "lr": lr})
-            save_figures(model, splits["test"], cfg, noise, epoch, z)
+            save_figures(model, splits["test"], cfg, noise, epoch, z, copy_to["test"])
             runs.write_history(history, cfg["out"])
             if test["loss"] < best:
                 best = test["loss"]
@@ -231,6 +240,16 @@ def run(cfg, ckpt=None):
                 stop.where = f"the end of epoch {epoch}"
                 raise stop
     return history
+
+
+def data_budget(cfg, device):
+    """Bytes of uint8 images allowed on the device: --data-budget GB, or by default half
+    the GPU's free memory (a CPU's or Apple GPU's data is in host memory anyway)."""
+    if cfg["data_budget"] is not None:
+        return cfg["data_budget"] * 2**30
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] / 2
+    return float("inf")
 
 
 def speed_features(model, cfg, device):

@@ -281,3 +281,28 @@ def test_compile_trains_like_eager(tiny_data, tmp_path):
     a, b = rows(tmp_path / "plain")[-1], rows(tmp_path / "compiled")[-1]
     # compiled code draws its own random numbers (z, dropout), so only close, not equal
     assert float(b["train_loss"]) == pytest.approx(float(a["train_loss"]), rel=0.02)
+
+
+def test_a_split_over_the_data_budget_stays_on_the_host_and_trains_the_same(tiny_data, tmp_path,
+                                                                            capsys):
+    base = ["--data-root", tiny_data, "--epochs", "2", "--batch-size", "16", "--augment",
+            "--noise", "gaussian:0.3", "--dropout", "0.1", "--log-interval", "1000"]
+    assert train.main(base + ["--out", str(tmp_path / "resident")]) == 0
+    capsys.readouterr()
+    assert train.main(base + ["--out", str(tmp_path / "host"), "--data-budget", "1e-6"]) == 0
+    out = capsys.readouterr().out
+    assert "the train split (0 MB) is over the 0 MB budget: kept in host memory" in out
+    assert "the test split" in out
+    assert rows(tmp_path / "host") == rows(tmp_path / "resident")  # same batches, same run
+
+
+def test_staged_batches_equal_resident_batches():
+    images = torch.randint(0, 256, (37, 1, 28, 28), dtype=torch.uint8)
+    labels = torch.arange(37)
+    order = torch.randperm(37)
+    for kw in ({"order": order, "shuffle": True}, {"noise": ("mask", 0.3), "noise_seed": 0}):
+        a = list(data.batches(images, labels, 8, **kw))
+        b = list(data.batches(images, labels, 8, device="cpu", **kw))
+        assert len(a) == len(b) == 5
+        for (xa, ta, ya), (xb, tb, yb) in zip(a, b):
+            assert torch.equal(xa, xb) and torch.equal(ta, tb) and torch.equal(ya, yb)
