@@ -202,9 +202,9 @@ def batches(images, labels, batch_size, shuffle=False, output="sigmoid", hflip=F
     one of two staging buffers (pinned for a GPU) and copied over asynchronously; batch
     k + 1 is gathered while batch k's copy is in flight.
     """
-    n = images.shape[0]
     if shuffle and order is None:
-        order = torch.randperm(n, device=images.device)
+        order = torch.randperm(images.shape[0], device=images.device)
+    n = images.shape[0] if order is None else len(order)  # an order may be a shard of the split
     generator = None
     if noise is not None and noise_seed is not None:
         generator = torch.Generator(device=device or images.device).manual_seed(noise_seed)

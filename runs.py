@@ -111,7 +111,7 @@ def first_line(e):
     return f"{type(e).__name__}: {text.splitlines()[0][:140]}" if text else type(e).__name__
 
 
-def checkpoint(model, opt, sched, epoch, cfg, history, best, mid_epoch=None):
+def checkpoint(model, opt, sched, epoch, cfg, history, best, mid_epoch=None, rng_ranks=None):
     """Everything needed to continue exactly: weights, optimizers, schedulers, the epochs
     done, the unfinished epoch's data order, step and sums (mid_epoch), and the random
     generators' states. Python's and numpy's generators are not used in training."""
@@ -120,7 +120,8 @@ def checkpoint(model, opt, sched, epoch, cfg, history, best, mid_epoch=None):
             "optimizer": {name: o.state_dict() for name, o in opt.items()},
             "scheduler": {name: s.state_dict() for name, s in sched.items()},
             "config": cfg, "history": history, "best_test_loss": best,
-            "rng": {"torch": torch.get_rng_state(), "cuda": cuda_rng}}
+            "rng": {"torch": torch.get_rng_state(), "cuda": cuda_rng,
+                    **({"ranks": rng_ranks} if rng_ranks and len(rng_ranks) > 1 else {})}}
 
 
 class Stop(Exception):

@@ -17,6 +17,7 @@ from torchvision.utils import save_image
 
 import data
 import losses
+import parallel
 import runs
 from ae import AE
 from flags import default_hidden, defaults, parse_hidden, pick_device, resolve
@@ -54,27 +55,32 @@ def build_optimizers(model, cfg, device):
 
 
 def train_epoch(model, opt, split, cfg, epoch, noise, signals=None, resume=None,
-                autocast=contextlib.nullcontext, copy_to=None):
+                autocast=contextlib.nullcontext, copy_to=None, loss=None):
     """One pass over the training split. Sums stay on the device; read once at the end.
 
     Terms are averaged over images, except skips_* (VAE-GAN gating), which are counted.
     A signal stops it after the current step with Stop, carrying the epoch's data order,
     step and sums; `resume` is that state, to finish the epoch as if never stopped.
-    copy_to: the device, for a split kept in host memory (--data-budget).
+    copy_to: the device, for a split kept in host memory (--data-budget). loss: the forward
+    pass, model.loss or its DistributedDataParallel wrapper (parallel.py), which takes
+    this process's part of each global batch.
     """
     model.train()
     images, labels = split
-    dev = copy_to or images.device
+    dev, loss = copy_to or images.device, loss or model.loss
     r = resume or {"step": 0, "sums": 0, "n": 0, "names": None, "seconds": 0.0,
                    "order": torch.randperm(images.shape[0], device=images.device),
                    "first_bad": torch.zeros((), dtype=torch.long, device=dev), "bad": None}
     order, sums, n, names = r["order"].to(images.device), r["sums"], r["n"], r["names"]
+    if resume and parallel.world()[0] > 0:
+        sums, n = sums * 0, 0  # the saved sums are every process's together: rank 0 holds them
     first_bad, bad = r["first_bad"], r["bad"]  # the first step with a non-finite term, and which
     counted = names and torch.tensor([k.startswith("skips_") for k in names], device=dev)
-    n_steps, t0 = -(-images.shape[0] // cfg["batch_size"]), time.perf_counter() - r["seconds"]
+    local, batch = parallel.shard(order, cfg["batch_size"]), cfg["batch_size"] // parallel.world()[1]
+    n_steps, t0 = -(-len(local) // batch), time.perf_counter() - r["seconds"]
     for step, (x, target, _) in enumerate(data.batches(
-            images, labels, cfg["batch_size"], shuffle=True, output=cfg["output"],
-            hflip=cfg["hflip"], crop=cfg["crop"], noise=noise, order=order, start=r["step"],
+            images, labels, batch, shuffle=True, output=cfg["output"],
+            hflip=cfg["hflip"], crop=cfg["crop"], noise=noise, order=local, start=r["step"],
             device=copy_to), start=r["step"] + 1):
         if x.shape[0] < 2 and cfg["batchnorm"]:
             continue  # batch norm cannot normalize a batch of one image
@@ -82,10 +88,10 @@ def train_epoch(model, opt, split, cfg, epoch, noise, signals=None, resume=None,
             x = x.contiguous(memory_format=torch.channels_last)
         if isinstance(model, VAEGAN):  # three networks, three losses: see vaegan.py
             out = model.train_step(x, target, opt, l1=cfg["l1"], grad_clip=cfg["grad_clip"],
-                                   autocast=autocast)
+                                   autocast=autocast, loss_fn=loss)
         else:
             with autocast():
-                out = model.loss(x, target)
+                out = loss(x, target)
             if cfg["l1"]:
                 out["l1"] = losses.l1_penalty(model.parameters())
                 out["loss"] = out["loss"] + cfg["l1"] * out["l1"]
@@ -103,22 +109,31 @@ def train_epoch(model, opt, split, cfg, epoch, noise, signals=None, resume=None,
         bad = torch.where(newly_bad, ~torch.isfinite(values), bad)
         first_bad = torch.where(newly_bad, step, first_bad)
         n += x.shape[0]
-        if step % cfg["log_interval"] == 0 or step == n_steps:
+        check = step % cfg["log_interval"] == 0 or step == n_steps
+        if check:
             stop_if_bad(bad, first_bad, names, epoch)
             if step < n_steps:
-                print(f"Train Epoch: {epoch} [{n}/{images.shape[0]} "
-                      f"({100 * n / images.shape[0]:.0f}%)]\tLoss: {sums[0].item() / n:.4f}",
-                      flush=True)
-        if signals and signals.received and step < n_steps:
+                print(f"Train Epoch: {epoch} [{n}/{len(local)} ({100 * n / len(local):.0f}%)]"
+                      f"\tLoss: {sums[0].item() / n:.4f}", flush=True)
+        # several processes must stop at the same step: they agree at progress lines
+        received = signals and signals.received
+        if step < n_steps and (parallel.any_rank(received) if parallel.active() and check
+                               else received and not parallel.active()):
             stop_if_bad(bad, first_bad, names, epoch)  # never save weights after a bad step
-            raise runs.Stop(signals.received, {
-                "step": step, "order": order, "sums": sums, "n": n, "names": names,
-                "first_bad": first_bad, "bad": bad, "seconds": time.perf_counter() - t0})
+            sums, n = parallel.total(sums.clone()), int(parallel.total(torch.tensor(n, device=dev)))
+            raise runs.Stop(received or signal.SIGTERM, {
+                "step": step, "order": order, "processes": parallel.world()[1], "sums": sums,
+                "n": n, "names": names, "first_bad": first_bad, "bad": bad,
+                "seconds": time.perf_counter() - t0})
+    sums, n = parallel.total(sums), int(parallel.total(torch.tensor(n, device=dev)))
     return dict(zip(names, torch.where(counted, sums, sums / n).tolist())), time.perf_counter() - t0
 
 
 def stop_if_bad(bad, first_bad, names, epoch):
-    """Raise, naming the terms that were not finite at the first bad step (one host sync)."""
+    """Raise, naming the terms that were not finite at the first bad step (one host sync);
+    with several processes, on all of them when any one went bad."""
+    if parallel.active():
+        first_bad, bad = parallel.maximum(first_bad), parallel.maximum(bad.to(torch.uint8)).bool()
     if bool(first_bad):
         terms = [name for name, b in zip(names, bad.tolist()) if b]
         terms = [name for name in terms if name != "loss"] or ["loss"]
@@ -159,11 +174,13 @@ def save_figures(model, split, cfg, noise, epoch, z, copy_to=None):
 
 
 def run(cfg, ckpt=None):
-    device = pick_device(cfg["device"])
-    print(f"Device: {device}")
+    device = parallel.device_for(pick_device(cfg["device"]))
+    rank, processes, _ = parallel.world()
+    writer = rank == 0  # under torchrun, rank 0 alone writes the run folder
+    print(f"Device: {device}" + (f", {processes} processes" if parallel.active() else ""))
     print("Config: " + " ".join(f"{k}={v}" for k, v in cfg.items() if k != "resume_commands"))
-    torch.manual_seed(cfg["seed"])
-    budget = data_budget(cfg, device)
+    torch.manual_seed(cfg["seed"] + rank)  # each process its own z, dropout and noise draws
+    budget = parallel.data_budget(cfg, device)
     splits = data.load(cfg["dataset"], cfg["data_root"], device, cfg["download"], budget)
     copy_to = {name: None if data.fits(images, budget) else device
                for name, (images, _) in splits.items()}
@@ -176,7 +193,7 @@ def run(cfg, ckpt=None):
     image_shape = tuple(splits["train"][0].shape[1:])
     cfg["image_shape"] = list(image_shape)
     model = build_model(cfg, image_shape).to(device)
-    autocast = speed_features(model, cfg, device)
+    autocast = parallel.speed_features(model, cfg, device)
     opt = build_optimizers(model, cfg, device)
     sched = {name: torch.optim.lr_scheduler.StepLR(o, cfg["step_size"], cfg["lr_gamma"])
              for name, o in opt.items()} if cfg["scheduler"] == "step" else {}
@@ -192,27 +209,34 @@ def run(cfg, ckpt=None):
                 sched[name].load_state_dict(saved_sched[name])
         history, start, best = ckpt["history"], ckpt["epoch"] + 1, ckpt["best_test_loss"]
         mid_epoch = ckpt.get("mid_epoch")
+        if mid_epoch is not None and mid_epoch.get("processes", 1) != processes:
+            raise ValueError(f"{cfg['out']} stopped inside an epoch with "
+                             f"{mid_epoch.get('processes', 1)} processes; resume it with as many")
         if mid_epoch is not None:
             mid_epoch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in mid_epoch.items()}
-        torch.set_rng_state(ckpt["rng"]["torch"])
+        states = ckpt["rng"].get("ranks") or [ckpt["rng"]["torch"]]  # one per process
+        torch.set_rng_state(states[rank] if len(states) == processes else states[0])
         if device.type == "cuda" and ckpt["rng"]["cuda"]:
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
         where = f"epoch {start}, step {mid_epoch['step']}" if mid_epoch else f"epoch {ckpt['epoch']}"
         print(f"Resuming {cfg['out']} after {where}")
-    os.makedirs(cfg["out"], exist_ok=True)
-    runs.remove_temporaries(cfg["out"])
-    runs.save_config(cfg, cfg["out"])
+    loss = parallel.loss_fn(model, device)  # model.loss, or DDP around it (same weights everywhere)
+    if writer:
+        os.makedirs(cfg["out"], exist_ok=True)
+        runs.remove_temporaries(cfg["out"])
+        runs.save_config(cfg, cfg["out"])
     z = torch.randn(64, cfg["latent_dim"], generator=torch.Generator().manual_seed(cfg["seed"]))
     z = z.to(device)
-    state = lambda epoch, mid=None: runs.checkpoint(model, opt, sched, epoch, cfg, history, best, mid)  # noqa
+    state = lambda epoch, mid=None: runs.checkpoint(  # noqa: E731
+        model, opt, sched, epoch, cfg, history, best, mid, parallel.gather(torch.get_rng_state()))
+    save = lambda obj, name: writer and runs.save_checkpoint(obj, os.path.join(cfg["out"], name))  # noqa
     with runs.Signals() as signals:
         for epoch in range(start, cfg["epochs"] + 1):
             try:
                 train, seconds = train_epoch(model, opt, splits["train"], cfg, epoch, noise,
-                                             signals, mid_epoch, autocast, copy_to["train"])
+                                             signals, mid_epoch, autocast, copy_to["train"], loss)
             except runs.Stop as stop:  # the epoch's state so far, and the weights after its last step
-                runs.save_checkpoint(state(epoch - 1, stop.mid_epoch),
-                                     os.path.join(cfg["out"], "checkpoint.pt"))
+                save(state(epoch - 1, stop.mid_epoch), "checkpoint.pt")
                 stop.where = f"epoch {epoch}, step {stop.mid_epoch['step']}"
                 raise
             mid_epoch, t0 = None, time.perf_counter()
@@ -228,50 +252,43 @@ def run(cfg, ckpt=None):
             history.append({"epoch": epoch, **{f"train_{k}": v for k, v in train.items()},
                             **{f"test_{k}": v for k, v in test.items()},
                             "seconds": round(seconds, 3), "lr": lr})
-            save_figures(model, splits["test"], cfg, noise, epoch, z, copy_to["test"])
-            runs.write_history(history, cfg["out"])
+            if writer:
+                save_figures(model, splits["test"], cfg, noise, epoch, z, copy_to["test"])
+                runs.write_history(history, cfg["out"])
             if test["loss"] < best:
                 best = test["loss"]
-                runs.atomic_save({"model": model.state_dict(), "config": cfg, "epoch": epoch,
-                                  "test_loss": best}, os.path.join(cfg["out"], "best.pt"))
-            runs.save_checkpoint(state(epoch), os.path.join(cfg["out"], "checkpoint.pt"))
-            if signals.received and epoch < cfg["epochs"]:
-                stop = runs.Stop(signals.received)
+                if writer:
+                    runs.atomic_save({"model": model.state_dict(), "config": cfg, "epoch": epoch,
+                                      "test_loss": best}, os.path.join(cfg["out"], "best.pt"))
+            save(state(epoch), "checkpoint.pt")
+            if parallel.any_rank(signals.received) and epoch < cfg["epochs"]:
+                stop = runs.Stop(signals.received or signal.SIGTERM)
                 stop.where = f"the end of epoch {epoch}"
                 raise stop
     return history
 
 
-def data_budget(cfg, device):
-    """Bytes of uint8 images allowed on the device: --data-budget GB, or by default half
-    the GPU's free memory (a CPU's or Apple GPU's data is in host memory anyway)."""
-    if cfg["data_budget"] is not None:
-        return cfg["data_budget"] * 2**30
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0] / 2
-    return float("inf")
-
-
-def speed_features(model, cfg, device):
-    """--channels-last and --compile, in place; returns the autocast context for --amp."""
-    if cfg["channels_last"] and cfg["arch"] == "conv":
-        model.to(memory_format=torch.channels_last)
-    if cfg["compile"]:
-        model.loss = torch.compile(model.loss)  # an attribute: the state dict is unchanged
-    if not cfg["amp"]:
-        return contextlib.nullcontext
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-    print(f"--amp: bfloat16 autocast is not used on {device} (not supported, or not faster "
-          f"without matrix units); training in float32")
-    return contextlib.nullcontext
-
-
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    parallel.start()  # joins torchrun's process group; a no-op when run alone
+    try:
+        return train_main(argv)
+    finally:
+        parallel.stop()
+
+
+def train_main(argv):
     try:
         cfg, ckpt = resolve(argv)
         pick_device(cfg["device"])
+        cfg = parallel.share(cfg)  # rank 0's (its --out name carries the time of day)
+        processes = parallel.world()[1]
+        if parallel.active() and cfg["batch_size"] % processes:
+            raise ValueError(f"--batch-size {cfg['batch_size']} is the global batch; make it "
+                             f"a multiple of the {processes} processes")
+        if parallel.active() and cfg["equilibrium"] is not None:
+            raise ValueError("--equilibrium gates each update on one process's numbers; it is "
+                             "not supported under torchrun yet (drop it or run one process)")
     except ValueError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
@@ -279,7 +296,7 @@ def main(argv=None):
         return e.code
     try:
         run(cfg, ckpt)
-    except data.DataError as e:
+    except (data.DataError, ValueError) as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
     except FloatingPointError as e:

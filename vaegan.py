@@ -208,13 +208,15 @@ class VAEGAN(nn.Module):
         out.update(accuracies(real_logit, rec_logit, prior_logit))
         return out
 
-    def train_step(self, input, target, opt, l1=0.0, grad_clip=None, autocast=contextlib.nullcontext):
+    def train_step(self, input, target, opt, l1=0.0, grad_clip=None, autocast=contextlib.nullcontext,
+                   loss_fn=None):
         """Update encoder, decoder and discriminator, each by the gradient of its own loss.
 
         opt: {"encoder": ..., "decoder": ..., "discriminator": ...} optimizers. l1 adds
         l1 * sum|w| of each network to that network's loss. grad_clip caps each network's
         gradient norm; grad_<network> reports the norm before clipping. autocast: a context
-        for the forward pass only (train.py's --amp).
+        for the forward pass only (train.py's --amp). loss_fn: the forward pass, self.loss
+        or a DistributedDataParallel wrapper of it (train.py under torchrun).
         Equilibrium gating (Larsen's code; equilibrium 0.68 ~ ln 2, margin 0.35): when the
         discriminator's loss on real or on fake images is below equilibrium - margin it is
         too good and is not updated; when either is above equilibrium + margin it is too
@@ -222,7 +224,7 @@ class VAEGAN(nn.Module):
         is. Deciding needs the two numbers on the host: one sync per step, with gating only.
         """
         with autocast():
-            out = self.loss(input, target)
+            out = (loss_fn or self.loss)(input, target)
         train_disc = train_adv = True
         if self.equilibrium is not None:
             real, fake = out["disc_real"].item(), out["disc_fake"].item()

@@ -1,0 +1,155 @@
+"""More hardware: the GPU speed flags, the device data budget, and several processes under
+torchrun (`torchrun --nproc_per_node N train.py ...`, unchanged).
+
+PyTorch's DistributedDataParallel averages the gradients (gloo on CPUs, nccl on GPUs).
+--batch-size stays the global batch: each global batch of the epoch's one permutation
+(drawn by rank 0, sent to all) is split into N near-equal parts, one per process, so N
+processes take the same steps as one process would. Sums of the training terms are
+added up across processes; rank 0 alone prints and writes the run folder. Batch norm is
+per process (each normalizes its own part of the batch): SyncBatchNorm would add a
+collective per layer per forward pass, and the VAE-GAN's discriminator is meant to see
+real and generated images in separate batches anyway. Alone (no torchrun), every
+function here is a no-op and train.py runs as a single process.
+"""
+import contextlib
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+
+
+def world():
+    """(rank, number of processes, local rank) from torchrun's environment."""
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+            int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def active():
+    return dist.is_available() and dist.is_initialized()
+
+
+def start():
+    """Join the process group when launched by torchrun; silence stdout on ranks > 0."""
+    rank, size, local = world()
+    if size == 1 or active():
+        return
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(local)
+    dist.init_process_group("nccl" if cuda else "gloo")
+    if rank > 0:
+        sys.stdout = open(os.devnull, "w")  # rank 0 prints; errors still reach stderr
+
+
+def stop():
+    if active():
+        dist.destroy_process_group()
+
+
+def device_for(device):
+    """Each process its own GPU: cuda means cuda:LOCAL_RANK under torchrun."""
+    if active() and device.type == "cuda":
+        return torch.device("cuda", world()[2])
+    return device
+
+
+def share(obj):
+    """Rank 0's Python object, on every rank."""
+    if not active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather(obj):
+    """[obj of rank 0, obj of rank 1, ...] on every process; [obj] alone."""
+    if not active():
+        return [obj]
+    objs = [None] * dist.get_world_size()
+    dist.all_gather_object(objs, obj)
+    return objs
+
+
+def shard(order, batch_size):
+    """This process's part of each global batch of `order`, in step order: part r of
+    global batch k is torch.tensor_split(order[k B : (k + 1) B], N)[r]. A last global
+    batch smaller than 2N is dropped, so every process takes the same number of steps, each
+    of at least two images (batch norm)."""
+    if not active():
+        return order
+    rank, size, _ = world()
+    dist.broadcast(order, src=0)  # rank 0's permutation, the same on every process
+    parts = [torch.tensor_split(order[i:i + batch_size], size)[rank]
+             for i in range(0, len(order), batch_size) if len(order[i:i + batch_size]) >= 2 * size]
+    return torch.cat(parts)
+
+
+def total(tensor):
+    """Sum over processes (in place, on the device)."""
+    if active():
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def maximum(tensor):
+    """The largest value on any process, elementwise (a copy, on the device)."""
+    tensor = tensor.clone()
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
+def any_rank(flag):
+    """True on every process when `flag` is true on any one (one small collective)."""
+    if not active():
+        return bool(flag)
+    t = torch.tensor([int(bool(flag))], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+class LossOf(nn.Module):
+    """model.loss as a forward pass, so DistributedDataParallel sees it and syncs gradients."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input, target):
+        return self.model.loss(input, target)
+
+
+def loss_fn(model, device):
+    """model.loss, through DistributedDataParallel when there are several processes."""
+    if not active():
+        return model.loss
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(LossOf(model), device_ids=ids)
+
+
+def data_budget(cfg, device):
+    """Bytes of uint8 images allowed on the device: --data-budget GB, or by default half
+    the GPU's free memory (a CPU's or Apple GPU's data is in host memory anyway)."""
+    if cfg["data_budget"] is not None:
+        return cfg["data_budget"] * 2**30
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] / 2
+    return float("inf")
+
+
+def speed_features(model, cfg, device):
+    """--channels-last and --compile, in place; returns the autocast context for --amp."""
+    if cfg["channels_last"] and cfg["arch"] == "conv":
+        model.to(memory_format=torch.channels_last)
+    if cfg["compile"]:
+        model.loss = torch.compile(model.loss)  # an attribute: the state dict is unchanged
+    if not cfg["amp"]:
+        return contextlib.nullcontext
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    print(f"--amp: bfloat16 autocast is not used on {device} (not supported, or not faster "
+          f"without matrix units); training in float32")
+    return contextlib.nullcontext
