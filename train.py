@@ -303,9 +303,13 @@ def train_main(argv):
         print(f"train.py: stopped: {e}", file=sys.stderr)
         return 1
     except runs.Stop as stop:
-        print(f"train.py: stopped by {signal.Signals(stop.signum).name} at {stop.where}; saved "
-              f"{os.path.join(cfg['out'], 'checkpoint.pt')}. Resume with: python train.py "
-              f"--resume {cfg['out']}", file=sys.stderr)
+        rank, processes, _ = parallel.world()
+        launch = (f"torchrun --nproc_per_node {processes} train.py" if parallel.active()
+                  else "python train.py")
+        if rank == 0:
+            print(f"train.py: stopped by {signal.Signals(stop.signum).name} at {stop.where}; "
+                  f"saved {os.path.join(cfg['out'], 'checkpoint.pt')}. Resume with: {launch} "
+                  f"--resume {cfg['out']}", file=sys.stderr)
         return 128 + stop.signum  # 130 for SIGINT, 143 for SIGTERM
     except KeyboardInterrupt:
         print(f"\ntrain.py: interrupted; the last saved checkpoint is kept. Resume with: "

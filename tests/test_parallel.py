@@ -1,10 +1,12 @@
 """torchrun with two CPU processes (gloo): one run folder, the same numbers as one process."""
 import csv
 import os
+import signal
 import subprocess
 import sys
 
 import pytest
+import torch
 
 import train
 from conftest import write_mnist
@@ -64,3 +66,26 @@ def test_a_batch_that_does_not_split_is_refused_before_any_work(data_root, tmp_p
     proc = torchrun("--data-root", data_root, "--batch-size", "33", "--out", str(out))
     assert proc.returncode != 0
     assert "make it a multiple of the 2 processes" in proc.stderr and not out.exists()
+
+
+def test_sigterm_to_torchrun_stops_every_process_at_one_step_and_resumes(tmp_path):
+    root = str(tmp_path / "data")
+    write_mnist(root, n_train=6000, n_test=100)
+    out = str(tmp_path / "run")
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                             "--nproc_per_node", "2", "train.py", "--data-root", root,
+                             "--epochs", "50", "--batch-size", "32", "--out", out,
+                             "--log-interval", "20"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("Train Epoch: 2"):
+            break
+    proc.send_signal(signal.SIGTERM)  # torchrun passes it on to both processes
+    _, err = proc.communicate(timeout=120)
+    assert err.count("train.py: stopped by SIGTERM at epoch 2, step") == 1, err[-2000:]
+    assert "Resume with: torchrun --nproc_per_node 2 train.py --resume" in err
+    mid = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)["mid_epoch"]
+    assert mid["processes"] == 2 and mid["step"] % 20 == 0 and mid["n"] == 2 * 16 * mid["step"]
+    proc = torchrun("--resume", out, "--epochs", "2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [r["epoch"] for r in rows(out)] == ["1", "2"]
