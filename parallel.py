@@ -22,9 +22,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 
 def world():
-    """(rank, number of processes, local rank) from torchrun's environment."""
-    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-            int(os.environ.get("LOCAL_RANK", 0)))
+    """(rank, number of processes, local rank); (0, 1, 0) outside a process group."""
+    if not active():
+        return 0, 1, 0
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
 
 
 def active():
@@ -33,7 +34,8 @@ def active():
 
 def start():
     """Join the process group when launched by torchrun; silence stdout on ranks > 0."""
-    rank, size, local = world()
+    rank, size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    local = int(os.environ.get("LOCAL_RANK", 0))
     if size == 1 or active():
         return
     cuda = torch.cuda.is_available()

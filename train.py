@@ -145,16 +145,22 @@ def stop_if_bad(bad, first_bad, names, epoch):
 @torch.no_grad()
 def evaluate(model, split, cfg, noise, copy_to=None):
     """Test loss without beta or penalties: the VAE's negative ELBO per image (z sampled),
-    the AE's reconstruction term."""
+    the AE's reconstruction term. Batches of 1000 whatever the processes, so the fixed-seed
+    test noise is the same; several processes share the batches and add up the sums."""
     model.eval()
     images, labels = split
     sums, names = 0, None
-    for x, target, _ in data.batches(images, labels, 1000, output=cfg["output"], noise=noise,
-                                     noise_seed=data.TEST_NOISE_SEED, device=copy_to):
-        out = model.test_loss(x, target)
-        names = names or list(out)
-        sums = sums + torch.stack([out[k] for k in names]) * x.shape[0]
-    return dict(zip(names, (sums / images.shape[0]).tolist()))
+    rank, processes, _ = parallel.world()  # under torchrun, process r takes batches r, r + N, ...
+    for i, (x, target, _) in enumerate(data.batches(
+            images, labels, 1000, output=cfg["output"], noise=noise,
+            noise_seed=data.TEST_NOISE_SEED, device=copy_to)):
+        if i % processes == rank:
+            out = model.test_loss(x, target)
+            names = names or list(out)
+            sums = sums + torch.stack([out[k] for k in names]) * x.shape[0]
+    parts = parallel.gather((names, sums.tolist() if names else None))
+    names = next(n for n, _ in parts if n)
+    return {k: sum(s[j] for _, s in parts if s) / images.shape[0] for j, k in enumerate(names)}
 
 
 @torch.no_grad()
