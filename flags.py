@@ -257,6 +257,7 @@ def resolve(argv):
             raise ValueError(f"--resume {args.resume}: no config.json and checkpoint.pt there; "
                              f"pass a run folder written by train.py")
         cfg = saved_config(args.resume)
+        cfg["out"] = args.resume  # the folder as it is now: it may have been moved or copied
         new = check(dict(vars(args)), given)
         for name in sorted(given - RESUME_SAFE):
             if new[name] != cfg.get(name):

@@ -47,9 +47,10 @@ def load_config(run_dir):
 
 
 def write_history(rows, run_dir):
-    """history.csv: one row per epoch, the columns of the first row; written atomically."""
+    """history.csv: one row per epoch, written atomically. The columns are every row's, in
+    order of appearance: a run resumed by a newer train.py gains columns (left empty before)."""
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer = csv.DictWriter(text, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
     writer.writeheader()
     writer.writerows(rows)
     atomic_save(text.getvalue(), os.path.join(run_dir, "history.csv"))

@@ -306,3 +306,29 @@ def test_staged_batches_equal_resident_batches():
         assert len(a) == len(b) == 5
         for (xa, ta, ya), (xb, tb, yb) in zip(a, b):
             assert torch.equal(xa, xb) and torch.equal(ta, tb) and torch.equal(ya, yb)
+
+
+def test_resume_writes_into_the_folder_given_even_when_it_was_moved(tiny_data, tmp_path):
+    original, copy = str(tmp_path / "original"), str(tmp_path / "copy")
+    assert train.main(["--data-root", tiny_data, "--epochs", "1", "--out", original]) == 0
+    shutil.copytree(original, copy)
+    before = sorted(os.listdir(original))
+    assert train.main(["--resume", copy, "--epochs", "2"]) == 0
+    assert [r["epoch"] for r in rows(copy)] == ["1", "2"]
+    assert sorted(os.listdir(original)) == before and len(rows(original)) == 1
+    shutil.rmtree(original)  # the copy does not need it any more
+    assert train.main(["--resume", copy, "--epochs", "3"]) == 0
+
+
+def test_a_run_from_before_a_new_column_resumes_and_keeps_its_history(tiny_data, tmp_path):
+    run = str(tmp_path / "run")
+    assert train.main(["--data-root", tiny_data, "--epochs", "1", "--out", run]) == 0
+    path = os.path.join(run, "checkpoint.pt")
+    ckpt = torch.load(path, weights_only=True)
+    for row in ckpt["history"]:
+        del row["train_grad_norm"]  # as written before gradient norms were logged
+    del ckpt["mid_epoch"]
+    torch.save(ckpt, path)
+    assert train.main(["--resume", run, "--epochs", "2"]) == 0
+    got = rows(run)
+    assert got[0]["train_grad_norm"] == "" and float(got[1]["train_grad_norm"]) > 0
