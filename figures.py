@@ -173,11 +173,11 @@ def history_terms(histories):
     """The terms logged as train_<term> or test_<term>, in order, less skip counts that stayed 0."""
     terms = []
     for rows in histories.values():
-        for key in rows[0]:
+        for key in dict.fromkeys(k for row in rows for k in row):  # a resumed run may gain columns
             for split in ("train_", "test_"):
                 term = key[len(split):]
                 if key.startswith(split) and term not in terms:
-                    if not term.startswith("skips_") or any(float(r[key]) for r in rows):
+                    if not term.startswith("skips_") or any(float(r.get(key) or 0) for r in rows):
                         terms.append(term)
     return terms
 
