@@ -89,3 +89,11 @@ def test_sigterm_to_torchrun_stops_every_process_at_one_step_and_resumes(tmp_pat
     proc = torchrun("--resume", out, "--epochs", "2")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert [r["epoch"] for r in rows(out)] == ["1", "2"]
+
+
+def test_every_network_stays_identical_across_processes():
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2", "tests/ddp_sync_worker.py"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "identical" in proc.stdout  # rank 0 says so; any process that differs exits 1
