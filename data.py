@@ -190,6 +190,11 @@ def to_range(x, output="sigmoid"):
     return x if output == "sigmoid" else x * 2 - 1
 
 
+def to_unit(x, output="sigmoid"):
+    """The inverse of to_range: back to [0, 1] pixels (for MSE, PSNR and pictures)."""
+    return x if output == "sigmoid" else (x + 1) / 2
+
+
 def batches(images, labels, batch_size, shuffle=False, output="sigmoid", hflip=False,
             crop=False, noise=None, noise_seed=None, order=None, start=0, device=None):
     """Yield (input, target, label) batches; input is the corrupted image when noise is set.

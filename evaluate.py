@@ -166,13 +166,16 @@ def measure(model, cfg, splits, args, history, epoch):
     n_test, t0, done = splits["test"][0].shape[0], time.perf_counter(), 0
     for x, target, _ in data.batches(*splits["test"], 1000, output=cfg["output"], noise=noise,
                                      noise_seed=data.TEST_NOISE_SEED):
-        clean, rec = figures.to01(target, cfg["output"]), figures.to01(model.reconstruct(x), cfg["output"])
+        encoded = model.encode(x)  # (mu, logvar), or the AE's code h
+        code = encoded[0] if variational else encoded
+        codes.append(code)
+        if variational:
+            kl_dims.append(losses.kl_normal(*encoded, per_dim=True))
+        clean = data.to_unit(target, cfg["output"])
+        rec = data.to_unit(model.activate(model.decode(code)), cfg["output"])  # z = mu
         per = {"mse": (rec - clean).pow(2).flatten(1).mean(1), "psnr": metrics.psnr(rec, clean)}
         if noise is not None:
-            per["psnr_noisy"] = metrics.psnr(figures.to01(x, cfg["output"]), clean)
-        codes.append(figures.means(model, x))
-        if variational:
-            kl_dims.append(losses.kl_normal(*model.encode(x), per_dim=True))
+            per["psnr_noisy"] = metrics.psnr(data.to_unit(x, cfg["output"]), clean)
         if k:
             b = max(1, args.chunk // k)
             parts = [metrics.importance_sampled(model, xs, ts, k, nll, args.chunk)
@@ -212,12 +215,12 @@ def draw(model, cfg, split, m, codes, history, name, out, args):
     """The figures of one run, into folder `out`."""
     n, gen = args.n, torch.Generator().manual_seed(args.seed)
     x, target, labels = test_inputs(split, cfg, 2 * n)
-    clean = figures.to01(target, cfg["output"])
-    recon = figures.to01(model.reconstruct(x), cfg["output"])
+    clean = data.to_unit(target, cfg["output"])
+    recon = data.to_unit(model.reconstruct(x), cfg["output"])
     path = lambda f: os.path.join(out, f)  # noqa: E731
     figures.reconstructions(clean[:n], {name: recon[:n]}, path("reconstructions.png"))
     if cfg["noise"]:
-        figures.denoising(figures.to01(x, cfg["output"])[:n], recon[:n], clean[:n], path("denoising.png"))
+        figures.denoising(data.to_unit(x, cfg["output"])[:n], recon[:n], clean[:n], path("denoising.png"))
     figures.latent_scatter(codes, split[1], path("latent.png"), f"{name}: test codes")
     variational = cfg["model"] != "ae"
     pairs = min(4, x.shape[0] // 2)
@@ -240,6 +243,7 @@ def draw(model, cfg, split, m, codes, history, name, out, args):
                       path("traversal.png"), f"{name}: one dimension at a time, "
                       f"{'prior' if variational else 'test'} standard deviations", labels)
     figures.loss_curves({name: history}, path("loss_curves.png"))
+    return clean[:n], recon[:n]  # for the side-by-side figure of several runs
 
 
 def table(rows):
@@ -308,10 +312,9 @@ def main(argv=None):
         if args.figures:
             folder = out if len(loaded) == 1 else os.path.join(out, name)
             os.makedirs(folder, exist_ok=True)
-            draw(model, cfg, splits[key]["test"], m, codes, histories[name], name, folder, args)
-            x, target, _ = test_inputs(splits[key]["test"], cfg, args.n)
-            recons.setdefault(cfg["dataset"], (figures.to01(target, cfg["output"]), {}))[1][name] = \
-                figures.to01(model.reconstruct(x), cfg["output"])
+            clean, recon = draw(model, cfg, splits[key]["test"], m, codes, histories[name], name,
+                                folder, args)
+            recons.setdefault(cfg["dataset"], (clean, {}))[1][name] = recon
         model.cpu()
     os.makedirs(out, exist_ok=True)
     if args.figures and len(loaded) > 1:

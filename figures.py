@@ -13,6 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
+import data  # noqa: E402
+
 DPI = 100
 PAD = 2  # pixels between images in a grid
 LEFT, RIGHT, TOP, BOTTOM = 150, 10, 30, 10  # margins in pixels around an image grid
@@ -24,10 +26,6 @@ def scale_for(height):
     return max(1, 64 // height)
 
 
-def to01(x, output):
-    return x if output == "sigmoid" else (x + 1) / 2
-
-
 def means(model, x):
     """The code used for latent plots: the posterior mean (VAE, VAE-GAN) or h (AE)."""
     out = model.encode(x)
@@ -35,7 +33,7 @@ def means(model, x):
 
 
 def decode01(model, z):
-    return to01(model.activate(model.decode(z)), model.output).clamp(0, 1)
+    return data.to_unit(model.activate(model.decode(z)), model.output).clamp(0, 1)
 
 
 def figure(width, height):

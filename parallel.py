@@ -97,6 +97,13 @@ def total(tensor):
     return tensor
 
 
+def count(n, device):
+    """An int summed over processes; n itself when alone (no round trip to the device)."""
+    if not active():
+        return n
+    return int(total(torch.tensor(n, device=device)).item())
+
+
 def maximum(tensor):
     """The largest value on any process, elementwise (a copy, on the device)."""
     tensor = tensor.clone()

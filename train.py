@@ -120,12 +120,12 @@ def train_epoch(model, opt, split, cfg, epoch, noise, signals=None, resume=None,
         if step < n_steps and (parallel.any_rank(received) if parallel.active() and check
                                else received and not parallel.active()):
             stop_if_bad(bad, first_bad, names, epoch)  # never save weights after a bad step
-            sums, n = parallel.total(sums.clone()), int(parallel.total(torch.tensor(n, device=dev)))
+            sums, n = parallel.total(sums.clone()), parallel.count(n, dev)
             raise runs.Stop(received or signal.SIGTERM, {
                 "step": step, "order": order, "processes": parallel.world()[1], "sums": sums,
                 "n": n, "names": names, "first_bad": first_bad, "bad": bad,
                 "seconds": time.perf_counter() - t0})
-    sums, n = parallel.total(sums), int(parallel.total(torch.tensor(n, device=dev)))
+    sums, n = parallel.total(sums), parallel.count(n, dev)
     return dict(zip(names, torch.where(counted, sums, sums / n).tolist())), time.perf_counter() - t0
 
 
@@ -171,12 +171,11 @@ def save_figures(model, split, cfg, noise, epoch, z, copy_to=None):
     x, target, _ = next(data.batches(images[:8], labels[:8], 8, output=cfg["output"],
                                      noise=noise, noise_seed=data.TEST_NOISE_SEED, device=copy_to))
     rows = [x, model.reconstruct(x)] + ([target] if noise else [])
-    to01 = (lambda t: t) if cfg["output"] == "sigmoid" else (lambda t: (t + 1) / 2)
-    save_image(to01(torch.cat(rows)), os.path.join(cfg["out"], f"reconstruction_{epoch}.png"),
+    save_image(data.to_unit(torch.cat(rows), cfg["output"]), os.path.join(cfg["out"], f"reconstruction_{epoch}.png"),
                nrow=8)
     if hasattr(model, "sample"):  # an AE has no prior to sample from
         samples = model.activate(model.decode(z))
-        save_image(to01(samples), os.path.join(cfg["out"], f"sample_{epoch}.png"), nrow=8)
+        save_image(data.to_unit(samples, cfg["output"]), os.path.join(cfg["out"], f"sample_{epoch}.png"), nrow=8)
 
 
 def run(cfg, ckpt=None):
