@@ -14,9 +14,13 @@ the loops taking turns for --repeats rounds, the fastest round of each counting:
 It prints images per second, seconds per epoch of the full training split, peak memory
 and the time ratio ours / standard (target: at most 0.5 on a CPU), and the same ratio for
 the model's compute alone (steps on one batch already on the device): no data path can
-go below that one. Data loading before
-the first step is not timed in either loop. Then the importance-sampled likelihood's
-throughput (evaluate.py, K = 1000) on the MLP VAE.
+go below that one. It also counts the floating-point operations of one step (forward and
+backward, torch.utils.flop_counter), gives the compute-only loop's GFLOP/s as a share of
+this device's dense matmul peak (a 2048x2048 float32 product, bfloat16 with --amp on a
+GPU), and the ratio a loop would reach if every operation ran at that peak: when even
+that is above 0.5, the target cannot be met on this machine by any loop. Data loading
+before the first step is not timed in either loop. Then the importance-sampled
+likelihood's throughput (evaluate.py, K = 1000) on the MLP VAE.
 
     python benchmarks/suite.py --data-root data
     python benchmarks/suite.py --data-root data --setups vae-mlp-mnist --steps 100
@@ -50,6 +54,8 @@ SETUPS = {
                             "--latent-dim", "128", "--output", "tanh", "--recon", "mse"],
 }
 TRAIN_SIZE = {"mnist": 60000, "fashion-mnist": 60000, "cifar10": 50000}
+STEPS = {"vae-mlp-mnist": 300, "vae-conv-cifar10": 40, "ae-conv-mnist": 60,  # about 2 s or
+         "vaegan-mlp-mnist": 150, "vaegan-conv-cifar10": 10}  # more per loop on a 2-core CPU
 
 
 def skip_cifar_md5():
@@ -71,8 +77,10 @@ def build(setup, args):
     return cfg, device, model, train.build_optimizers(model, cfg, device)
 
 
-def standard_steps(cfg, device, model, opt, n_steps):
-    """The reference reports' loop for `n_steps` steps (cycling the loader if needed)."""
+def standard_loader(cfg):
+    """The reference reports' data path: a torchvision dataset, per-sample transforms and a
+    DataLoader. Built before the timing, as data.load is for our loop (torchvision reads
+    the whole MNIST training file when the dataset is made)."""
     from torchvision import datasets, transforms
     t = [transforms.RandomHorizontalFlip()] if cfg["hflip"] else []
     t += [transforms.RandomCrop(32, padding=4)] if cfg["crop"] else []
@@ -80,9 +88,12 @@ def standard_steps(cfg, device, model, opt, n_steps):
     t += [transforms.Normalize((0.5,), (0.5,))] if cfg["output"] == "tanh" else []
     cls = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST,
            "cifar10": datasets.CIFAR10}[cfg["dataset"]]
-    loader = torch.utils.data.DataLoader(cls(cfg["data_root"], train=True,
-                                             transform=transforms.Compose(t)),
-                                         batch_size=cfg["batch_size"], shuffle=True, drop_last=True)
+    return torch.utils.data.DataLoader(cls(cfg["data_root"], train=True, transform=transforms.Compose(t)),
+                                       batch_size=cfg["batch_size"], shuffle=True, drop_last=True)
+
+
+def standard_steps(device, model, opt, loader, n_steps):
+    """The reference reports' loop for `n_steps` steps (cycling the loader if needed)."""
     model.train()
     step = 0
     while step < n_steps:
@@ -103,10 +114,16 @@ def standard_steps(cfg, device, model, opt, n_steps):
                 break
 
 
-def our_steps(cfg, device, model, opt, images, labels, n_steps):
+def our_split(cfg, images, labels, n_steps):
+    """The first n_steps batches' worth of the split (repeated if it is shorter)."""
     n = n_steps * cfg["batch_size"]
+    if n <= images.shape[0]:
+        return images[:n], labels[:n]
     reps = -(-n // images.shape[0])
-    split = (images.repeat(reps, 1, 1, 1)[:n], labels.repeat(reps)[:n])
+    return images.repeat(reps, 1, 1, 1)[:n], labels.repeat(reps)[:n]
+
+
+def our_steps(cfg, model, opt, split):
     train.train_epoch(model, opt, split, cfg, 1, data.parse_noise(cfg["noise"]))  # reads once
 
 
@@ -124,6 +141,28 @@ def floor_steps(cfg, device, model, opt, images, n_steps):
             opt["model"].step()
 
 
+def step_flops(cfg, device, model, opt, images):
+    """Floating-point operations of one training step, forward and backward (a multiply-add
+    counts 2), as counted by torch.utils.flop_counter (matmuls and convolutions)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        floor_steps(cfg, device, model, opt, images, 1)
+    return counter.get_total_flops()
+
+
+def matmul_peak(device, dtype, size=2048, repeats=10):
+    """This device's dense matmul rate in GFLOP/s: the fastest of `repeats` products."""
+    a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
+    best = float("inf")
+    for _ in range(repeats + 2):
+        sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size**3 / best / 1e9
+
+
 def peak_memory_mb(device):
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -138,22 +177,28 @@ def sync(device):
 def measure_one(setup, loop, args):
     """One setup with one loop, in this process: warm-up steps, then timed steps."""
     cfg, device, model, opt = build(setup, args)
+    steps = args.steps or STEPS[setup]
     if loop in ("ours", "floor"):
         images, labels = data.load(cfg["dataset"], cfg["data_root"], device, False)["train"]
-        run = lambda n: our_steps(cfg, device, model, opt, images, labels, n)  # noqa: E731
+        splits = {n: our_split(cfg, images, labels, n) for n in (args.warmup, steps)}  # untimed
+        run = lambda n: our_steps(cfg, model, opt, splits[n])  # noqa: E731
         if loop == "floor":
             run = lambda n: floor_steps(cfg, device, model, opt, images, n)  # noqa: E731
     else:
-        run = lambda n: standard_steps(cfg, device, model, opt, n)  # noqa: E731
+        loader = standard_loader(cfg)
+        run = lambda n: standard_steps(device, model, opt, loader, n)  # noqa: E731
     run(args.warmup)
     sync(device)
     t0 = time.perf_counter()
-    run(args.steps)
+    run(steps)
     sync(device)
     seconds = time.perf_counter() - t0
-    ips = args.steps * cfg["batch_size"] / seconds
-    return {"setup": setup, "loop": loop, "images_per_s": ips,
-            "s_per_epoch": TRAIN_SIZE[cfg["dataset"]] / ips, "peak_mb": peak_memory_mb(device)}
+    ips = steps * cfg["batch_size"] / seconds
+    result = {"setup": setup, "loop": loop, "images_per_s": ips, "batch": cfg["batch_size"],
+              "s_per_epoch": TRAIN_SIZE[cfg["dataset"]] / ips, "peak_mb": peak_memory_mb(device)}
+    if loop == "floor":  # after the timing: counting runs one more step
+        result["gflop_per_step"] = step_flops(cfg, device, model, opt, images) / 1e9
+    return result
 
 
 def measure_iw(args):
@@ -177,7 +222,8 @@ def main():
     p.add_argument("--data-root", default="./data", help="folder holding MNIST and CIFAR-10")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--setups", default=",".join(SETUPS), help="comma-separated, from: " + ", ".join(SETUPS))
-    p.add_argument("--steps", type=int, default=30, help="timed training steps per loop")
+    p.add_argument("--steps", type=int, default=0, help="timed training steps per loop "
+                   "(0: each setup's own, " + ", ".join(f"{k} {v}" for k, v in STEPS.items()) + ")")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--repeats", type=int, default=3, help="rounds per loop; the fastest counts "
                    "(a shared machine's noise only ever slows a round down)")
@@ -195,8 +241,11 @@ def main():
         if setup not in SETUPS:
             p.error(f"unknown setup {setup!r}; use {', '.join(SETUPS)}")
     device = flags.pick_device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" and "--amp" in args.extra.split() else torch.float32
+    peak = matmul_peak(device, dtype)
     print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, "
-          f"{os.cpu_count()} CPUs; {args.steps} timed steps after {args.warmup}")
+          f"{os.cpu_count()} CPUs; timed steps after {args.warmup} untimed; "
+          f"{str(dtype)[6:]} matmul peak {peak:.0f} GFLOP/s")
     base = [sys.executable, os.path.abspath(__file__), "--data-root", args.data_root,
             "--device", str(device), "--steps", str(args.steps), "--warmup", str(args.warmup),
             "--extra", args.extra] + (["--skip-md5"] if args.skip_md5 else [])
@@ -210,8 +259,9 @@ def main():
 
     memory = "peak GPU MB" if device.type == "cuda" else "peak RSS MB"
     print(f"\n| setup | standard images/s | ours images/s | standard s/epoch | ours s/epoch "
-          f"| standard {memory} | ours {memory} | time ratio | compute-only ratio |\n"
-          f"|---|---|---|---|---|---|---|---|---|")
+          f"| standard {memory} | ours {memory} | time ratio | compute-only ratio "
+          f"| GFLOP per step | compute GFLOP/s (% of peak) | FLOPs at peak / standard |\n"
+          f"|---|---|---|---|---|---|---|---|---|---|---|---|")
     ratios = []
     for setup in args.setups.split(","):
         best = {}  # the fastest of --repeats rounds, the three loops taking turns
@@ -222,10 +272,14 @@ def main():
                     best[loop] = r
         std, ours, floor = best["standard"], best["ours"], best["floor"]
         ratios.append(ours["s_per_epoch"] / std["s_per_epoch"])
+        gflop = floor["gflop_per_step"]
+        achieved = gflop * floor["images_per_s"] / floor["batch"]
+        at_peak = gflop / peak * std["images_per_s"] / std["batch"]  # seconds at peak / standard's
         print(f"| {setup} | {std['images_per_s']:.0f} | {ours['images_per_s']:.0f} "
               f"| {std['s_per_epoch']:.1f} | {ours['s_per_epoch']:.1f} | {std['peak_mb']:.0f} "
               f"| {ours['peak_mb']:.0f} | {ratios[-1]:.2f} "
-              f"| {floor['s_per_epoch'] / std['s_per_epoch']:.2f} |", flush=True)
+              f"| {floor['s_per_epoch'] / std['s_per_epoch']:.2f} | {gflop:.2f} "
+              f"| {achieved:.0f} ({100 * achieved / peak:.0f}%) | {at_peak:.2f} |", flush=True)
     print(f"\nworst time ratio: {max(ratios):.2f} (target <= 0.5 on a CPU, <= 0.2 on a GPU)")
     print(f"importance-sampled likelihood, K = 1000, MLP VAE: "
           f"{child('iw', 'ours')['images_per_s']:.0f} test images/s")
