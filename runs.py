@@ -112,17 +112,52 @@ def first_line(e):
     return f"{type(e).__name__}: {text.splitlines()[0][:140]}" if text else type(e).__name__
 
 
-def checkpoint(model, opt, sched, epoch, cfg, history, best, mid_epoch=None, rng_ranks=None):
+def checkpoint(model, opt, sched, epoch, cfg, history, best, mid_epoch=None, rng=None):
     """Everything needed to continue exactly: weights, optimizers, schedulers, the epochs
     done, the unfinished epoch's data order, step and sums (mid_epoch), and the random
-    generators' states. Python's and numpy's generators are not used in training."""
-    cuda_rng = torch.cuda.get_rng_state_all() if next(model.parameters()).is_cuda else []
+    generators' states. Python's and numpy's generators are not used in training.
+    rng: [rng_state() of each process] (parallel.gather); None: this process's alone."""
+    rng = rng or [rng_state(next(model.parameters()).device)]
     return {"model": model.state_dict(), "epoch": epoch, "mid_epoch": mid_epoch,
             "optimizer": {name: o.state_dict() for name, o in opt.items()},
             "scheduler": {name: s.state_dict() for name, s in sched.items()},
             "config": cfg, "history": history, "best_test_loss": best,
-            "rng": {"torch": torch.get_rng_state(), "cuda": cuda_rng,
-                    **({"ranks": rng_ranks} if rng_ranks and len(rng_ranks) > 1 else {})}}
+            "rng": {"torch": rng[0]["torch"],  # one CUDA state per process, [] on CPUs
+                    "cuda": [r["cuda"] for r in rng if r["cuda"] is not None],
+                    **({"ranks": [r["torch"] for r in rng]} if len(rng) > 1 else {})}}
+
+
+def rng_state(device):
+    """This process's generators: torch's CPU one, and its own GPU's when it has one."""
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def saved_rng(rng, rank, processes, gpu_index=0):
+    """This process's (CPU state, CUDA state) in a checkpoint's "rng"; None where it has none.
+
+    With as many processes as were saved, each takes its own. With another count, rank 0
+    takes the first and the others none, to be seeded afresh: sharing rank 0's state would
+    make them draw the same z and noise. Checkpoints from before 2026-11-21 kept every
+    visible GPU's state ("cuda") from one process: a single process takes its GPU's."""
+    cpu, cuda = rng.get("ranks") or [rng["torch"]], rng.get("cuda") or []
+    if processes == 1 and len(cuda) > 1:
+        cuda = cuda[gpu_index:gpu_index + 1]
+    pick = lambda states: (states[rank] if len(states) == processes  # noqa: E731
+                           else states[0] if rank == 0 and states else None)
+    return pick(cpu), pick(cuda)
+
+
+def restore_rng(rng, rank, processes, device, fresh_seed):
+    """Set this process's generators from a checkpoint's "rng" (see saved_rng); a process
+    with no saved state is seeded with fresh_seed, which no other process uses."""
+    cpu, cuda = saved_rng(rng, rank, processes, device.index or 0)
+    if cpu is None:
+        torch.manual_seed(fresh_seed)  # the CPU generator and every GPU's
+    else:
+        torch.set_rng_state(cpu)
+    if cuda is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda, device)
 
 
 class Stop(Exception):

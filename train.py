@@ -219,10 +219,7 @@ def run(cfg, ckpt=None):
                              f"{mid_epoch.get('processes', 1)} processes; resume it with as many")
         if mid_epoch is not None:
             mid_epoch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in mid_epoch.items()}
-        states = ckpt["rng"].get("ranks") or [ckpt["rng"]["torch"]]  # one per process
-        torch.set_rng_state(states[rank] if len(states) == processes else states[0])
-        if device.type == "cuda" and ckpt["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        runs.restore_rng(ckpt["rng"], rank, processes, device, cfg["seed"] + rank + 10007 * start)
         where = f"epoch {start}, step {mid_epoch['step']}" if mid_epoch else f"epoch {ckpt['epoch']}"
         print(f"Resuming {cfg['out']} after {where}")
     loss = parallel.loss_fn(model, device)  # model.loss, or DDP around it (same weights everywhere)
@@ -233,7 +230,7 @@ def run(cfg, ckpt=None):
     z = torch.randn(64, cfg["latent_dim"], generator=torch.Generator().manual_seed(cfg["seed"]))
     z = z.to(device)
     state = lambda epoch, mid=None: runs.checkpoint(  # noqa: E731
-        model, opt, sched, epoch, cfg, history, best, mid, parallel.gather(torch.get_rng_state()))
+        model, opt, sched, epoch, cfg, history, best, mid, parallel.gather(runs.rng_state(device)))
     save = lambda obj, name: writer and runs.save_checkpoint(obj, os.path.join(cfg["out"], name))  # noqa
     with runs.Signals() as signals:
         for epoch in range(start, cfg["epochs"] + 1):

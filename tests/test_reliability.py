@@ -139,6 +139,32 @@ class Payload:
 MARKER = None
 
 
+def test_each_process_resumes_its_own_generators_and_a_new_count_never_shares_one():
+    """The checkpoint's "rng" as written for 2 processes on GPUs: each resumes its own CPU
+    and GPU state; with 3 processes only rank 0 takes a saved one."""
+    states = [{"torch": torch.Generator().manual_seed(r).get_state(),
+               "cuda": torch.full((4,), 10 + r, dtype=torch.uint8)} for r in range(2)]
+    model = torch.nn.Linear(1, 1)
+    rng = runs.checkpoint(model, {}, {}, 1, {}, [], 0.0, rng=states)["rng"]
+    for r in range(2):
+        cpu, cuda = runs.saved_rng(rng, r, 2)
+        assert torch.equal(cpu, states[r]["torch"]) and torch.equal(cuda, states[r]["cuda"])
+    assert [runs.saved_rng(rng, r, 3)[0] is None for r in range(3)] == [False, True, True]
+    assert torch.equal(runs.saved_rng(rng, 0, 3)[1], states[0]["cuda"])
+    alone = runs.checkpoint(model, {}, {}, 1, {}, [], 0.0)["rng"]  # this CPU process
+    assert alone["cuda"] == [] and "ranks" not in alone
+    assert torch.equal(runs.saved_rng(alone, 0, 1)[0], torch.get_rng_state())
+    assert runs.saved_rng(alone, 1, 2) == (None, None)
+    old = {"torch": states[0]["torch"], "cuda": [states[0]["cuda"], states[1]["cuda"]]}
+    assert torch.equal(runs.saved_rng(old, 0, 1, gpu_index=1)[1], states[1]["cuda"])
+    before = torch.get_rng_state()  # a process with no saved state is seeded afresh
+    runs.restore_rng(rng, 2, 3, torch.device("cpu"), fresh_seed=123)
+    assert torch.equal(torch.get_rng_state(), torch.manual_seed(123).get_state())
+    runs.restore_rng(rng, 1, 2, torch.device("cpu"), fresh_seed=123)
+    assert torch.equal(torch.get_rng_state(), states[1]["torch"])
+    torch.set_rng_state(before)
+
+
 def test_a_pickled_payload_is_refused_and_never_runs(tiny_data, tmp_path, capsys):
     global MARKER
     MARKER = str(tmp_path / "payload-ran")
