@@ -84,7 +84,12 @@ def shard(order, batch_size):
     if not active():
         return order
     rank, size, _ = world()
-    dist.broadcast(order, src=0)  # rank 0's permutation, the same on every process
+    if dist.get_backend() == "nccl" and not order.is_cuda:  # a split in host memory
+        sent = order.cuda()  # nccl sends GPU tensors only
+        dist.broadcast(sent, src=0)
+        order.copy_(sent)
+    else:
+        dist.broadcast(order, src=0)  # rank 0's permutation, the same on every process
     parts = [torch.tensor_split(order[i:i + batch_size], size)[rank]
              for i in range(0, len(order), batch_size) if len(order[i:i + batch_size]) >= 2 * size]
     return torch.cat(parts)
