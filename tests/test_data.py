@@ -78,6 +78,27 @@ def test_crop_is_a_window_of_the_zero_padded_image():
     assert torch.equal(data.random_crop(x, padding=0), x)
 
 
+def test_flip_and_crop_take_the_same_draws_and_give_the_same_images_as_their_definitions():
+    """The fast versions (one index_select, one gather) against the plain ones written with
+    torch.where and four index tensors: equal images from the same random draws, so runs
+    and resumes from before the change continue the same."""
+    x = torch.randint(0, 256, (16, 3, 10, 12), dtype=torch.uint8)
+    torch.manual_seed(1)
+    flip = torch.rand(16) < 0.5
+    dy, dx = torch.randint(0, 9, (16, 1)), torch.randint(0, 9, (16, 1))
+    flipped = torch.where(flip[:, None, None, None], x.flip(3), x)
+    rows = (dy + torch.arange(10))[:, None, :, None]
+    cols = (dx + torch.arange(12))[:, None, None, :]
+    expected = torch.nn.functional.pad(flipped, (4,) * 4)[
+        torch.arange(16)[:, None, None, None], torch.arange(3)[None, :, None, None], rows, cols]
+    torch.manual_seed(1)
+    assert torch.equal(data.random_crop(data.random_hflip(x)), expected)
+    after = torch.get_rng_state()  # and they drew exactly as much from the generator
+    torch.manual_seed(1)
+    torch.rand(16), torch.randint(0, 9, (16, 1)), torch.randint(0, 9, (16, 1))
+    assert torch.equal(after, torch.get_rng_state())
+
+
 @pytest.mark.parametrize("spec", ["gaussian:0.5", "saltpepper:0.2", "mask:0.3"])
 def test_noise_corrupts_the_input_only_and_is_fixed_on_the_test_split(spec):
     torch.manual_seed(0)
