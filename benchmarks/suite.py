@@ -150,7 +150,7 @@ def step_flops(cfg, device, model, opt, images):
     return counter.get_total_flops()
 
 
-def matmul_peak(device, dtype, size=2048, repeats=10):
+def matmul_peak(device, dtype, size=2048, repeats=30):
     """This device's dense matmul rate in GFLOP/s: the fastest of `repeats` products."""
     a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
     best = float("inf")
