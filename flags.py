@@ -85,8 +85,8 @@ def build_parser():
     a("--data-budget", type=float, default=None, help="GB of training images allowed in device "
       "memory; a larger split stays in host memory and is copied a batch at a time (default: "
       "half the GPU's free memory; unlimited on a CPU)")
-    a("--amp", action="store_true", help="CUDA: bfloat16 autocast for the networks (losses stay "
-      "float32); ignored, with a note, where bfloat16 autocast is not available or not faster")
+    a("--amp", action="store_true", help="bfloat16 autocast for the networks (losses stay "
+      "float32) on CUDA and on CPUs with AMX; elsewhere ignored, with a note")
     a("--compile", action="store_true", help="torch.compile the model's loss (first steps are "
       "slow while it compiles)")
     a("--channels-last", action="store_true", help="conv arch: channels-last memory format for "

@@ -16,8 +16,8 @@ and the time ratio ours / standard (target: at most 0.5 on a CPU), and the same 
 the model's compute alone (steps on one batch already on the device): no data path can
 go below that one. It also counts the floating-point operations of one step (forward and
 backward, torch.utils.flop_counter), gives the compute-only loop's GFLOP/s as a share of
-this device's dense matmul peak (a 2048x2048 float32 product, bfloat16 with --amp on a
-GPU), and the ratio a loop would reach if every operation ran at that peak: when even
+this device's dense matmul peak (a 2048x2048 float32 product, bfloat16 with --amp where
+it applies), and the ratio a loop would reach if every operation ran at that peak: when even
 that is above 0.5, the target cannot be met on this machine by any loop. Data loading
 before the first step is not timed in either loop. Then the importance-sampled
 likelihood's throughput (evaluate.py, K = 1000) on the MLP VAE.
@@ -41,6 +41,7 @@ import data  # noqa: E402
 import flags  # noqa: E402
 import losses  # noqa: E402
 import metrics  # noqa: E402
+import parallel  # noqa: E402
 import train  # noqa: E402
 from vaegan import VAEGAN  # noqa: E402
 
@@ -241,7 +242,9 @@ def main():
         if setup not in SETUPS:
             p.error(f"unknown setup {setup!r}; use {', '.join(SETUPS)}")
     device = flags.pick_device(args.device)
-    dtype = torch.bfloat16 if device.type == "cuda" and "--amp" in args.extra.split() else torch.float32
+    amp = "--amp" in args.extra.split() and (
+        device.type == "cuda" or device.type == "cpu" and parallel.cpu_matrix_units())
+    dtype = torch.bfloat16 if amp else torch.float32
     peak = matmul_peak(device, dtype)
     print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} CPUs; timed steps after {args.warmup} untimed; "
