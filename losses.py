@@ -18,10 +18,12 @@ def bce_logits(logits, x):
     refused here, for tensors on the CPU. On a GPU the check would stop the step to read a
     number back (a host sync); train.py refuses bce with [-1, 1] data before training.
     """
-    if x.device.type == "cpu" and x.numel() and (x.min() < 0 or x.max() > 1):
-        raise ValueError(
-            f"bce needs targets in [0, 1], got values in [{x.min().item():.3g}, "
-            f"{x.max().item():.3g}]; use --recon mse or gaussian for [-1, 1] (tanh) data")
+    if x.device.type == "cpu" and x.numel():
+        low, high = torch.aminmax(x)  # one pass over x
+        if low < 0 or high > 1:
+            raise ValueError(
+                f"bce needs targets in [0, 1], got values in [{low.item():.3g}, "
+                f"{high.item():.3g}]; use --recon mse or gaussian for [-1, 1] (tanh) data")
     return F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
 
 

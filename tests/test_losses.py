@@ -37,6 +37,9 @@ def test_bce_from_logits_stays_finite_where_sigmoid_saturates():
 def test_bce_refuses_data_outside_unit_interval():
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         losses.bce_logits(torch.zeros(2, 3), torch.tensor([[-1.0, 0.0, 1.0]] * 2))
+    with pytest.raises(ValueError, match=r"got values in \[0, 2\]"):
+        losses.bce_logits(torch.zeros(2, 3), torch.tensor([[0.0, 2.0, 1.0]] * 2))
+    assert losses.bce_logits(torch.zeros(1, 2), torch.tensor([[0.0, 1.0]])).shape == (1,)
 
 
 def test_mse_and_gaussian_on_a_hand_made_example():
