@@ -1,7 +1,6 @@
 """Interruption and exact resume, checkpoints that survive SIGKILL and refuse pickled code,
-non-finite numbers, out of memory, and damaged data files."""
+non-finite numbers, out of memory, damaged data files, and per-process random generators."""
 import csv
-import math
 import multiprocessing
 import os
 import random
@@ -17,7 +16,6 @@ import torch
 import ae
 import data
 import evaluate
-import parallel
 import runs
 import train
 import vae
@@ -286,69 +284,6 @@ def test_evaluate_out_of_memory_says_to_lower_the_chunk(tiny_data, tmp_path, cap
     assert evaluate.main([run, "--chunk", "4096"]) == 1
     err = capsys.readouterr().err
     assert "out of memory" in err and "lower --chunk (now 4096)" in err
-
-
-def test_speed_flags_work_on_a_cpu(tiny_data, tmp_path, capsys):
-    base = ["--data-root", tiny_data, "--epochs", "2", "--batch-size", "16", "--log-interval", "1000"]
-    assert train.main(base + ["--out", str(tmp_path / "plain")]) == 0
-    assert train.main(base + ["--out", str(tmp_path / "amp"), "--amp"]) == 0
-    assert "--amp: bfloat16 autocast is not used on cpu" in capsys.readouterr().out
-    assert rows(tmp_path / "amp") == rows(tmp_path / "plain")  # float32 where amp does not apply
-    conv = base + ["--arch", "conv", "--latent-dim", "4"]
-    assert train.main(conv + ["--out", str(tmp_path / "conv")]) == 0
-    assert train.main(conv + ["--out", str(tmp_path / "cl"), "--channels-last"]) == 0
-    a, b = rows(tmp_path / "conv")[-1], rows(tmp_path / "cl")[-1]
-    assert float(b["test_loss"]) == pytest.approx(float(a["test_loss"]), rel=1e-3)
-
-
-@pytest.mark.parametrize("model", ["vae", "vaegan"])
-def test_amp_on_a_cpu_with_matrix_units_trains_in_bfloat16(tiny_data, tmp_path, capsys,
-                                                           monkeypatch, model):
-    """This CPU has no AMX, so the check is forced: the autocast run differs from the
-    float32 one (bfloat16 was used) but stays close, and every logged number is finite."""
-    monkeypatch.setattr(parallel, "cpu_matrix_units", lambda: True)
-    base = ["--model", model, "--data-root", tiny_data, "--epochs", "2", "--batch-size", "16"]
-    assert train.main(base + ["--out", str(tmp_path / "plain")]) == 0
-    assert train.main(base + ["--out", str(tmp_path / "amp"), "--amp"]) == 0
-    assert "not used" not in capsys.readouterr().out
-    plain, amp = rows(tmp_path / "plain")[-1], rows(tmp_path / "amp")[-1]
-    assert plain != amp and all(math.isfinite(float(v)) for v in amp.values())
-    assert float(amp["test_loss"]) == pytest.approx(float(plain["test_loss"]), rel=0.05)
-
-
-@pytest.mark.slow  # about 30 s on 2 cores, and needs a C++ compiler: python -m pytest --run-slow
-def test_compile_trains_like_eager(tiny_data, tmp_path):
-    base = ["--data-root", tiny_data, "--epochs", "2", "--batch-size", "16", "--log-interval", "1000"]
-    assert train.main(base + ["--out", str(tmp_path / "plain")]) == 0
-    assert train.main(base + ["--out", str(tmp_path / "compiled"), "--compile"]) == 0
-    a, b = rows(tmp_path / "plain")[-1], rows(tmp_path / "compiled")[-1]
-    # compiled code draws its own random numbers (z, dropout), so only close, not equal
-    assert float(b["train_loss"]) == pytest.approx(float(a["train_loss"]), rel=0.02)
-
-
-def test_a_split_over_the_data_budget_stays_on_the_host_and_trains_the_same(tiny_data, tmp_path,
-                                                                            capsys):
-    base = ["--data-root", tiny_data, "--epochs", "2", "--batch-size", "16", "--augment",
-            "--noise", "gaussian:0.3", "--dropout", "0.1", "--log-interval", "1000"]
-    assert train.main(base + ["--out", str(tmp_path / "resident")]) == 0
-    capsys.readouterr()
-    assert train.main(base + ["--out", str(tmp_path / "host"), "--data-budget", "1e-6"]) == 0
-    out = capsys.readouterr().out
-    assert "the train split (0 MB) is over the 0 MB budget: kept in host memory" in out
-    assert "the test split" in out
-    assert rows(tmp_path / "host") == rows(tmp_path / "resident")  # same batches, same run
-
-
-def test_staged_batches_equal_resident_batches():
-    images = torch.randint(0, 256, (37, 1, 28, 28), dtype=torch.uint8)
-    labels = torch.arange(37)
-    order = torch.randperm(37)
-    for kw in ({"order": order, "shuffle": True}, {"noise": ("mask", 0.3), "noise_seed": 0}):
-        a = list(data.batches(images, labels, 8, **kw))
-        b = list(data.batches(images, labels, 8, device="cpu", **kw))
-        assert len(a) == len(b) == 5
-        for (xa, ta, ya), (xb, tb, yb) in zip(a, b):
-            assert torch.equal(xa, xb) and torch.equal(ta, tb) and torch.equal(ya, yb)
 
 
 def test_resume_writes_into_the_folder_given_even_when_it_was_moved(tiny_data, tmp_path):
