@@ -1,19 +1,22 @@
 """Autoencoders: plain (under- or overcomplete), denoising, sparse and contractive.
 
-The encoder and decoder are the VAE's networks of the same arch (vae.build_networks), so
-an AE-vs-VAE comparison changes one thing only: a deterministic code h of size
-latent_dim instead of q(z|x). Denoising is the data's job (train.py --noise): the model
-just sees a corrupted input and a clean target. Copy this file with vae.py and losses.py.
+Follows the model contract of models.py. The encoder and decoder are the VAE's networks
+of the same arch (vae.build_networks), so an AE-vs-VAE comparison changes one thing
+only: a deterministic code h of size latent_dim instead of q(z|x). Denoising is the
+data's job (train.py --noise): the model just sees a corrupted input and a clean target.
+Copy this file with vae.py and losses.py.
 
     from ae import AE
     model = AE((1, 28, 28), latent_dim=32, contractive=0.1)
     out = model.loss(x, x)      # {"loss", "recon", "contractive"}, nats (or squared error) per image
 """
+import math
+
 import torch
 import torch.nn as nn
 
 import losses
-from vae import ACTIVATIONS, build_networks
+from vae import ACTIVATIONS, NETWORK_OPTIONS, build_networks, check_networks, evaluating, positive
 
 CODES = {"linear": lambda h: h, "relu": torch.relu, "sigmoid": torch.sigmoid}
 
@@ -26,40 +29,81 @@ class AE(nn.Module):
         L * sum_j KL(rho || rho_hat_j) over the batch, on a sigmoid code (Ng's sparse AE);
     contractive L: L * ||dh/dx||_F^2 per image (Rifai et al. 2011).
     """
+    OPTIONS = {**NETWORK_OPTIONS,
+               "code": (str, "the code's activation: linear, relu or sigmoid (relu for L1 "
+                             "sparsity; --sparsity-target implies sigmoid) (default: linear)"),
+               "sparsity": (float, "weight L of the sparsity penalty, L * sum|h| (or the KL "
+                                   "form with --sparsity-target)"),
+               "sparsity_target": (float, "target mean activation rho of a sigmoid code; the "
+                                          "penalty becomes L * sum_j KL(rho || rho_hat_j)"),
+               "contractive": (float, "weight L of the contractive penalty "
+                                      "L * ||dh/dx||_F^2 per image")}
+    variational, can_sample, conditional = False, False, False
 
-    def __init__(self, image_shape=(1, 28, 28), latent_dim=32, arch="mlp", hidden=(400,),
-                 act="relu", dropout=0.0, batchnorm=None, output="sigmoid", recon="bce", c=0.05,
-                 code="linear", sparsity=0.0, sparsity_target=None, contractive=0.0):
+    def __init__(self, image_shape=(1, 28, 28), num_classes=None, latent_dim=20, arch="mlp",
+                 hidden=None, act="relu", dropout=0.0, batchnorm=None, output="sigmoid",
+                 recon=None, c=0.05, code=None, sparsity=0.0, sparsity_target=None,
+                 contractive=0.0):
         super().__init__()
-        if recon == "bce" and output != "sigmoid":
-            raise ValueError("bce needs a sigmoid output on [0, 1] data; use --recon mse or gaussian")
-        self.image_shape, self.latent_dim = tuple(image_shape), latent_dim
+        self.image_shape = tuple(image_shape)
+        check_networks(self.image_shape, latent_dim, arch, hidden, act, dropout)
+        recon = recon or ("bce" if output == "sigmoid" else "mse")
+        losses.check_recon(recon, output)
+        positive(c=c)
+        for name, value in (("sparsity", sparsity), ("contractive", contractive)):
+            if not (isinstance(value, (int, float)) and 0 <= value < math.inf):
+                raise ValueError(f"{name}={value!r} must be >= 0")
+        if code is not None and code not in CODES:
+            raise ValueError(f"code={code!r} is unknown; use {', '.join(map(repr, CODES))}")
+        if sparsity_target is not None:
+            if not (0 < sparsity_target < 1 and sparsity):
+                raise ValueError(f"sparsity_target={sparsity_target!r} must be in (0, 1) and "
+                                 f"needs sparsity > 0")
+            # the KL form needs activations in (0, 1)
+            if code not in (None, "sigmoid"):
+                raise ValueError(f"sparsity_target={sparsity_target!r} needs a sigmoid code "
+                                 f"(rho_hat in (0, 1)); leave code out or use code='sigmoid'")
+        # L1 on a linear code can be dodged by shrinking h and growing the decoder's
+        # weights, so use relu codes with sparsity
+        self.code = code or ("sigmoid" if sparsity_target is not None else "linear")
+        self.latent_dim, self.arch, self.act, self.dropout = latent_dim, arch, act, dropout
         self.output, self.recon, self.c = output, recon, c
-        if code not in CODES:
-            raise ValueError(f"unknown code {code!r}; use {', '.join(CODES)}")
-        # the KL form needs activations in (0, 1); L1 on a linear code can be dodged by
-        # shrinking h and growing the decoder's weights, so use relu codes with --sparsity
-        self.code = "sigmoid" if sparsity_target is not None else code
+        self.batchnorm = arch == "conv" if batchnorm is None else bool(batchnorm)
+        self.hidden = tuple(hidden or (400,)) if arch == "mlp" else None
         self.sparsity, self.sparsity_target, self.contractive = sparsity, sparsity_target, contractive
         self.encoder, self.decoder = build_networks(
-            image_shape, latent_dim, latent_dim, arch, hidden, act, dropout, batchnorm)
+            self.image_shape, latent_dim, latent_dim, arch, self.hidden, act, dropout, self.batchnorm)
 
-    def encode(self, x):
+    @property
+    def term_weights(self):
+        return {"sparsity": self.sparsity, "contractive": self.contractive}
+
+    def encode(self, x, labels=None):
         return CODES[self.code](self.encoder(x))  # (B, D)
 
-    def decode(self, h):
+    def decode(self, h, labels=None):
         return self.decoder(h)  # (B, C, H, W) logits (sigmoid) or pre-activations (tanh)
 
     def activate(self, logits):
         return torch.sigmoid(logits) if self.output == "sigmoid" else torch.tanh(logits)
 
-    def forward(self, x):
+    def forward(self, x, labels=None):
         h = self.encode(x)
         return self.decode(h), h
 
     @torch.no_grad()
-    def reconstruct(self, x):
-        return self.activate(self.decode(self.encode(x)))
+    def latent(self, x, labels=None):
+        with evaluating(self):
+            return self.encode(x)
+
+    @torch.no_grad()
+    def generate(self, h, labels=None):
+        with evaluating(self):
+            return self.activate(self.decode(h))
+
+    @torch.no_grad()
+    def reconstruct(self, x, labels=None):
+        return self.generate(self.latent(x))
 
     def jacobian_norm2(self, x, h=None):
         """||dh/dx||_F^2 per image, shape (B,), differentiable in the weights.
@@ -91,7 +135,7 @@ class AE(nn.Module):
                                      create_graph=True)  # (D, B, C, H, W): row k of each J
         return jac.pow(2).flatten(2).sum(2).sum(0)
 
-    def loss(self, input, target):
+    def loss(self, input, target, labels=None):
         """Batch means of the per-image terms: loss = recon + penalties."""
         x = input.detach().requires_grad_(True) if self.contractive else input
         h = self.encode(x)
@@ -108,11 +152,17 @@ class AE(nn.Module):
             out["loss"] = out["loss"] + self.contractive * out["contractive"]
         return out
 
-    def test_loss(self, input, target):
+    def test_loss(self, input, target, labels=None):
         """The reconstruction term alone: the AE's number in the VAE's units."""
         h = self.encode(input)
         recon = losses.reconstruction(self.recon, self.decode(h), target, self.output, self.c).mean()
         return {"loss": recon, "recon": recon}
+
+    def parameter_groups(self):
+        return {"model": list(self.parameters())}
+
+    def objectives(self, out):
+        return {"model": out["loss"]}
 
 
 if __name__ == "__main__":

@@ -25,6 +25,13 @@ DATASETS = {
     "cifar10": ("CIFAR10", ".", "cifar-10-python.tar.gz (or its extracted cifar-10-batches-py/)"),
 }
 ALIASES = {"fashionmnist": "fashion-mnist", "cifar-10": "cifar10"}
+CLASSES = {
+    "mnist": [str(d) for d in range(10)],
+    "fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                      "Sneaker", "Bag", "Ankle boot"],
+    "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                "truck"],
+}
 NOISE_KINDS = ("gaussian", "saltpepper", "mask")
 TEST_NOISE_SEED = 0  # the test split's corruption is the same in every run, whatever --seed
 
@@ -38,6 +45,15 @@ def canonical_name(name):
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; use mnist, fashion-mnist or cifar10")
     return name
+
+
+def image_shape(name):
+    """(C, H, W) of a dataset's images, known before loading it."""
+    return (3, 32, 32) if canonical_name(name) == "cifar10" else (1, 28, 28)
+
+
+def num_classes(name):
+    return len(CLASSES[canonical_name(name)])
 
 
 def load_split(name, root="./data", train=True, download=True):

@@ -23,9 +23,9 @@ import data
 import figures
 import losses
 import metrics
+import models
 import runs
-import train
-from flags import MODELS, Parser, pick_device, saved_config
+from flags import Parser, pick_device, saved_config
 
 UNITS = {
     "test_loss": "the test loss as train.py prints it (VAE: negative ELBO, z sampled once; "
@@ -100,13 +100,7 @@ def load_run(run_dir, weights="last", partial=False):
         raise ValueError(f"{run_dir}: no such run folder")
     if not os.path.isfile(os.path.join(run_dir, "config.json")):
         raise ValueError(f"{run_dir}: not a run folder (no config.json); pass a folder written by train.py")
-    try:
-        cfg = saved_config(run_dir)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{run_dir}: config.json unreadable ({e}); pass a folder written by train.py") from None
-    if cfg.get("model") not in MODELS or not cfg.get("image_shape"):
-        raise ValueError(f"{run_dir}: config.json is not a train.py run of {', '.join(MODELS)} "
-                         f"(model {cfg.get('model')!r}); pass a folder written by train.py")
+    cfg = saved_config(run_dir)
     if not os.path.isfile(os.path.join(run_dir, "checkpoint.pt")):
         raise ValueError(f"{run_dir}: unfinished, no epoch saved yet (no checkpoint.pt); resume it "
                          f"with: python train.py --resume {run_dir}")
@@ -120,7 +114,7 @@ def load_run(run_dir, weights="last", partial=False):
               f"{epoch + 1}; the logged losses are epoch {epoch}'s")
     if weights == "best":
         ckpt = runs.load_checkpoint(os.path.join(run_dir, "best.pt"))
-    model = train.build_model(cfg, tuple(cfg["image_shape"]))
+    model = models.from_config(cfg)
     try:
         model.load_state_dict(ckpt["model"])
     except (RuntimeError, KeyError) as e:
@@ -142,7 +136,7 @@ def test_inputs(split, cfg, n=None):
 
 @torch.no_grad()
 def codes_of(model, split, cfg):
-    return torch.cat([figures.means(model, x) for x, _, _ in data.batches(
+    return torch.cat([model.latent(x, y) for x, _, y in data.batches(
         *split, 1000, output=cfg["output"], noise=data.parse_noise(cfg["noise"]),
         noise_seed=data.TEST_NOISE_SEED)])
 
@@ -152,34 +146,31 @@ def measure(model, cfg, splits, args, history, epoch):
     """Every metric of one run (see UNITS), as plain numbers and lists."""
     torch.manual_seed(args.seed)
     noise = data.parse_noise(cfg["noise"])
-    test = train.evaluate(model, splits["test"], cfg, noise)
-    m = {"test_loss": test["loss"], "train_loss": train.evaluate(model, splits["train"], cfg, noise)["loss"]}
+    test = metrics.test_loss(model, splits["test"], cfg, noise)
+    m = {"test_loss": test["loss"], "train_loss": metrics.test_loss(model, splits["train"], cfg, noise)["loss"]}
     m["gap"] = m["test_loss"] - m["train_loss"]
     row = next(r for r in history if int(r["epoch"]) == epoch)  # the weights' epoch
     m["history_train_loss"], m["history_test_loss"] = float(row["train_loss"]), float(row["test_loss"])
     m.update({k: v for k, v in test.items() if k.startswith("acc_")})
-    variational = cfg["model"] != "ae"
+    variational = model.variational
     k = args.iw_samples if variational else 0
-    recon_name = getattr(model, "pixel_recon", model.recon)
-    nll = lambda logits, t: losses.reconstruction(recon_name, logits, t, cfg["output"], cfg["c"])  # noqa: E731
     sums, codes, kl_dims = {}, [], []
     n_test, t0, done = splits["test"][0].shape[0], time.perf_counter(), 0
-    for x, target, _ in data.batches(*splits["test"], 1000, output=cfg["output"], noise=noise,
+    for x, target, y in data.batches(*splits["test"], 1000, output=cfg["output"], noise=noise,
                                      noise_seed=data.TEST_NOISE_SEED):
-        encoded = model.encode(x)  # (mu, logvar), or the AE's code h
-        code = encoded[0] if variational else encoded
+        code = model.latent(x, y)  # mu, or the AE's code h
         codes.append(code)
         if variational:
-            kl_dims.append(losses.kl_normal(*encoded, per_dim=True))
+            kl_dims.append(losses.kl_normal(*model.encode(x, y), per_dim=True))
         clean = data.to_unit(target, cfg["output"])
-        rec = data.to_unit(model.activate(model.decode(code)), cfg["output"])  # z = mu
+        rec = data.to_unit(model.generate(code, y), cfg["output"])  # z = mu
         per = {"mse": (rec - clean).pow(2).flatten(1).mean(1), "psnr": metrics.psnr(rec, clean)}
         if noise is not None:
             per["psnr_noisy"] = metrics.psnr(data.to_unit(x, cfg["output"]), clean)
         if k:
             b = max(1, args.chunk // k)
-            parts = [metrics.importance_sampled(model, xs, ts, k, nll, args.chunk)
-                     for xs, ts in zip(x.split(b), target.split(b))]
+            parts = [metrics.importance_sampled(model, xs, ts, k, args.chunk, ys)
+                     for xs, ts, ys in zip(x.split(b), target.split(b), y.split(b))]
             per.update({key: torch.cat([p[key] for p in parts]) for key in ("nll_iw", "recon", "recon_var")})
         for key, v in per.items():
             sums[key] = sums.get(key, 0) + v.double().sum()
@@ -201,8 +192,9 @@ def measure(model, cfg, splits, args, history, epoch):
         m["nelbo"] = m["recon"] + m["kl"]
         m["nelbo_se"] = math.sqrt(sums["recon_var"].item() / k) / n_test
         pixels = math.prod(cfg["image_shape"])
-        m["likelihood_constant"] = metrics.likelihood_constant(recon_name, cfg["c"], pixels)
-        m["bits_per_dim"] = metrics.bits_per_dim(m["nll_iw"], recon_name, cfg["c"], pixels, cfg["output"])
+        m["likelihood_constant"] = metrics.likelihood_constant(model.likelihood, cfg["c"], pixels)
+        m["bits_per_dim"] = metrics.bits_per_dim(m["nll_iw"], model.likelihood, cfg["c"], pixels,
+                                                 cfg["output"])
         m["iw_samples"], m["iw_seconds"] = k, round(seconds, 2)
         m["iw_images_per_second"] = round(n_test / seconds, 1)
     m["probe_accuracy"] = metrics.linear_probe(codes_of(model, splits["train"], cfg),
@@ -214,34 +206,38 @@ def measure(model, cfg, splits, args, history, epoch):
 def draw(model, cfg, split, m, codes, history, name, out, args):
     """The figures of one run, into folder `out`."""
     n, gen = args.n, torch.Generator().manual_seed(args.seed)
-    x, target, labels = test_inputs(split, cfg, 2 * n)
+    x, target, y = test_inputs(split, cfg, 2 * n)
     clean = data.to_unit(target, cfg["output"])
-    recon = data.to_unit(model.reconstruct(x), cfg["output"])
+    recon = data.to_unit(model.reconstruct(x, y), cfg["output"])
     path = lambda f: os.path.join(out, f)  # noqa: E731
     figures.reconstructions(clean[:n], {name: recon[:n]}, path("reconstructions.png"))
     if cfg["noise"]:
         figures.denoising(data.to_unit(x, cfg["output"])[:n], recon[:n], clean[:n], path("denoising.png"))
     figures.latent_scatter(codes, split[1], path("latent.png"), f"{name}: test codes")
-    variational = cfg["model"] != "ae"
+    variational = model.variational
     pairs = min(4, x.shape[0] // 2)
-    figures.interpolations(model, x[:pairs], x[-pairs:], n, path("interpolation.png"), variational)
+    figures.interpolations(model, x[:pairs], x[-pairs:], n, path("interpolation.png"), variational,
+                           y[:pairs])
+    if model.can_sample:
+        classes = data.CLASSES[cfg["dataset"]] if model.conditional else None
+        figures.samples(model, n, path("samples.png"), f"{name}: samples from the prior"
+                        + (", one row per class" if classes else ""), gen, classes)
     if variational:
-        figures.samples(model, n, path("samples.png"), f"{name}: samples from the prior", gen)
-        if cfg["latent_dim"] == 2:
+        if cfg["latent_dim"] == 2 and not model.conditional:
             figures.manifold(model, n, path("manifold.png"), f"{name}: decodes over the prior's quantiles")
         kl = torch.tensor(m["kl_per_dim"])
         order = kl.argsort(descending=True)[:min(8, len(kl))].tolist()
         center, spread = torch.zeros(len(kl)), torch.ones(len(kl))
-        labels = [f"z{d + 1} (KL {kl[d]:.2f})" for d in order]
+        rows = [f"z{d + 1} (KL {kl[d]:.2f})" for d in order]
         figures.kl_bars({name: kl}, path("kl_per_dim.png"))
     else:  # an AE has no prior: walk each code unit over its own spread on the test set
         center, spread = codes.mean(0).cpu(), codes.std(0).cpu()
         order = spread.argsort(descending=True)[:min(8, len(spread))].tolist()
-        labels = [f"h{d + 1} (sd {spread[d]:.2f})" for d in order]
+        rows = [f"h{d + 1} (sd {spread[d]:.2f})" for d in order]
     device = x.device
     figures.traversal(model, x, order, center.to(device), spread.to(device), n,
                       path("traversal.png"), f"{name}: one dimension at a time, "
-                      f"{'prior' if variational else 'test'} standard deviations", labels)
+                      f"{'prior' if variational else 'test'} standard deviations", rows, y[:1])
     figures.loss_curves({name: history}, path("loss_curves.png"))
     return clean[:n], recon[:n]  # for the side-by-side figure of several runs
 

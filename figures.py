@@ -2,7 +2,8 @@
 
 Every function writes one PNG of a size fixed by its inputs (image grids are pixel-exact:
 each image drawn at SCALE times its size, no resampling blur). Images come in as tensors
-in [0, 1]; `model` arguments need encode, decode and activate (ae.py, vae.py, vaegan.py).
+in [0, 1]; `model` arguments follow the model contract (models.py): latent and generate,
+with the labels a conditional model needs (None otherwise).
 """
 import math
 
@@ -26,14 +27,8 @@ def scale_for(height):
     return max(1, 64 // height)
 
 
-def means(model, x):
-    """The code used for latent plots: the posterior mean (VAE, VAE-GAN) or h (AE)."""
-    out = model.encode(x)
-    return out[0] if isinstance(out, tuple) else out
-
-
-def decode01(model, z):
-    return data.to_unit(model.activate(model.decode(z)), model.output).clamp(0, 1)
+def decode01(model, z, labels=None):
+    return data.to_unit(model.generate(z, labels), model.output).clamp(0, 1)
 
 
 def figure(width, height):
@@ -89,11 +84,15 @@ def denoising(noisy, denoised, clean, path):
 
 
 @torch.no_grad()
-def samples(model, n, path, title, generator=None):
-    """An n x n grid of decodes of z ~ N(0, I) (fixed by `generator`)."""
-    z = torch.randn(n * n, model.latent_dim, generator=generator)
-    images = decode01(model, z.to(next(model.parameters()).device))
-    image_rows(list(images.split(n)), [""] * n, path, title)
+def samples(model, n, path, title, generator=None, classes=None):
+    """An n x n grid of decodes of z ~ N(0, I) (fixed by `generator`); for a conditional
+    model, n samples of each class per row, labelled with the class names."""
+    rows = len(classes) if classes else n
+    z = torch.randn(rows * n, model.latent_dim, generator=generator)
+    device = next(model.parameters()).device
+    labels = torch.arange(rows, device=device).repeat_interleave(n) if classes else None
+    images = decode01(model, z.to(device), labels)
+    image_rows(list(images.split(n)), list(classes) if classes else [""] * n, path, title)
 
 
 def latent_scatter(codes, labels, path, title):
@@ -139,31 +138,35 @@ def slerp(a, b, t):
 
 
 @torch.no_grad()
-def interpolations(model, x_a, x_b, n, path, spherical=True):
-    """Between the codes of test image pairs: a linear row (and a spherical one) per pair."""
+def interpolations(model, x_a, x_b, n, path, spherical=True, labels_a=None):
+    """Between the codes of test image pairs: a linear row (and a spherical one) per pair.
+    A conditional model decodes each row with the label of the pair's first image."""
     t = torch.linspace(0, 1, n, device=x_a.device)
-    za, zb = means(model, x_a), means(model, x_b)
+    za, zb = model.latent(x_a, labels_a), model.latent(x_b, labels_a)
     rows, labels = [], []
     for i in range(za.shape[0]):
-        rows.append(decode01(model, (1 - t)[:, None] * za[i] + t[:, None] * zb[i]))
+        y = None if labels_a is None else labels_a[i:i + 1].expand(n)
+        rows.append(decode01(model, (1 - t)[:, None] * za[i] + t[:, None] * zb[i], y))
         labels.append(f"pair {i + 1}: linear")
         if spherical:
-            rows.append(decode01(model, slerp(za[i], zb[i], t)))
+            rows.append(decode01(model, slerp(za[i], zb[i], t), y))
             labels.append(f"pair {i + 1}: spherical")
     image_rows(rows, labels, path, "interpolation between test images", [f"{v:.2f}" for v in t.tolist()])
 
 
 @torch.no_grad()
-def traversal(model, x, order, center, spread, n, path, title, names):
+def traversal(model, x, order, center, spread, n, path, title, names, label=None):
     """Decodes of z = code(x) with one dimension d set to center_d + spread_d * v, v in
-    [-3, 3], one row per dimension of `order` (the most used first)."""
+    [-3, 3], one row per dimension of `order` (the most used first). label: x[0]'s (1,),
+    for a conditional model."""
     v = torch.linspace(-3, 3, n, device=x.device)
-    z0 = means(model, x[:1])[0]
+    z0 = model.latent(x[:1], label)[0]
+    y = None if label is None else label.expand(n)
     rows = []
     for d in order:
         z = z0.repeat(n, 1)
         z[:, d] = center[d] + spread[d] * v
-        rows.append(decode01(model, z))
+        rows.append(decode01(model, z, y))
     image_rows(rows, names, path, title, [f"{s:+.1f}" for s in v.tolist()])
 
 

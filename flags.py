@@ -1,19 +1,23 @@
 """The command line of train.py: every flag, checked and resolved before any work starts.
 
-`resolve(argv)` turns a command line into the run's config (and, with --resume, its
-checkpoint), or raises ValueError with a one-line message saying what to do.
+Run-level flags (data, epochs, optimizer, device, output) are declared here; each model
+declares its own options (models.py's contract), and they become flags here too, checked
+by the model itself. `resolve(argv)` turns a command line into the run's config (and,
+with --resume, its checkpoint), or raises ValueError with a one-line message saying
+what to do.
 """
 import argparse
 import os
+import re
 import shlex
 import time
 
 import torch
 
 import data
+import models
 import runs
 
-MODELS = ("vae", "ae", "vaegan")
 # Flags that may differ from the saved config when resuming; anything else is refused.
 RESUME_SAFE = {"epochs", "device", "log_interval", "data_root", "download", "resume",
                "compile", "channels_last", "data_budget"}
@@ -24,38 +28,47 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def widths(text):
+    """'300,100' -> (300, 100); the model checks the values."""
+    try:
+        return tuple(int(w) for w in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad widths {text!r}; use positive integers, "
+                                         f"comma-separated, e.g. 400 or 300,100,10") from None
+
+
+def model_flags(p):
+    """One flag per model option (the union over MODELS), its default per model in the help."""
+    seen = {}
+    for name, cls in models.MODELS.items():
+        for option, (kind, text) in cls.OPTIONS.items():
+            seen.setdefault(option, (kind, text, {}))[2][name] = models.defaults(cls)[option]
+    for option, (kind, text, by_model) in seen.items():
+        values = {v for v in map(repr, by_model.values()) if v != "None"}
+        if len(by_model) < len(models.MODELS):
+            text = f"{'/'.join(by_model)}: {text}"
+        if values and len(set(map(repr, by_model.values()))) == 1:
+            text += f" (default: {next(iter(by_model.values()))})"
+        elif values:
+            text += " (default: " + ", ".join(f"{m} {v}" for m, v in by_model.items() if v is not None) + ")"
+        flag = "--" + option.replace("_", "-")
+        if kind is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                           help=text)
+        else:
+            p.add_argument(flag, type=widths if kind is tuple else kind, default=argparse.SUPPRESS,
+                           help=text)
+
+
 def build_parser():
     p = Parser(prog="train.py", description="Train an autoencoder, VAE or VAE-GAN.",
                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
-    a("--model", default="vae", help=f"model family: {', '.join(MODELS)}")
+    a("--model", default="vae", help=f"model family: {', '.join(models.MODELS)} (models.py)")
     a("--dataset", default="mnist", help="mnist, fashion-mnist (or fashionmnist), cifar10")
     a("--data-root", default="./data", help="folder holding the datasets (torchvision layout)")
     a("--no-download", dest="download", action="store_false",
       help="never download; fail with a message if the files are missing")
-    a("--arch", default="mlp", help="mlp or conv (three stride-2 convolutions 32-64-128)")
-    a("--latent-dim", type=int, default=20, help="size of the latent code z")
-    a("--hidden", default=None, help="mlp hidden widths, comma-separated, e.g. 300,100,10 "
-      "(default 400; vaegan: latent_dim squared, reference 001's d^2)")
-    a("--act", default="relu", help="hidden activation: relu or elu")
-    a("--output", default="sigmoid", help="decoder output: sigmoid ([0, 1] data) or tanh ([-1, 1])")
-    a("--recon", default=None, help="reconstruction loss: bce, mse or gaussian; vaegan also "
-      "feature (Larsen's error on a discriminator layer) (default: bce for sigmoid output, "
-      "mse for tanh)")
-    a("--c", type=float, default=0.05, help="variance c of the gaussian decoder N(x_hat, cI)")
-    a("--beta", type=float, default=1.0, help="weight of the KL term (beta-VAE); 1 is the ELBO")
-    a("--sparsity", type=float, default=0.0, help="ae: weight L of the sparsity penalty, "
-      "L * sum|h| (or the KL form with --sparsity-target)")
-    a("--sparsity-target", type=float, default=None, help="ae: target mean activation rho of "
-      "a sigmoid code; the penalty becomes L * sum_j KL(rho || rho_hat_j)")
-    a("--code", default="linear", help="ae: the code's activation, linear, relu or sigmoid "
-      "(relu for L1 sparsity; --sparsity-target implies sigmoid)")
-    a("--contractive", type=float, default=0.0, help="ae: weight L of the contractive "
-      "penalty L * ||dh/dx||_F^2 per image")
-    a("--dropout", type=float, default=0.0, help="dropout after each hidden activation of the encoder")
-    a("--batchnorm", action=argparse.BooleanOptionalAction, default=None,
-      help="batch norm after each hidden layer (default: on for conv and for vaegan, off for "
-      "vae and ae mlp); --no-batchnorm removes every batch norm layer")
     a("--weight-decay", type=float, default=0.0, help="L2 penalty, as Adam's weight_decay")
     a("--l1", type=float, default=0.0, help="L1 weight penalty: adds L1 * sum|w| to the loss")
     a("--augment", action="store_true", help="--hflip and --crop together")
@@ -66,16 +79,8 @@ def build_parser():
     a("--epochs", type=int, default=10, help="number of epochs (raise it with --resume to extend)")
     a("--batch-size", type=int, default=128, help="images per training step")
     a("--lr", type=float, default=1e-3, help="Adam learning rate (vaegan: encoder and decoder)")
-    a("--lr-disc", type=float, default=None, help="vaegan: the discriminator's learning rate "
-      "(default: --lr)")
-    a("--gamma", type=float, default=1.0, help="vaegan: weight of the reconstruction in the "
-      "decoder's loss, gamma * recon + adversarial (both nats per image)")
-    a("--feature-layer", type=int, default=None, help="vaegan --recon feature: the "
-      "discriminator block whose output is compared: 1 for mlp, 1-3 for conv (default: the last)")
-    a("--equilibrium", type=float, default=None, help="vaegan: gate updates around this "
-      "discriminator loss (Larsen: 0.68); off by default")
-    a("--margin", type=float, default=0.35, help="vaegan --equilibrium: skip the discriminator "
-      "update below equilibrium - margin, the decoder's adversarial term above + margin")
+    a("--lr-disc", type=float, default=None, help="a discriminator's learning rate (vaegan; "
+      "default: --lr)")
     a("--grad-clip", type=float, default=None, help="clip the gradient norm (each VAE-GAN "
       "network's own) to this value; the norm before clipping is logged as grad_*")
     a("--scheduler", default="none", help="learning-rate schedule: none or step (StepLR)")
@@ -96,20 +101,32 @@ def build_parser():
     a("--out", default=None, help="run folder (default runs/<model>-<dataset>-<time>)")
     a("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR")
     a("--log-interval", type=int, default=100, help="steps between progress lines")
+    model_flags(p)
     return p
 
 
 def defaults():
-    """Every flag at its default; fills the flags a saved run's config predates."""
+    """Every run-level flag at its default."""
     return vars(build_parser().parse_args([]))
 
 
 def saved_config(run_dir):
-    """A run folder's config.json, with defaults for flags added since it was written."""
+    """A run folder's config.json, checked: the format this code reads, and every option of
+    its model valid (ValueError otherwise)."""
+    path = os.path.join(run_dir, "config.json")
     saved = runs.load_config(run_dir)
-    if "lr_gamma" not in saved and "gamma" in saved:  # before the VAE-GAN, --gamma was StepLR's
-        saved["lr_gamma"] = saved.pop("gamma")
-    return {**defaults(), **saved}
+    model = saved.get("model") if isinstance(saved, dict) else None
+    if model not in models.MODELS:
+        raise ValueError(f"{run_dir}: config.json is not a train.py run of "
+                         f"{', '.join(models.MODELS)} (model {model!r}); pass a folder written "
+                         f"by train.py")
+    runs.check_format(saved, path)
+    missing = sorted((set(defaults()) | {"image_shape", "num_classes"}
+                      | set(models.MODELS[model].OPTIONS)) - set(saved))
+    if missing:
+        raise ValueError(f"{path} is not a complete train.py config (it lacks "
+                         f"{', '.join(missing)})")
+    return saved
 
 
 def explicit_flags(parser, argv):
@@ -119,100 +136,54 @@ def explicit_flags(parser, argv):
     return set(vars(parser.parse_known_args(argv)[0]))
 
 
-def default_hidden(cfg):
-    """400 (pytorch/examples); the VAE-GAN's mlp has d^2 for latent size d (reference 001)."""
-    return str(cfg["latent_dim"] ** 2) if cfg["model"] == "vaegan" and cfg["arch"] == "mlp" else "400"
+def in_flag_words(message, names):
+    """A model's `name=value` words as the command line's `--name value`."""
+    pattern = r"\b(" + "|".join(map(re.escape, names)) + r")=('?)([^',;)\s]*)\2"
+    return re.sub(pattern, lambda m: f"--{m[1].replace('_', '-')} {m[3]}", message)
 
 
-def parse_hidden(spec):
+def check_model(cfg, given=()):
+    """Build the model on the meta device (no memory): its own checks, in flag words;
+    then record its resolved options in cfg. Returns the model."""
+    cls = models.MODELS[cfg["model"]]
+    foreign = sorted(n for n in given if n not in cls.OPTIONS and n not in defaults())
+    if foreign:
+        owners = [m for m, c in models.MODELS.items() if foreign[0] in c.OPTIONS]
+        raise ValueError(f"--{foreign[0].replace('_', '-')} is not an option of --model "
+                         f"{cfg['model']}; it belongs to {', '.join(owners)}")
     try:
-        widths = tuple(int(w) for w in spec.split(","))
-    except ValueError:
-        widths = ()
-    if not widths or min(widths) < 1:
-        raise ValueError(f"bad --hidden {spec!r}; use positive widths, comma-separated, e.g. 400 "
-                         f"or 300,100,10")
-    return widths
+        model = models.from_config(cfg, device="meta")
+    except ValueError as e:
+        raise ValueError(in_flag_words(str(e), cls.OPTIONS)) from None
+    cfg.update(models.resolved(model))
+    if cfg["lr_disc"] is not None and "discriminator" not in model.parameter_groups():
+        raise ValueError(f"--lr-disc sets a discriminator's learning rate; the {cfg['model']} "
+                         f"model has none")
+    return model
 
 
 def check(cfg, given):
     """Resolve defaults and reject bad values and combinations, before any work starts."""
-    if cfg["model"] not in MODELS:
-        raise ValueError(f"unknown --model {cfg['model']!r}; use {', '.join(MODELS)}")
+    if cfg["model"] not in models.MODELS:
+        raise ValueError(f"unknown --model {cfg['model']!r}; use {', '.join(models.MODELS)}")
     cfg["dataset"] = data.canonical_name(cfg["dataset"])
-    for name, choices in (("arch", ("mlp", "conv")), ("act", ("relu", "elu")),
-                          ("output", ("sigmoid", "tanh")), ("scheduler", ("none", "step"))):
-        if cfg[name] not in choices:
-            raise ValueError(f"unknown --{name} {cfg[name]!r}; use {' or '.join(choices)}")
-    cfg["recon"] = cfg["recon"] or ("bce" if cfg["output"] == "sigmoid" else "mse")
-    if cfg["recon"] == "feature" and cfg["model"] != "vaegan":
-        raise ValueError("--recon feature compares discriminator features; use it with "
-                         "--model vaegan")
-    if cfg["recon"] not in ("bce", "mse", "gaussian", "feature"):
-        raise ValueError(f"unknown --recon {cfg['recon']!r}; use bce, mse or gaussian "
-                         f"(vaegan: also feature)")
-    if cfg["recon"] == "bce" and cfg["output"] == "tanh":
-        raise ValueError("--recon bce needs [0, 1] data and a sigmoid output; with --output tanh "
-                         "use --recon mse or gaussian")
-    if not 0 <= cfg["dropout"] < 1:
-        raise ValueError(f"--dropout must be in [0, 1), got {cfg['dropout']}")
-    for name in ("beta", "weight_decay", "l1"):
+    cfg["image_shape"] = list(data.image_shape(cfg["dataset"]))
+    cfg["num_classes"] = data.num_classes(cfg["dataset"])
+    if cfg["scheduler"] not in ("none", "step"):
+        raise ValueError(f"unknown --scheduler {cfg['scheduler']!r}; use none or step")
+    for name in ("weight_decay", "l1"):
         if not 0 <= cfg[name] < float("inf"):
             raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {cfg[name]}")
-    for name in ("lr", "c", "lr_gamma", "gamma", "lr_disc", "equilibrium", "grad_clip",
-                 "data_budget"):
+    for name in ("lr", "lr_gamma", "lr_disc", "grad_clip", "data_budget"):
         if cfg[name] is not None and not 0 < cfg[name] < float("inf"):
             raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {cfg[name]}")
-    if not 0 <= cfg["margin"] < float("inf"):
-        raise ValueError(f"--margin must be >= 0, got {cfg['margin']}")
-    for name in ("gamma", "lr_disc", "feature_layer", "equilibrium", "margin"):
-        if name in given and cfg["model"] != "vaegan":
-            hint = " (StepLR's factor is --lr-gamma)" if name == "gamma" else ""
-            raise ValueError(f"--{name.replace('_', '-')} is a VAE-GAN setting; use it with "
-                             f"--model vaegan{hint}")
-    if "margin" in given and cfg["equilibrium"] is None:
-        raise ValueError("--margin sets the width of equilibrium gating; add --equilibrium "
-                         "(e.g. 0.68)")
-    if cfg["feature_layer"] is not None:
-        blocks = 3 if cfg["arch"] == "conv" else 1
-        if cfg["recon"] != "feature":
-            raise ValueError("--feature-layer picks the layer of --recon feature; add "
-                             "--recon feature")
-        if not 1 <= cfg["feature_layer"] <= blocks:
-            raise ValueError(f"--feature-layer must be in 1..{blocks} for the {cfg['arch']} "
-                             f"discriminator, got {cfg['feature_layer']}")
-    for name in ("latent_dim", "epochs", "batch_size", "step_size", "log_interval"):
+    for name in ("epochs", "batch_size", "step_size", "log_interval"):
         if cfg[name] < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {cfg[name]}")
-    for name in ("sparsity", "contractive"):
-        if not 0 <= cfg[name] < float("inf"):
-            raise ValueError(f"--{name} must be >= 0, got {cfg[name]}")
-        if cfg[name] and cfg["model"] != "ae":
-            raise ValueError(f"--{name} penalizes a deterministic code; use it with --model ae")
-    if cfg["sparsity_target"] is not None:
-        if not 0 < cfg["sparsity_target"] < 1 or not cfg["sparsity"]:
-            raise ValueError(f"--sparsity-target must be in (0, 1) and needs --sparsity L > 0, "
-                             f"got {cfg['sparsity_target']}")
-    if cfg["code"] not in ("linear", "relu", "sigmoid"):
-        raise ValueError(f"unknown --code {cfg['code']!r}; use linear, relu or sigmoid")
-    if "code" in given and cfg["model"] != "ae":
-        raise ValueError("--code sets the ae's code activation; use it with --model ae")
-    if cfg["sparsity_target"] is not None:
-        if "code" in given and cfg["code"] != "sigmoid":
-            raise ValueError("--sparsity-target needs a sigmoid code (rho_hat in (0, 1)); "
-                             "drop --code or use --code sigmoid")
-        cfg["code"] = "sigmoid"
-    if cfg["model"] == "ae" and "beta" in given:
-        raise ValueError("--beta weights the VAE's KL term; the ae has none (use --model vae)")
-    if cfg["arch"] == "conv" and "hidden" in given:
-        raise ValueError("--hidden sets mlp widths; the conv arch's channels are fixed")
-    cfg["hidden"] = cfg["hidden"] or default_hidden(cfg)
-    cfg["hidden"] = ",".join(map(str, parse_hidden(cfg["hidden"])))
     data.parse_noise(cfg["noise"])
     if cfg["augment"]:
         cfg["hflip"] = cfg["crop"] = True
-    if cfg["batchnorm"] is None:
-        cfg["batchnorm"] = cfg["arch"] == "conv" or cfg["model"] == "vaegan"
+    check_model(cfg, given)
     return cfg
 
 
@@ -250,25 +221,26 @@ def resolve(argv):
     """argv -> (config dict, checkpoint or None); raises ValueError for any bad input."""
     args = build_parser().parse_args(argv)
     given = explicit_flags(build_parser(), argv)
-    if args.resume:
+    if args.resume is not None:
         ckpt_path = os.path.join(args.resume, "checkpoint.pt")
         cfg_path = os.path.join(args.resume, "config.json")
         if not os.path.isfile(cfg_path) or not os.path.isfile(ckpt_path):
-            raise ValueError(f"--resume {args.resume}: no config.json and checkpoint.pt there; "
+            raise ValueError(f"--resume {args.resume!r}: no config.json and checkpoint.pt there; "
                              f"pass a run folder written by train.py")
         cfg = saved_config(args.resume)
-        cfg["out"] = args.resume  # the folder as it is now: it may have been moved or copied
-        new = check(dict(vars(args)), given)
+        new = check({**cfg, **{k: getattr(args, k) for k in given}}, given)
         for name in sorted(given - RESUME_SAFE):
-            if new[name] != cfg.get(name):
+            if new[name] != cfg[name]:
                 raise ValueError(f"--{name.replace('_', '-')} differs from the saved run "
-                                 f"({cfg.get(name)!r}); only {', '.join(sorted(RESUME_SAFE))} "
+                                 f"({cfg[name]!r}); only {', '.join(sorted(RESUME_SAFE))} "
                                  f"may change with --resume")
         cfg.update({k: getattr(args, k) for k in given & RESUME_SAFE})
+        cfg["out"] = args.resume  # the folder as it is now: it may have been moved or copied
         cfg["resume_commands"] = cfg.get("resume_commands", []) + [shlex.join(["train.py"] + argv)]
         check(cfg, set())
         return cfg, runs.load_checkpoint(ckpt_path)
     cfg = check(vars(args), given)
+    cfg["format"] = runs.FORMAT
     cfg["command"] = shlex.join(["train.py"] + argv)
     if cfg["out"] is None:
         cfg["out"] = os.path.join("runs", f"{cfg['model']}-{cfg['dataset']}-"

@@ -23,7 +23,7 @@ def bce_logits(logits, x):
         if low < 0 or high > 1:
             raise ValueError(
                 f"bce needs targets in [0, 1], got values in [{low.item():.3g}, "
-                f"{high.item():.3g}]; use --recon mse or gaussian for [-1, 1] (tanh) data")
+                f"{high.item():.3g}]; use recon='mse' or recon='gaussian' for [-1, 1] (tanh) data")
     return F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
 
 
@@ -35,7 +35,7 @@ def mse(x_hat, x):
 def gaussian(x_hat, x, c=0.05):
     """||x - x_hat||^2 / (2c): the NLL of a Gaussian decoder N(x_hat, cI) up to a constant.
 
-    The constant D/2 * log(2 pi c) is left out (as in reference 002, c = 0.05); add
+    The constant D/2 * log(2 pi c) is left out (as in the MLP-vs-CNN Gaussian-decoder study, c = 0.05); add
     `gaussian_const(D, c)` for the full negative log-likelihood in nats.
     """
     return mse(x_hat, x) / (2 * c)
@@ -46,18 +46,32 @@ def gaussian_const(num_pixels, c):
     return 0.5 * num_pixels * math.log(2 * math.pi * c)
 
 
+RECONS = ("bce", "mse", "gaussian")
+
+
+def check_recon(recon, output, recons=RECONS):
+    """ValueError for a reconstruction loss that does not fit the decoder's output."""
+    if output not in ("sigmoid", "tanh"):
+        raise ValueError(f"output={output!r} is unknown; use 'sigmoid' ([0, 1] data) or 'tanh' "
+                         f"([-1, 1] data)")
+    if recon not in recons:
+        raise ValueError(f"recon={recon!r} is unknown; use {', '.join(map(repr, recons))}")
+    if recon == "bce" and output != "sigmoid":
+        raise ValueError("recon='bce' needs output='sigmoid' ([0, 1] data); with output='tanh' "
+                         "use recon='mse' or recon='gaussian'")
+
+
 def reconstruction(recon, logits, target, output="sigmoid", c=0.05):
     """Per-image reconstruction term from the decoder's pre-activations, shape (B,)."""
     if recon == "bce":
-        if output != "sigmoid":
-            raise ValueError("bce needs a sigmoid output on [0, 1] data; use --recon mse or gaussian")
+        check_recon(recon, output)
         return bce_logits(logits, target)
     x_hat = torch.sigmoid(logits) if output == "sigmoid" else torch.tanh(logits)
     if recon == "mse":
         return mse(x_hat, target)
     if recon == "gaussian":
         return gaussian(x_hat, target, c)
-    raise ValueError(f"unknown recon {recon!r}; use bce, mse or gaussian")
+    check_recon(recon, output)
 
 
 def kl_normal(mu, logvar, per_dim=False):

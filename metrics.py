@@ -7,24 +7,48 @@ import math
 
 import torch
 
+import data
 import losses
+import parallel
 
 LOG_2PI = math.log(2 * math.pi)
 
 
 @torch.no_grad()
-def importance_sampled(model, input, target, k, nll, chunk=1024):
+def test_loss(model, split, cfg, noise, copy_to=None):
+    """The model's test_loss over a split, per image: the VAE's negative ELBO (z sampled),
+    the AE's reconstruction term, without beta or penalties. Batches of 1000 whatever the
+    processes, so the fixed-seed test noise is the same; under torchrun, process r takes
+    batches r, r + N, ... and the sums are added up. copy_to: see data.batches."""
+    model.eval()
+    images, labels = split
+    sums, names = 0, None
+    rank, processes, _ = parallel.world()
+    for i, (x, target, y) in enumerate(data.batches(
+            images, labels, 1000, output=cfg["output"], noise=noise,
+            noise_seed=data.TEST_NOISE_SEED, device=copy_to)):
+        if i % processes == rank:
+            out = model.test_loss(x, target, y)
+            names = names or list(out)
+            sums = sums + torch.stack([out[k] for k in names]) * x.shape[0]
+    parts = parallel.gather((names, sums.tolist() if names else None))
+    names = next(n for n, _ in parts if n)
+    return {k: sum(s[j] for _, s in parts if s) / images.shape[0] for j, k in enumerate(names)}
+
+
+@torch.no_grad()
+def importance_sampled(model, input, target, k, chunk=1024, labels=None):
     """The importance-weighted bound with K samples (Burda et al. 2016, eq. 8), per image:
 
         log p(x) >= log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x),   z_k ~ q(z|input)
 
     All K samples of all B images go through the decoder together, at most `chunk`
-    decodes at a time. nll(logits, target) -> (N,) is -log p(x|z) per image, in the same
-    convention as the test loss. Returns per-image tensors (B,): nll_iw, the K-sample
+    decodes at a time. model.nll(logits, target) -> (N,) is -log p(x|z) per image, in the
+    same convention as the test loss (models.py). Returns per-image tensors (B,): nll_iw, the K-sample
     average of the reconstruction term (recon) and its variance over samples (recon_var),
     and the closed-form KL, so recon + kl is the negative ELBO averaged over K samples.
     """
-    mu, logvar = model.encode(input)  # (B, D) each
+    mu, logvar = model.encode(input, labels)  # (B, D) each
     std = torch.exp(0.5 * logvar)
     B = mu.shape[0]
     per_chunk = max(1, chunk // B)
@@ -33,8 +57,9 @@ def importance_sampled(model, input, target, k, nll, chunk=1024):
         n = min(per_chunk, k - start)
         eps = torch.randn((n, *mu.shape), device=mu.device, dtype=mu.dtype)  # (n, B, D)
         z = mu + std * eps
-        logits = model.decode(z.flatten(0, 1))  # (n * B, C, H, W)
-        r = nll(logits, target.expand(n, *target.shape).flatten(0, 1)).view(n, B)
+        repeat = lambda t: t.expand(n, *t.shape).flatten(0, 1)  # noqa: E731
+        logits = model.decode(z.flatten(0, 1), None if labels is None else repeat(labels))
+        r = model.nll(logits, repeat(target)).view(n, B)  # (n * B, C, H, W) -> (n, B)
         log_pz = -0.5 * (z.pow(2) + LOG_2PI).sum(-1)  # log N(z; 0, I)
         log_qz = -0.5 * (eps.pow(2) + logvar + LOG_2PI).sum(-1)  # log N(z; mu, sigma^2)
         log_w.append(-r + log_pz - log_qz)

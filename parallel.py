@@ -132,8 +132,8 @@ class LossOf(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input, target):
-        return self.model.loss(input, target)
+    def forward(self, input, target, labels=None):
+        return self.model.loss(input, target, labels)
 
 
 def loss_fn(model, device):
@@ -156,7 +156,7 @@ def data_budget(cfg, device):
 
 def speed_features(model, cfg, device):
     """--channels-last and --compile, in place; returns the autocast context for --amp."""
-    if cfg["channels_last"] and cfg["arch"] == "conv":
+    if cfg["channels_last"]:  # convolution weights only (4-d); a no-op for an MLP
         model.to(memory_format=torch.channels_last)
     if cfg["compile"]:
         model.loss = torch.compile(model.loss)  # an attribute: the state dict is unchanged

@@ -17,6 +17,19 @@ import threading
 
 import torch
 
+# The layout of config.json and of the checkpoints. A run folder of another format is
+# refused: this code reads its own format only.
+FORMAT = 2
+
+
+def check_format(obj, path):
+    """ValueError unless obj (a loaded config or checkpoint) has this code's format."""
+    found = obj.get("format") if isinstance(obj, dict) else None
+    if found != FORMAT:
+        written = f"format {found}" if found is not None else "no format number (before format 2)"
+        raise ValueError(f"{path} has {written}; this train.py reads format {FORMAT} only: "
+                         f"train again, or use the version of the project that wrote it")
+
 
 def atomic_save(obj, path):
     """Write to a temporary file in the same folder, fsync, then rename over `path`.
@@ -42,8 +55,16 @@ def save_config(cfg, run_dir):
 
 
 def load_config(run_dir):
-    with open(os.path.join(run_dir, "config.json")) as f:
-        return json.load(f)
+    """config.json as a dict; ValueError naming the file when it cannot be read."""
+    path = os.path.join(run_dir, "config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except PermissionError:
+        raise ValueError(f"{path}: permission denied") from None
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"{path} is unreadable ({first_line(e)}); pass a run folder written "
+                         f"by train.py") from None
 
 
 def write_history(rows, run_dir):
@@ -95,7 +116,7 @@ def load_checkpoint(path):
     if not os.path.isfile(path):
         raise ValueError(f"checkpoint {path} is missing{hint}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "weights only" in str(e).lower() or "weights_only" in str(e):
             raise ValueError(f"refused {path}: it holds Python objects, not only tensors and "
@@ -105,6 +126,8 @@ def load_checkpoint(path):
     except Exception as e:
         raise ValueError(f"cannot load checkpoint {path}: truncated or corrupted "
                          f"({first_line(e)}){hint}") from None
+    check_format(ckpt, path)
+    return ckpt
 
 
 def first_line(e):
@@ -118,7 +141,7 @@ def checkpoint(model, opt, sched, epoch, cfg, history, best, mid_epoch=None, rng
     generators' states. Python's and numpy's generators are not used in training.
     rng: [rng_state() of each process] (parallel.gather); None: this process's alone."""
     rng = rng or [rng_state(next(model.parameters()).device)]
-    return {"model": model.state_dict(), "epoch": epoch, "mid_epoch": mid_epoch,
+    return {"format": FORMAT, "model": model.state_dict(), "epoch": epoch, "mid_epoch": mid_epoch,
             "optimizer": {name: o.state_dict() for name, o in opt.items()},
             "scheduler": {name: s.state_dict() for name, s in sched.items()},
             "config": cfg, "history": history, "best_test_loss": best,
@@ -133,16 +156,13 @@ def rng_state(device):
             "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
 
-def saved_rng(rng, rank, processes, gpu_index=0):
+def saved_rng(rng, rank, processes):
     """This process's (CPU state, CUDA state) in a checkpoint's "rng"; None where it has none.
 
     With as many processes as were saved, each takes its own. With another count, rank 0
     takes the first and the others none, to be seeded afresh: sharing rank 0's state would
-    make them draw the same z and noise. Checkpoints from before 2026-11-21 kept every
-    visible GPU's state ("cuda") from one process: a single process takes its GPU's."""
-    cpu, cuda = rng.get("ranks") or [rng["torch"]], rng.get("cuda") or []
-    if processes == 1 and len(cuda) > 1:
-        cuda = cuda[gpu_index:gpu_index + 1]
+    make them draw the same z and noise."""
+    cpu, cuda = rng.get("ranks") or [rng["torch"]], rng["cuda"]
     pick = lambda states: (states[rank] if len(states) == processes  # noqa: E731
                            else states[0] if rank == 0 and states else None)
     return pick(cpu), pick(cuda)
@@ -151,7 +171,7 @@ def saved_rng(rng, rank, processes, gpu_index=0):
 def restore_rng(rng, rank, processes, device, fresh_seed):
     """Set this process's generators from a checkpoint's "rng" (see saved_rng); a process
     with no saved state is seeded with fresh_seed, which no other process uses."""
-    cpu, cuda = saved_rng(rng, rank, processes, device.index or 0)
+    cpu, cuda = saved_rng(rng, rank, processes)
     if cpu is None:
         torch.manual_seed(fresh_seed)  # the CPU generator and every GPU's
     else:

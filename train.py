@@ -5,6 +5,9 @@ on the test split every epoch, and writes the run folder (DESIGN.md).
     python train.py --model vae --dataset cifar10 --arch conv --beta 4 --dropout 0.3
     python train.py --model vaegan --dataset mnist --no-batchnorm
     python train.py --resume runs/vae-mnist-20261120-101500 --epochs 20
+
+The optimisation is the same for every model of models.py: train_step below. The rest of
+this file is bookkeeping around it: the epoch's sums, progress lines, signals, resume.
 """
 import contextlib
 import os
@@ -13,169 +16,187 @@ import sys
 import time
 
 import torch
+import torch.nn as nn
 from torchvision.utils import save_image
 
 import data
 import losses
+import metrics
+import models
 import parallel
 import runs
-from ae import AE
-from flags import default_hidden, defaults, parse_hidden, pick_device, resolve
-from vae import VAE
-from vaegan import VAEGAN, grad_norm
-
-
-def build_model(cfg, image_shape):
-    """The model a config describes; evaluate.py rebuilds runs with this too."""
-    cfg = {**defaults(), **cfg}  # a run saved before a flag existed gets its default
-    cfg["hidden"] = cfg["hidden"] or default_hidden(cfg)
-    nets = dict(image_shape=image_shape, latent_dim=cfg["latent_dim"], arch=cfg["arch"],
-                hidden=parse_hidden(cfg["hidden"]), act=cfg["act"], dropout=cfg["dropout"],
-                batchnorm=cfg["batchnorm"], output=cfg["output"], recon=cfg["recon"], c=cfg["c"])
-    if cfg["model"] == "ae":
-        return AE(**nets, code=cfg["code"], sparsity=cfg["sparsity"],
-                  sparsity_target=cfg["sparsity_target"], contractive=cfg["contractive"])
-    if cfg["model"] == "vaegan":
-        return VAEGAN(**nets, beta=cfg["beta"], gamma=cfg["gamma"],
-                      feature_layer=cfg["feature_layer"], equilibrium=cfg["equilibrium"],
-                      margin=cfg["margin"])
-    return VAE(**nets, beta=cfg["beta"])
+from flags import pick_device, resolve
 
 
 def build_optimizers(model, cfg, device):
-    """{name: Adam}: one for the whole model, or the VAE-GAN's three (--lr-disc for D)."""
+    """{group: Adam} over the model's parameter groups; --lr-disc for a discriminator's."""
     fused = device.type in ("cpu", "cuda")  # one kernel for all tensors
-    adam = lambda params, lr: torch.optim.Adam(  # noqa: E731
-        params, lr=lr, weight_decay=cfg["weight_decay"], fused=fused)
-    if cfg["model"] != "vaegan":
-        return {"model": adam(model.parameters(), cfg["lr"])}
-    return {"encoder": adam(model.encoder.parameters(), cfg["lr"]),
-            "decoder": adam(model.decoder.parameters(), cfg["lr"]),
-            "discriminator": adam(model.discriminator.parameters(), cfg["lr_disc"] or cfg["lr"])}
+    return {name: torch.optim.Adam(params, lr=cfg["lr_disc"] if name == "discriminator" and
+                                   cfg["lr_disc"] else cfg["lr"],
+                                   weight_decay=cfg["weight_decay"], fused=fused)
+            for name, params in model.parameter_groups().items()}
+
+
+def train_step(model, loss, opt, groups, x, target, labels, cfg, autocast=contextlib.nullcontext):
+    """One forward pass; each of the model's objectives backpropagated into its own group's
+    parameters only, every backward before any step (they share one graph); --l1 adds
+    l1 * sum|w| of a group to its objective, --grad-clip caps each group's gradient norm.
+    loss: model.loss, or its DistributedDataParallel wrapper (parallel.py)."""
+    with autocast():
+        out = loss(x, target, labels)
+    steps = model.objectives(out)
+    penalties = {name: losses.l1_penalty(groups[name]) for name in steps} if cfg["l1"] else {}
+    for i, (name, objective) in enumerate(steps.items()):
+        if penalties:
+            objective = objective + cfg["l1"] * penalties[name]
+        opt[name].zero_grad(set_to_none=True)
+        objective.backward(inputs=groups[name], retain_graph=i < len(steps) - 1)
+    if penalties:
+        out["l1"] = sum(penalties.values())
+    for name, params in groups.items():  # the norm before clipping; 0 for a group not stepped
+        out["grad_norm" if len(groups) == 1 else f"grad_{name}"] = (
+            grad_norm(params, cfg["grad_clip"]) if name in steps else torch.zeros_like(out["loss"]))
+        if name in steps:
+            opt[name].step()
+    return out
+
+
+def grad_norm(parameters, clip=None):
+    """The L2 norm of all gradients together, on the device; with clip, scaled down to it."""
+    if clip:
+        return nn.utils.clip_grad_norm_([p for p in parameters if p.grad is not None], clip)
+    return nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
 
 
 def train_epoch(model, opt, split, cfg, epoch, noise, signals=None, resume=None,
                 autocast=contextlib.nullcontext, copy_to=None, loss=None):
-    """One pass over the training split. Sums stay on the device; read once at the end.
+    """One pass over the training split, as pytorch/examples' train(); returns the terms'
+    means and the seconds it took.
 
-    Terms are averaged over images, except skips_* (VAE-GAN gating), which are counted.
-    A signal stops it after the current step with Stop, carrying the epoch's data order,
-    step and sums; `resume` is that state, to finish the epoch as if never stopped.
-    copy_to: the device, for a split kept in host memory (--data-budget). loss: the forward
-    pass, model.loss or its DistributedDataParallel wrapper (parallel.py), which takes
-    this process's part of each global batch.
+    A signal stops it after the current step with runs.Stop, carrying the epoch's data
+    order, step and sums; `resume` is that state, to finish the epoch as if never stopped.
+    copy_to: the device, for a split kept in host memory (--data-budget). loss: model.loss
+    or its DistributedDataParallel wrapper, which takes this process's part of each global
+    batch.
     """
     model.train()
     images, labels = split
-    dev, loss = copy_to or images.device, loss or model.loss
-    r = resume or {"step": 0, "sums": 0, "n": 0, "names": None, "seconds": 0.0,
-                   "order": torch.randperm(images.shape[0], device=images.device),
-                   "first_bad": torch.zeros((), dtype=torch.long, device=dev), "bad": None}
-    order, sums, n, names = r["order"].to(images.device), r["sums"], r["n"], r["names"]
-    if resume and parallel.world()[0] > 0:
-        sums, n = sums * 0, 0  # the saved sums are every process's together: rank 0 holds them
-    first_bad, bad = r["first_bad"], r["bad"]  # the first step with a non-finite term, and which
-    counted = names and torch.tensor([k.startswith("skips_") for k in names], device=dev)
+    dev, loss, groups = copy_to or images.device, loss or model.loss, model.parameter_groups()
+    r = resume or {"step": 0, "seconds": 0.0,
+                   "order": torch.randperm(images.shape[0], device=images.device)}
+    order, tally = r["order"].to(images.device), Tally(dev, resume)
     local, batch = parallel.shard(order, cfg["batch_size"]), cfg["batch_size"] // parallel.world()[1]
     n_steps, t0 = -(-len(local) // batch), time.perf_counter() - r["seconds"]
-    for step, (x, target, _) in enumerate(data.batches(
+    normalizes = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    for step, (x, target, y) in enumerate(data.batches(
             images, labels, batch, shuffle=True, output=cfg["output"],
             hflip=cfg["hflip"], crop=cfg["crop"], noise=noise, order=local, start=r["step"],
             device=copy_to), start=r["step"] + 1):
-        if x.shape[0] < 2 and cfg["batchnorm"]:
+        if x.shape[0] < 2 and normalizes:
             continue  # batch norm cannot normalize a batch of one image
         if cfg["channels_last"]:
             x = x.contiguous(memory_format=torch.channels_last)
-        if isinstance(model, VAEGAN):  # three networks, three losses: see vaegan.py
-            out = model.train_step(x, target, opt, l1=cfg["l1"], grad_clip=cfg["grad_clip"],
-                                   autocast=autocast, loss_fn=loss)
-        else:
-            with autocast():
-                out = loss(x, target)
-            if cfg["l1"]:
-                out["l1"] = losses.l1_penalty(model.parameters())
-                out["loss"] = out["loss"] + cfg["l1"] * out["l1"]
-            opt["model"].zero_grad(set_to_none=True)
-            out["loss"].backward()
-            out["grad_norm"] = grad_norm(model.parameters(), cfg["grad_clip"])
-            opt["model"].step()
-        if names is None:
-            names = list(out)
-            counted = torch.tensor([k.startswith("skips_") for k in names], device=x.device)
-            bad = torch.zeros(len(names), dtype=torch.bool, device=x.device)
-        values = torch.stack([out[k].detach() for k in names])
-        sums = sums + torch.where(counted, values, values * x.shape[0])
-        newly_bad = (first_bad == 0) & ~torch.isfinite(values).all()
-        bad = torch.where(newly_bad, ~torch.isfinite(values), bad)
-        first_bad = torch.where(newly_bad, step, first_bad)
-        n += x.shape[0]
-        check = step % cfg["log_interval"] == 0 or step == n_steps
-        if check:
-            stop_if_bad(bad, first_bad, names, epoch)
+        out = train_step(model, loss, opt, groups, x, target, y, cfg, autocast)
+        tally.add(out, step, x.shape[0])
+        progress = step % cfg["log_interval"] == 0 or step == n_steps
+        if progress:
+            tally.stop_if_bad(epoch)
             if step < n_steps:
-                print(f"Train Epoch: {epoch} [{n}/{len(local)} ({100 * n / len(local):.0f}%)]"
-                      f"\tLoss: {sums[0].item() / n:.4f}", flush=True)
-        # several processes must stop at the same step: they agree at progress lines
-        received = signals and signals.received
-        if step < n_steps and (parallel.any_rank(received) if parallel.active() and check
-                               else received and not parallel.active()):
-            stop_if_bad(bad, first_bad, names, epoch)  # never save weights after a bad step
-            sums, n = parallel.total(sums.clone()), parallel.count(n, dev)
-            raise runs.Stop(received or signal.SIGTERM, {
-                "step": step, "order": order, "processes": parallel.world()[1], "sums": sums,
-                "n": n, "names": names, "first_bad": first_bad, "bad": bad,
-                "seconds": time.perf_counter() - t0})
-    sums, n = parallel.total(sums), parallel.count(n, dev)
-    return dict(zip(names, torch.where(counted, sums, sums / n).tolist())), time.perf_counter() - t0
+                print(f"Train Epoch: {epoch} [{tally.n}/{len(local)} "
+                      f"({100 * tally.n / len(local):.0f}%)]\tLoss: {tally.mean('loss'):.4f}",
+                      flush=True)
+        if step < n_steps and stop_requested(signals, progress):
+            tally.stop_if_bad(epoch)  # never save weights after a bad step
+            raise runs.Stop(signals.received or signal.SIGTERM, {
+                "step": step, "order": order, "processes": parallel.world()[1],
+                "seconds": time.perf_counter() - t0, **tally.state()})
+    return tally.means(), time.perf_counter() - t0
 
 
-def stop_if_bad(bad, first_bad, names, epoch):
-    """Raise, naming the terms that were not finite at the first bad step (one host sync);
-    with several processes, on all of them when any one went bad."""
+def stop_requested(signals, progress):
+    """Whether a signal asks to stop after this step; several processes must stop at the
+    same step, so they agree on it at progress lines."""
+    received = signals and signals.received
     if parallel.active():
-        first_bad, bad = parallel.maximum(first_bad), parallel.maximum(bad.to(torch.uint8)).bool()
-    if bool(first_bad):
-        terms = [name for name, b in zip(names, bad.tolist()) if b]
-        terms = [name for name in terms if name != "loss"] or ["loss"]
-        raise FloatingPointError(f"non-finite {' and '.join(terms)} at epoch {epoch}, "
-                                 f"step {int(first_bad)}; the last good checkpoint is kept "
-                                 f"(try a lower --lr, or --grad-clip)")
+        return progress and parallel.any_rank(received)
+    return bool(received)
 
 
-@torch.no_grad()
-def evaluate(model, split, cfg, noise, copy_to=None):
-    """Test loss without beta or penalties: the VAE's negative ELBO per image (z sampled),
-    the AE's reconstruction term. Batches of 1000 whatever the processes, so the fixed-seed
-    test noise is the same; several processes share the batches and add up the sums."""
-    model.eval()
-    images, labels = split
-    sums, names = 0, None
-    rank, processes, _ = parallel.world()  # under torchrun, process r takes batches r, r + N, ...
-    for i, (x, target, _) in enumerate(data.batches(
-            images, labels, 1000, output=cfg["output"], noise=noise,
-            noise_seed=data.TEST_NOISE_SEED, device=copy_to)):
-        if i % processes == rank:
-            out = model.test_loss(x, target)
-            names = names or list(out)
-            sums = sums + torch.stack([out[k] for k in names]) * x.shape[0]
-    parts = parallel.gather((names, sums.tolist() if names else None))
-    names = next(n for n, _ in parts if n)
-    return {k: sum(s[j] for _, s in parts if s) / images.shape[0] for j, k in enumerate(names)}
+class Tally:
+    """A training epoch's running sums of every term, and the first step at which any term
+    was not finite, kept on the device: the host reads them at progress lines and at the
+    end only, so no step waits for the device. Terms are averaged over images, except
+    skips_* (counts per step), which are summed."""
+
+    def __init__(self, device, resume=None):
+        r = resume or {"sums": 0, "n": 0, "names": None, "bad": None,
+                       "first_bad": torch.zeros((), dtype=torch.long, device=device)}
+        self.sums, self.n, self.names, self.bad, self.first_bad = (
+            r["sums"], r["n"], r["names"], r["bad"], r["first_bad"])
+        if resume and parallel.world()[0] > 0:
+            self.sums, self.n = self.sums * 0, 0  # the saved sums are every process's: rank 0 holds them
+        self.counted = self.names and self.skip_counts(device)
+
+    def skip_counts(self, device):
+        return torch.tensor([k.startswith("skips_") for k in self.names], device=device)
+
+    def add(self, out, step, images):
+        if self.names is None:
+            self.names = list(out)
+            self.counted = self.skip_counts(out["loss"].device)
+            self.bad = torch.zeros(len(self.names), dtype=torch.bool, device=out["loss"].device)
+        values = torch.stack([out[k].detach() for k in self.names])
+        self.sums = self.sums + torch.where(self.counted, values, values * images)
+        newly_bad = (self.first_bad == 0) & ~torch.isfinite(values).all()
+        self.bad = torch.where(newly_bad, ~torch.isfinite(values), self.bad)
+        self.first_bad = torch.where(newly_bad, step, self.first_bad)
+        self.n += images
+
+    def mean(self, name):
+        return self.sums[self.names.index(name)].item() / self.n
+
+    def stop_if_bad(self, epoch):
+        """Raise, naming the terms that were not finite at the first bad step (one host
+        sync); with several processes, on all of them when any one went bad."""
+        first_bad, bad = self.first_bad, self.bad
+        if parallel.active():
+            first_bad, bad = parallel.maximum(first_bad), parallel.maximum(bad.to(torch.uint8)).bool()
+        if bool(first_bad):
+            terms = [name for name, b in zip(self.names, bad.tolist()) if b]
+            terms = [name for name in terms if name != "loss"] or ["loss"]
+            raise FloatingPointError(f"non-finite {' and '.join(terms)} at epoch {epoch}, "
+                                     f"step {int(first_bad)}")
+
+    def state(self):
+        """The sums of every process together, for a checkpoint inside the epoch."""
+        dev = self.first_bad.device
+        return {"sums": parallel.total(self.sums.clone()), "n": parallel.count(self.n, dev),
+                "names": self.names, "first_bad": self.first_bad, "bad": self.bad}
+
+    def means(self):
+        sums, n = parallel.total(self.sums), parallel.count(self.n, self.first_bad.device)
+        return dict(zip(self.names, torch.where(self.counted, sums, sums / n).tolist()))
 
 
 @torch.no_grad()
 def save_figures(model, split, cfg, noise, epoch, z, copy_to=None):
     """Test inputs over their reconstructions (z = mu), and decodes of fixed prior samples."""
-    model.eval()
     images, labels = split
-    x, target, _ = next(data.batches(images[:8], labels[:8], 8, output=cfg["output"],
+    x, target, y = next(data.batches(images[:8], labels[:8], 8, output=cfg["output"],
                                      noise=noise, noise_seed=data.TEST_NOISE_SEED, device=copy_to))
-    rows = [x, model.reconstruct(x)] + ([target] if noise else [])
-    save_image(data.to_unit(torch.cat(rows), cfg["output"]), os.path.join(cfg["out"], f"reconstruction_{epoch}.png"),
-               nrow=8)
-    if hasattr(model, "sample"):  # an AE has no prior to sample from
-        samples = model.activate(model.decode(z))
-        save_image(data.to_unit(samples, cfg["output"]), os.path.join(cfg["out"], f"sample_{epoch}.png"), nrow=8)
+    rows = [x, model.reconstruct(x, y)] + ([target] if noise else [])
+    save_image(data.to_unit(torch.cat(rows), cfg["output"]),
+               os.path.join(cfg["out"], f"reconstruction_{epoch}.png"), nrow=8)
+    if model.can_sample:  # an AE has no prior to sample from
+        y = torch.arange(len(z), device=z.device) % cfg["num_classes"] if model.conditional else None
+        save_image(data.to_unit(model.generate(z, y), cfg["output"]),
+                   os.path.join(cfg["out"], f"sample_{epoch}.png"), nrow=8)
+
+
+def epoch_line(terms, weights):
+    """The terms after the loss, each with the weight it enters the loss with (when not 1)."""
+    return ", ".join(f"{weights[k]:g} x {k} {v:.4f}" if weights.get(k, 1) != 1 else f"{k} {v:.4f}"
+                     for k, v in terms.items() if k != "loss")
 
 
 def run(cfg, ckpt=None):
@@ -195,9 +216,8 @@ def run(cfg, ckpt=None):
                   f"{budget / 2**20:.0f} MB budget: kept in host memory"
                   f"{' (pinned)' if images.is_pinned() else ''}, copied a batch at a time")
     noise = data.parse_noise(cfg["noise"])
-    image_shape = tuple(splits["train"][0].shape[1:])
-    cfg["image_shape"] = list(image_shape)
-    model = build_model(cfg, image_shape).to(device)
+    model = models.from_config(cfg).to(device)
+    print(f"Model: {type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} parameters")
     autocast = parallel.speed_features(model, cfg, device)
     opt = build_optimizers(model, cfg, device)
     sched = {name: torch.optim.lr_scheduler.StepLR(o, cfg["step_size"], cfg["lr_gamma"])
@@ -205,24 +225,22 @@ def run(cfg, ckpt=None):
     history, start, best, mid_epoch = [], 1, float("inf"), None
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
-        saved_opt, saved_sched = ckpt["optimizer"], ckpt["scheduler"] or {}
-        if "param_groups" in saved_opt:  # a checkpoint from before one optimizer per network
-            saved_opt, saved_sched = {"model": saved_opt}, {"model": saved_sched}
         for name in opt:
-            opt[name].load_state_dict(saved_opt[name])
+            opt[name].load_state_dict(ckpt["optimizer"][name])
             if sched:
-                sched[name].load_state_dict(saved_sched[name])
+                sched[name].load_state_dict(ckpt["scheduler"][name])
         history, start, best = ckpt["history"], ckpt["epoch"] + 1, ckpt["best_test_loss"]
-        mid_epoch = ckpt.get("mid_epoch")
-        if mid_epoch is not None and mid_epoch.get("processes", 1) != processes:
+        mid_epoch = ckpt["mid_epoch"]
+        if mid_epoch is not None and mid_epoch["processes"] != processes:
             raise ValueError(f"{cfg['out']} stopped inside an epoch with "
-                             f"{mid_epoch.get('processes', 1)} processes; resume it with as many")
+                             f"{mid_epoch['processes']} processes; resume it with as many")
         if mid_epoch is not None:
             mid_epoch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in mid_epoch.items()}
         runs.restore_rng(ckpt["rng"], rank, processes, device, cfg["seed"] + rank + 10007 * start)
         where = f"epoch {start}, step {mid_epoch['step']}" if mid_epoch else f"epoch {ckpt['epoch']}"
         print(f"Resuming {cfg['out']} after {where}")
     loss = parallel.loss_fn(model, device)  # model.loss, or DDP around it (same weights everywhere)
+    weights = {**model.term_weights, "l1": cfg["l1"]}
     if writer:
         os.makedirs(cfg["out"], exist_ok=True)
         runs.remove_temporaries(cfg["out"])
@@ -242,15 +260,14 @@ def run(cfg, ckpt=None):
                 stop.where = f"epoch {epoch}, step {stop.mid_epoch['step']}"
                 raise
             mid_epoch, t0 = None, time.perf_counter()
-            test = evaluate(model, splits["test"], cfg, noise, copy_to["test"])
+            test = metrics.test_loss(model, splits["test"], cfg, noise, copy_to["test"])
             seconds += time.perf_counter() - t0
             lr = next(iter(opt.values())).param_groups[0]["lr"]
             for s in sched.values():
                 s.step()
-            terms = lambda d: ", ".join(f"{k} {v:.4f}" for k, v in d.items() if k != "loss")  # noqa
-            print(f"====> Epoch: {epoch} Average loss: {train['loss']:.4f} ({terms(train)}) "
-                  f"{seconds:.1f}s")
-            print(f"====> Test set loss: {test['loss']:.4f} ({terms(test)})", flush=True)
+            print(f"====> Epoch: {epoch} Average loss: {train['loss']:.4f} "
+                  f"({epoch_line(train, weights)}) {seconds:.1f}s")
+            print(f"====> Test set loss: {test['loss']:.4f} ({epoch_line(test, {})})", flush=True)
             history.append({"epoch": epoch, **{f"train_{k}": v for k, v in train.items()},
                             **{f"test_{k}": v for k, v in test.items()},
                             "seconds": round(seconds, 3), "lr": lr})
@@ -260,7 +277,8 @@ def run(cfg, ckpt=None):
             if test["loss"] < best:
                 best = test["loss"]
                 if writer:
-                    runs.atomic_save({"model": model.state_dict(), "config": cfg, "epoch": epoch,
+                    runs.atomic_save({"format": runs.FORMAT, "model": model.state_dict(),
+                                      "config": cfg, "epoch": epoch,
                                       "test_loss": best}, os.path.join(cfg["out"], "best.pt"))
             save(state(epoch), "checkpoint.pt")
             if parallel.any_rank(signals.received) and epoch < cfg["epochs"]:
@@ -288,7 +306,7 @@ def train_main(argv):
         if parallel.active() and cfg["batch_size"] % processes:
             raise ValueError(f"--batch-size {cfg['batch_size']} is the global batch; make it "
                              f"a multiple of the {processes} processes")
-        if parallel.active() and cfg["equilibrium"] is not None:
+        if parallel.active() and cfg.get("equilibrium") is not None:
             raise ValueError("--equilibrium gates each update on one process's numbers; it is "
                              "not supported under torchrun yet (drop it or run one process)")
     except ValueError as e:
@@ -302,7 +320,13 @@ def train_main(argv):
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
     except FloatingPointError as e:
-        print(f"train.py: stopped: {e}", file=sys.stderr)
+        kept = runs.load_checkpoint(os.path.join(cfg["out"], "checkpoint.pt"))["epoch"] if \
+            os.path.isfile(os.path.join(cfg["out"], "checkpoint.pt")) else 0
+        print(f"train.py: stopped: {e}; " + (
+            f"{cfg['out']} keeps epoch {kept}: --resume it, or start a new run with a lower "
+            f"--lr or with --grad-clip" if kept else
+            "no epoch was saved: start again with a lower --lr or with --grad-clip"),
+            file=sys.stderr)
         return 1
     except runs.Stop as stop:
         rank, processes, _ = parallel.world()

@@ -1,12 +1,16 @@
 """The VAE (Kingma & Welling 2014) and beta-VAE (Higgins et al. 2017), MLP and conv.
 
-Imports only torch and losses.py, so it can be copied into a notebook and run alone:
+Follows the model contract of models.py. Imports only torch and losses.py, so it can be
+copied into a notebook with losses.py and run alone:
 
     from vae import VAE
     model = VAE(image_shape=(1, 28, 28), latent_dim=20)         # pytorch/examples' 784-400-20
-    out = model.loss(x, x)          # x: (B, 1, 28, 28) in [0, 1]; out["loss"].backward()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    out = model.loss(x, x)          # x: (B, 1, 28, 28) in [0, 1]; {"loss", "recon", "kl"}
+    opt.zero_grad(); out["loss"].backward(); opt.step()
     images = model.sample(64)       # (64, 1, 28, 28) in [0, 1]
 """
+import contextlib
 import math
 
 import torch
@@ -44,7 +48,7 @@ def mlp_decoder(image_shape, hidden, latent_dim, act="relu", batchnorm=False):
 def conv_kernels(image_shape):
     """Kernel sizes of the three stride-2 convolutions, chosen so the code map is 4x4.
 
-    32x32 (reference 000): 4, 4, 4 gives 32 -> 16 -> 8 -> 4 and back exactly.
+    32x32 (the CIFAR-10 regularization tutorial's): 4, 4, 4 gives 32 -> 16 -> 8 -> 4 and back exactly.
     28x28: 4, 4, 3 gives 28 -> 14 -> 7 -> 4; the decoder mirrors it (3, 4, 4 transposed)
     to 4 -> 7 -> 14 -> 28, so the output is exactly 28x28 with no padding or cropping.
     """
@@ -52,8 +56,8 @@ def conv_kernels(image_shape):
         return (4, 4, 4)
     if tuple(image_shape[-2:]) == (28, 28):
         return (4, 4, 3)
-    raise ValueError(f"conv arch supports 28x28 and 32x32 images, "
-                     f"got {image_shape[-2]}x{image_shape[-1]}")
+    raise ValueError(f"image_shape={tuple(image_shape)}: the conv arch takes 28x28 and 32x32 "
+                     f"images; use arch='mlp' for other sizes")
 
 
 def conv_encoder(image_shape, out_dim, act="relu", dropout=0.0, batchnorm=True):
@@ -81,21 +85,70 @@ def conv_decoder(image_shape, latent_dim, act="relu", batchnorm=True):
 
 
 def build_networks(image_shape, code_dim, latent_dim, arch="mlp", hidden=(400,), act="relu",
-                   dropout=0.0, batchnorm=None):
-    """Encoder (image -> code_dim numbers) and decoder (latent_dim -> pre-activations).
-
-    batchnorm=None means the default for the arch: on for conv, off for mlp.
-    """
-    image_shape = tuple(image_shape)
+                   dropout=0.0, batchnorm=False):
+    """Encoder (image -> code_dim numbers) and decoder (latent_dim -> pre-activations)."""
     if arch == "mlp":
-        bn = bool(batchnorm)
-        return (mlp_encoder(image_shape, hidden, code_dim, act, dropout, bn),
-                mlp_decoder(image_shape, hidden, latent_dim, act, bn))
+        return (mlp_encoder(image_shape, hidden, code_dim, act, dropout, batchnorm),
+                mlp_decoder(image_shape, hidden, latent_dim, act, batchnorm))
+    return (conv_encoder(image_shape, code_dim, act, dropout, batchnorm),
+            conv_decoder(image_shape, latent_dim, act, batchnorm))
+
+
+# name: (type, help). The defaults are the constructors' (models.py's contract).
+NETWORK_OPTIONS = {
+    "latent_dim": (int, "size of the code: z for the VAE family, h for the AE"),
+    "arch": (str, "mlp, or conv (three stride-2 convolutions)"),
+    "hidden": (tuple, "mlp hidden widths, comma-separated, e.g. 300,100,10 (default 400; "
+                      "vaegan: latent_dim squared, the d^2 of the MNIST VAE-GAN study)"),
+    "act": (str, "hidden activation: relu or elu"),
+    "dropout": (float, "dropout after each hidden activation of the encoder"),
+    "batchnorm": (bool, "batch norm after each hidden layer (default: on for conv and for "
+                        "vaegan, off for mlp); --no-batchnorm removes every batch norm layer"),
+    "output": (str, "decoder output: sigmoid ([0, 1] data) or tanh ([-1, 1] data)"),
+    "recon": (str, "reconstruction loss: bce, mse or gaussian; vaegan also feature (Larsen's "
+                   "error on a discriminator layer) (default: bce for sigmoid, mse for tanh)"),
+    "c": (float, "variance c of the gaussian decoder N(x_hat, cI)"),
+}
+
+
+def check_networks(image_shape, latent_dim, arch, hidden, act, dropout):
+    """ValueError, in the constructor's words, for options no network can be built with."""
+    if arch not in ("mlp", "conv"):
+        raise ValueError(f"arch={arch!r} is unknown; use 'mlp' or 'conv'")
     if arch == "conv":
-        bn = batchnorm is None or batchnorm
-        return (conv_encoder(image_shape, code_dim, act, dropout, bn),
-                conv_decoder(image_shape, latent_dim, act, bn))
-    raise ValueError(f"unknown arch {arch!r}; use mlp or conv")
+        conv_kernels(image_shape)
+    if arch == "conv" and hidden is not None:
+        raise ValueError(f"hidden={hidden!r} sets the mlp's widths; the conv arch's channels "
+                         f"are fixed (leave hidden out)")
+    if hidden is not None and not (isinstance(hidden, (tuple, list)) and hidden and all(
+            isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in hidden)):
+        raise ValueError(f"hidden={hidden!r} must be positive widths, e.g. (400,) or (300, 100)")
+    if not (isinstance(latent_dim, int) and latent_dim >= 1):
+        raise ValueError(f"latent_dim={latent_dim!r} must be an integer >= 1")
+    if act not in ACTIVATIONS:
+        raise ValueError(f"act={act!r} is unknown; use {' or '.join(map(repr, ACTIVATIONS))}")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"dropout={dropout!r} must be in [0, 1)")
+
+
+def positive(**values):
+    """ValueError naming the first value that is not a finite number > 0."""
+    for name, v in values.items():
+        if not (isinstance(v, (int, float)) and 0 < v < math.inf):
+            raise ValueError(f"{name}={v!r} must be > 0")
+
+
+@contextlib.contextmanager
+def evaluating(model):
+    """Evaluation mode inside (batch norm uses and keeps its running statistics, no
+    dropout); the modules' own modes after."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 class VAE(nn.Module):
@@ -105,21 +158,45 @@ class VAE(nn.Module):
     output: "sigmoid" for [0, 1] data, "tanh" for [-1, 1] data.
     beta weights the KL term (beta-VAE); beta = 1 is the plain VAE and the ELBO.
     """
+    OPTIONS = {**NETWORK_OPTIONS,
+               "beta": (float, "weight of the KL term (beta-VAE); 1 is the ELBO")}
+    RECONS = losses.RECONS
+    variational, can_sample, conditional = True, True, False
 
-    def __init__(self, image_shape=(1, 28, 28), latent_dim=20, arch="mlp", hidden=(400,),
-                 act="relu", dropout=0.0, batchnorm=None, output="sigmoid", recon="bce",
-                 beta=1.0, c=0.05):
+    def __init__(self, image_shape=(1, 28, 28), num_classes=None, latent_dim=20, arch="mlp",
+                 hidden=None, act="relu", dropout=0.0, batchnorm=None, output="sigmoid",
+                 recon=None, beta=1.0, c=0.05):
         super().__init__()
-        if output not in ("sigmoid", "tanh"):
-            raise ValueError(f"unknown output {output!r}; use sigmoid or tanh")
-        if recon == "bce" and output != "sigmoid":
-            raise ValueError("bce needs a sigmoid output on [0, 1] data; use --recon mse or gaussian")
-        self.image_shape, self.latent_dim = tuple(image_shape), latent_dim
+        self.image_shape = tuple(image_shape)
+        check_networks(self.image_shape, latent_dim, arch, hidden, act, dropout)
+        recon = recon or ("bce" if output == "sigmoid" else "mse")
+        losses.check_recon(recon, output, self.RECONS)
+        positive(c=c)
+        if not (isinstance(beta, (int, float)) and 0 <= beta < math.inf):
+            raise ValueError(f"beta={beta!r} must be >= 0")
+        self.latent_dim, self.arch, self.act, self.dropout = latent_dim, arch, act, dropout
         self.output, self.recon, self.beta, self.c = output, recon, beta, c
-        self.encoder, self.decoder = build_networks(
-            image_shape, 2 * latent_dim, latent_dim, arch, hidden, act, dropout, batchnorm)
+        self.likelihood = recon  # the decoder's distribution that nll() uses
+        self.batchnorm = arch == "conv" if batchnorm is None else bool(batchnorm)
+        self.hidden = hidden
+        for name, net in self.networks().items():
+            setattr(self, name, net)
 
-    def encode(self, x):
+    def networks(self):
+        """{"encoder": ..., "decoder": ...}; resolves self.hidden. The VAE-GAN adds its
+        discriminator here, the CVAE its label inputs."""
+        if self.arch == "mlp":
+            self.hidden = tuple(self.hidden or (400,))
+        encoder, decoder = build_networks(self.image_shape, 2 * self.latent_dim, self.latent_dim,
+                                          self.arch, self.hidden, self.act, self.dropout,
+                                          self.batchnorm)
+        return {"encoder": encoder, "decoder": decoder}
+
+    @property
+    def term_weights(self):
+        return {"kl": self.beta}
+
+    def encode(self, x, labels=None):
         h = self.encoder(x)
         mu, logvar = h.to(torch.promote_types(h.dtype, torch.float32)).chunk(2, dim=1)  # (B, D)
         # at least float32 (under --amp the networks run in bfloat16): the KL sums in full precision
@@ -128,36 +205,57 @@ class VAE(nn.Module):
     def reparameterize(self, mu, logvar):
         return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)  # z = mu + sigma * eps
 
-    def decode(self, z):
+    def decode(self, z, labels=None):
         return self.decoder(z)  # (B, C, H, W) logits (sigmoid) or pre-activations (tanh)
 
     def activate(self, logits):
         return torch.sigmoid(logits) if self.output == "sigmoid" else torch.tanh(logits)
 
-    def forward(self, x):
-        mu, logvar = self.encode(x)
-        return self.decode(self.reparameterize(mu, logvar)), mu, logvar
+    def nll(self, logits, target):
+        """-log p(x|z) per image (B,), less the constant a Gaussian leaves out (metrics.py)."""
+        return losses.reconstruction(self.likelihood, logits, target, self.output, self.c)
+
+    def forward(self, x, labels=None):
+        mu, logvar = self.encode(x, labels)
+        return self.decode(self.reparameterize(mu, logvar), labels), mu, logvar
 
     @torch.no_grad()
-    def sample(self, n):
+    def latent(self, x, labels=None):
+        with evaluating(self):
+            return self.encode(x, labels)[0]
+
+    @torch.no_grad()
+    def generate(self, z, labels=None):
+        with evaluating(self):
+            return self.activate(self.decode(z, labels))
+
+    @torch.no_grad()
+    def reconstruct(self, x, labels=None):
+        return self.generate(self.latent(x, labels), labels)  # decode z = mu
+
+    @torch.no_grad()
+    def sample(self, n, labels=None):
         z = torch.randn(n, self.latent_dim, device=next(self.parameters()).device)
-        return self.activate(self.decode(z))
+        return self.generate(z, labels)
 
-    @torch.no_grad()
-    def reconstruct(self, x):
-        return self.activate(self.decode(self.encode(x)[0]))  # decode z = mu
-
-    def loss(self, input, target, beta=None):
+    def loss(self, input, target, labels=None):
         """Batch means of the per-image terms: loss = recon + beta * kl (nats per image)."""
-        beta = self.beta if beta is None else beta
-        logits, mu, logvar = self(input)
-        recon = losses.reconstruction(self.recon, logits, target, self.output, self.c).mean()
+        logits, mu, logvar = self(input, labels)
+        recon = self.nll(logits, target).mean()
         kl = losses.kl_normal(mu, logvar).mean()
-        return {"loss": recon + beta * kl, "recon": recon, "kl": kl}
+        return {"loss": recon + self.beta * kl, "recon": recon, "kl": kl}
 
-    def test_loss(self, input, target):
+    def test_loss(self, input, target, labels=None):
         """The negative ELBO per image: beta = 1 whatever the training beta."""
-        return self.loss(input, target, beta=1.0)
+        out = self.loss(input, target, labels)
+        out["loss"] = out["recon"] + out["kl"]
+        return out
+
+    def parameter_groups(self):
+        return {"model": list(self.parameters())}
+
+    def objectives(self, out):
+        return {"model": out["loss"]}
 
 
 if __name__ == "__main__":

@@ -1,22 +1,30 @@
 """The VAE-GAN (Larsen et al. 2016, "Autoencoding beyond pixels using a learned similarity
 metric"): a VAE whose decoder is also a GAN generator, with a discriminator beside it.
 
-Imports only torch and losses.py, so it can be copied into a notebook and run alone:
+Follows the model contract of models.py. Imports only torch, losses.py and vae.py (copy
+the three into a notebook):
 
     from vaegan import VAEGAN
-    model = VAEGAN(image_shape=(1, 28, 28), latent_dim=20)      # reference 001's MLP, d = 20
-    opt = {name: torch.optim.Adam(getattr(model, name).parameters(), lr=1e-3)
-           for name in ("encoder", "decoder", "discriminator")}
-    out = model.train_step(x, x, opt)  # x: (B, 1, 28, 28) in [0, 1]; updates all three nets
-    images = model.sample(64)          # (64, 1, 28, 28) in [0, 1]
+    model = VAEGAN(image_shape=(1, 28, 28), latent_dim=20)   # the MNIST VAE-GAN study's MLP
+    groups = model.parameter_groups()                        # encoder, decoder, discriminator
+    opt = {name: torch.optim.Adam(params, lr=1e-3) for name, params in groups.items()}
+    out = model.loss(x, x)                                   # every term of one forward pass
+    steps = model.objectives(out)                            # each network's own loss
+    for i, (name, loss) in enumerate(steps.items()):
+        opt[name].zero_grad()
+        loss.backward(inputs=groups[name], retain_graph=i < len(steps) - 1)
+    for name in steps:                                       # step after every backward
+        opt[name].step()
 
 Three networks, three losses (all nats per image, averaged over the batch):
     encoder        recon + beta * KL
     decoder        gamma * recon + adversarial       adversarial = -log D(x_rec) - log D(x_prior)
     discriminator  -log D(x) - log(1 - D(x_rec)) - log(1 - D(x_prior))
 recon is pixel-wise (bce, mse, gaussian) or Larsen's feature-wise error on a layer of the
-discriminator ("feature"). Each network is updated by the gradient of its own loss only,
-all three computed from one forward pass (the paper's Algorithm 1).
+discriminator ("feature"). Each network descends the gradient of its own loss only, all
+three computed from one forward pass (the paper's Algorithm 1). `out["loss"]` is the
+encoder's loss, for reporting: a loop that backpropagates it alone would train a plain
+VAE, so doing that raises an error.
 """
 import contextlib
 import math
@@ -25,12 +33,11 @@ import torch
 import torch.nn as nn
 
 import losses
-
-ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU}
+from vae import ACTIVATIONS, VAE, conv_kernels, positive
 
 
 def mlp_networks(image_shape, latent_dim, hidden, act="relu", dropout=0.0, batchnorm=True):
-    """Reference 001's networks; with hidden = (d*d,) and latent_dim = d:
+    """The MNIST VAE-GAN batch-norm study's networks; with hidden = (d*d,) and latent_dim = d:
 
     encoder        784 -> d^2 (BN, ReLU) -> 2d (BN): mu and log sigma^2
     decoder        d -> d^2 (BN, ReLU) -> 784 logits
@@ -64,10 +71,7 @@ def conv_networks(image_shape, latent_dim, act="relu", dropout=0.0, batchnorm=Tr
     Kernels 4, 4, 4 take 32x32 to 4x4 exactly; 4, 4, 3 take 28 -> 14 -> 7 -> 4, and the
     decoder mirrors them (3, 4, 4) back to 28.
     """
-    channels, size = image_shape[0], tuple(image_shape[1:])
-    if size not in ((28, 28), (32, 32)):
-        raise ValueError(f"conv arch supports 28x28 and 32x32 images, got {size[0]}x{size[1]}")
-    kernels = (4, 4, 4) if size == (32, 32) else (4, 4, 3)
+    channels, kernels = image_shape[0], conv_kernels(image_shape)
     bn2 = (lambda n: [nn.BatchNorm2d(n)]) if batchnorm else (lambda n: [])
     enc, c_in = [], channels
     for width, k in zip((64, 128, 256), kernels):
@@ -106,82 +110,70 @@ class Discriminator(nn.Module):
         return logits.to(torch.promote_types(logits.dtype, torch.float32)), features  # (B,), (B, ...)
 
 
-class VAEGAN(nn.Module):
-    """Encoder q(z|x), decoder p(x|z) and discriminator D(x) = sigmoid(logit).
+class VAEGAN(VAE):
+    """The VAE's encoder q(z|x) and decoder p(x|z), and a discriminator D(x) = sigmoid(logit).
 
     recon: "bce", "mse", "gaussian" (pixels) or "feature" (Larsen's Dis_l error).
     gamma weights the reconstruction in the decoder's loss against the adversarial term.
     feature_layer: which discriminator block (1-based) the feature-wise error compares;
-    None is the deepest. equilibrium, margin: optional gating (see train_step).
+    None is the deepest. equilibrium, margin: optional gating (see objectives).
     """
+    OPTIONS = {**VAE.OPTIONS,
+               "gamma": (float, "weight of the reconstruction in the decoder's loss, gamma * "
+                                "recon + adversarial (both nats per image)"),
+               "feature_layer": (int, "--recon feature: the discriminator block whose output "
+                                      "is compared: 1 for mlp, 1-3 for conv (default: the last)"),
+               "equilibrium": (float, "gate updates around this discriminator loss (Larsen: "
+                                      "0.68); off by default"),
+               "margin": (float, "with equilibrium: skip the discriminator's update below "
+                                 "equilibrium - margin, the decoder's adversarial term above "
+                                 "equilibrium + margin (default 0.35)")}
+    RECONS = VAE.RECONS + ("feature",)
 
-    def __init__(self, image_shape=(1, 28, 28), latent_dim=20, arch="mlp", hidden=None,
-                 act="relu", dropout=0.0, batchnorm=True, output="sigmoid", recon="bce",
-                 beta=1.0, c=0.05, gamma=1.0, feature_layer=None, equilibrium=None, margin=0.35):
-        super().__init__()
-        if output not in ("sigmoid", "tanh"):
-            raise ValueError(f"unknown output {output!r}; use sigmoid or tanh")
-        if recon == "bce" and output != "sigmoid":
-            raise ValueError("bce needs a sigmoid output on [0, 1] data; use --recon mse or gaussian")
-        self.image_shape, self.latent_dim = tuple(image_shape), latent_dim
-        self.output, self.recon, self.beta, self.c, self.gamma = output, recon, beta, c, gamma
-        self.equilibrium, self.margin = equilibrium, margin
-        batchnorm = True if batchnorm is None else batchnorm  # None: the default, on
+    def __init__(self, image_shape=(1, 28, 28), num_classes=None, batchnorm=True, gamma=1.0,
+                 feature_layer=None, equilibrium=None, margin=None, **options):
+        super().__init__(image_shape, num_classes, batchnorm=batchnorm, **options)
+        positive(gamma=gamma)
+        if equilibrium is not None:
+            positive(equilibrium=equilibrium)
+        if margin is not None and equilibrium is None:
+            raise ValueError(f"margin={margin!r} sets the width of equilibrium gating; give "
+                             f"equilibrium too (e.g. equilibrium=0.68)")
+        if margin is not None and not 0 <= margin < math.inf:
+            raise ValueError(f"margin={margin!r} must be >= 0")
+        self.gamma, self.equilibrium = gamma, equilibrium
+        self.margin = 0.35 if margin is None and equilibrium is not None else margin
+        blocks = len(self.discriminator.blocks)
+        if feature_layer is not None and self.recon != "feature":
+            raise ValueError(f"feature_layer={feature_layer!r} picks the layer of "
+                             f"recon='feature'; give recon='feature' too")
+        self.feature_layer = blocks if feature_layer is None and self.recon == "feature" else feature_layer
+        if self.feature_layer is not None and not 1 <= self.feature_layer <= blocks:
+            raise ValueError(f"feature_layer={feature_layer!r} must be in 1..{blocks} for the "
+                             f"{self.arch} discriminator")
         # The test loss is always a pixel likelihood, also when training on features.
-        self.pixel_recon = recon if recon != "feature" else (
-            "bce" if output == "sigmoid" else "mse")
-        if arch == "mlp":
-            hidden = (latent_dim * latent_dim,) if hidden is None else tuple(hidden)
-            nets = mlp_networks(self.image_shape, latent_dim, hidden, act, dropout, batchnorm)
-        elif arch == "conv":
-            nets = conv_networks(self.image_shape, latent_dim, act, dropout, batchnorm)
+        if self.recon == "feature":
+            self.likelihood = "bce" if self.output == "sigmoid" else "mse"
+
+    def networks(self):
+        if self.arch == "mlp":
+            self.hidden = tuple(self.hidden or (self.latent_dim ** 2,))
+            nets = mlp_networks(self.image_shape, self.latent_dim, self.hidden, self.act,
+                                self.dropout, self.batchnorm)
         else:
-            raise ValueError(f"unknown arch {arch!r}; use mlp or conv")
-        self.encoder, self.decoder = nets[:2]
-        self.discriminator = Discriminator(*nets[2:])
-        n_blocks = len(self.discriminator.blocks)
-        self.feature_layer = n_blocks if feature_layer is None else feature_layer
-        if not 1 <= self.feature_layer <= n_blocks:
-            raise ValueError(f"feature layer must be in 1..{n_blocks} for the {arch} "
-                             f"discriminator, got {feature_layer}")
-
-    def encode(self, x):
-        h = self.encoder(x)
-        mu, logvar = h.to(torch.promote_types(h.dtype, torch.float32)).chunk(2, dim=1)  # (B, D)
-        # at least float32 (under --amp the networks run in bfloat16): the KL sums in full precision
-        return mu, logvar
-
-    def reparameterize(self, mu, logvar):
-        return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)  # z = mu + sigma * eps
-
-    def decode(self, z):
-        return self.decoder(z)  # (B, C, H, W) logits (sigmoid) or pre-activations (tanh)
-
-    def activate(self, logits):
-        return torch.sigmoid(logits) if self.output == "sigmoid" else torch.tanh(logits)
+            nets = conv_networks(self.image_shape, self.latent_dim, self.act, self.dropout,
+                                 self.batchnorm)
+        return dict(zip(("encoder", "decoder"), nets[:2]), discriminator=Discriminator(*nets[2:]))
 
     def discriminate(self, x):
         """(logit (B,), features of block feature_layer (B, ...)) for images x."""
         return self.discriminator(x, self.feature_layer)
 
-    def forward(self, x):
-        mu, logvar = self.encode(x)
-        return self.decode(self.reparameterize(mu, logvar)), mu, logvar
-
-    @torch.no_grad()
-    def sample(self, n):
-        z = torch.randn(n, self.latent_dim, device=next(self.parameters()).device)
-        return self.activate(self.decode(z))
-
-    @torch.no_grad()
-    def reconstruct(self, x):
-        return self.activate(self.decode(self.encode(x)[0]))  # decode z = mu
-
-    def loss(self, input, target):
+    def loss(self, input, target, labels=None):
         """Every term of one forward pass, as batch means (nats per image).
 
-        loss: the encoder's (recon + beta * KL); decoder: gamma * recon + adv; disc: the
-        discriminator's. acc_*: the fraction of real, reconstructed and prior-sampled
+        encoder: recon + beta * KL (reported as loss); decoder: gamma * recon + adv; disc:
+        the discriminator's. acc_*: the fraction of real, reconstructed and prior-sampled
         images the discriminator classifies correctly. disc_real and disc_fake (the mean
         of the reconstructed and sampled halves) are what equilibrium gating compares.
         """
@@ -197,34 +189,31 @@ class VAEGAN(nn.Module):
             f32 = torch.promote_types(rec_features.dtype, torch.float32)
             recon = losses.gaussian(rec_features.to(f32), real_features.detach().to(f32), c=1.0)
         else:
-            recon = losses.reconstruction(self.recon, rec_logits, target, self.output, self.c)
+            recon = self.nll(rec_logits, target)
         out = {"recon": recon.mean(), "kl": losses.kl_normal(mu, logvar).mean()}
-        out["loss"] = out["recon"] + self.beta * out["kl"]
+        out["encoder"] = out["recon"] + self.beta * out["kl"]
         out["adv"] = (losses.gan_real(rec_logit) + losses.gan_real(prior_logit)).mean()
         out["decoder"] = self.gamma * out["recon"] + out["adv"]
         out["disc_real"] = losses.gan_real(real_logit).mean()
         out["disc_fake"] = 0.5 * (losses.gan_fake(rec_logit) + losses.gan_fake(prior_logit)).mean()
         out["disc"] = out["disc_real"] + 2 * out["disc_fake"]
+        out["loss"] = reported(out["encoder"])
         out.update(accuracies(real_logit, rec_logit, prior_logit))
         return out
 
-    def train_step(self, input, target, opt, l1=0.0, grad_clip=None, autocast=contextlib.nullcontext,
-                   loss_fn=None):
-        """Update encoder, decoder and discriminator, each by the gradient of its own loss.
+    def parameter_groups(self):
+        return {name: list(getattr(self, name).parameters())
+                for name in ("encoder", "decoder", "discriminator")}
 
-        opt: {"encoder": ..., "decoder": ..., "discriminator": ...} optimizers. l1 adds
-        l1 * sum|w| of each network to that network's loss. grad_clip caps each network's
-        gradient norm; grad_<network> reports the norm before clipping. autocast: a context
-        for the forward pass only (train.py's --amp). loss_fn: the forward pass, self.loss
-        or a DistributedDataParallel wrapper of it (train.py under torchrun).
+    def objectives(self, out):
+        """Each network's loss this step; out gains the step's skip counts.
+
         Equilibrium gating (Larsen's code; equilibrium 0.68 ~ ln 2, margin 0.35): when the
         discriminator's loss on real or on fake images is below equilibrium - margin it is
         too good and is not updated; when either is above equilibrium + margin it is too
         bad, and the decoder drops its adversarial term; if both would be skipped, neither
         is. Deciding needs the two numbers on the host: one sync per step, with gating only.
         """
-        with autocast():
-            out = (loss_fn or self.loss)(input, target)
         train_disc = train_adv = True
         if self.equilibrium is not None:
             real, fake = out["disc_real"].item(), out["disc_fake"].item()
@@ -233,39 +222,23 @@ class VAEGAN(nn.Module):
             train_adv = not (real > high or fake > high)
             if not (train_disc or train_adv):
                 train_disc = train_adv = True
-        decoder_loss = out["decoder"] if train_adv else self.gamma * out["recon"]
-        steps = [("encoder", out["loss"]), ("decoder", decoder_loss)]
-        steps += [("discriminator", out["disc"])] if train_disc else []
-        penalties = []
-        for name, loss in steps:
-            if l1:
-                penalties.append(losses.l1_penalty(getattr(self, name).parameters()))
-                loss = loss + l1 * penalties[-1]
-            opt[name].zero_grad(set_to_none=True)
-            # inputs=: this loss's gradient reaches only this network's weights
-            loss.backward(inputs=list(getattr(self, name).parameters()),
-                          retain_graph=name != steps[-1][0])
-        out["grad_discriminator"] = torch.zeros_like(out["loss"])  # stays 0 on a skipped step
-        for name, _ in steps:  # step only after every backward: they share one graph
-            out[f"grad_{name}"] = grad_norm(getattr(self, name).parameters(), grad_clip)
-            opt[name].step()
-        if l1:
-            out["l1"] = sum(penalties).detach()
         # full_like fills on the device; new_tensor would copy from the host every step
-        out["skips_disc"] = torch.full_like(out["loss"], float(not train_disc))
-        out["skips_adv"] = torch.full_like(out["loss"], float(not train_adv))
-        return {k: v.detach() for k, v in out.items()}
+        out["skips_disc"] = torch.full_like(out["recon"], float(not train_disc))
+        out["skips_adv"] = torch.full_like(out["recon"], float(not train_adv))
+        steps = {"encoder": out["encoder"],
+                 "decoder": out["decoder"] if train_adv else self.gamma * out["recon"]}
+        return {**steps, "discriminator": out["disc"]} if train_disc else steps
 
-    def test_loss(self, input, target):
-        """Reference 001's test loss, pixel recon + KL with z = mu (loss), the honest
-        negative ELBO with z sampled (nelbo), and the discriminator's accuracies on test
-        images, reconstructions (z = mu) and prior samples, one batch of each kind."""
+    @torch.no_grad()
+    def test_loss(self, input, target, labels=None):
+        """The MNIST VAE-GAN study's test loss, pixel recon + KL with z = mu (loss), the
+        honest negative ELBO with z sampled (nelbo), and the discriminator's accuracies on
+        test images, reconstructions (z = mu) and prior samples, one batch of each kind."""
         mu, logvar = self.encode(input)
         kl = losses.kl_normal(mu, logvar)
         rec_mu = self.decode(mu)
-        recon = losses.reconstruction(self.pixel_recon, rec_mu, target, self.output, self.c)
-        rec_z = self.decode(self.reparameterize(mu, logvar))
-        recon_z = losses.reconstruction(self.pixel_recon, rec_z, target, self.output, self.c)
+        recon = self.nll(rec_mu, target)
+        recon_z = self.nll(self.decode(self.reparameterize(mu, logvar)), target)
         prior = self.activate(self.decode(torch.randn_like(mu)))
         with batch_statistics(self.discriminator):
             logits = [self.discriminate(x)[0] for x in (target, self.activate(rec_mu), prior)]
@@ -273,11 +246,19 @@ class VAEGAN(nn.Module):
                 "nelbo": (recon_z + kl).mean(), **accuracies(*logits)}
 
 
-def grad_norm(parameters, clip=None):
-    """The L2 norm of all gradients together, on the device; with clip, scaled down to it."""
-    if clip:
-        return nn.utils.clip_grad_norm_([p for p in parameters if p.grad is not None], clip)
-    return nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
+def reported(loss):
+    """loss, as a tensor whose backward pass raises: the VAE-GAN's networks each train on
+    their own loss (objectives), never on the encoder's alone."""
+    if not loss.requires_grad:
+        return loss
+    logged = loss * 1  # a node of its own: the hook fires only for a backward through it
+
+    def refuse(grad):
+        raise RuntimeError("VAEGAN: out['loss'] is the encoder's loss, for reporting; "
+                           "backpropagating it alone would train a plain VAE. Train each "
+                           "network on its own loss: model.objectives(out) (see vaegan.py)")
+    logged.register_hook(refuse)
+    return logged
 
 
 @contextlib.contextmanager
@@ -308,12 +289,17 @@ if __name__ == "__main__":
     for shape in ((1, 28, 28), (3, 32, 32)):
         for arch in ("mlp", "conv"):
             model = VAEGAN(shape, latent_dim=20, arch=arch)
-            opt = {name: torch.optim.Adam(getattr(model, name).parameters(), lr=1e-3)
-                   for name in ("encoder", "decoder", "discriminator")}
+            groups = model.parameter_groups()
+            opt = {name: torch.optim.Adam(params, lr=1e-3) for name, params in groups.items()}
             x = torch.rand(8, *shape)
-            out = model.train_step(x, x, opt)
-            params = {n: sum(p.numel() for p in getattr(model, n).parameters())
-                      for n in ("encoder", "decoder", "discriminator")}
+            out = model.loss(x, x)
+            steps = model.objectives(out)
+            for i, (name, loss) in enumerate(steps.items()):
+                opt[name].zero_grad()
+                loss.backward(inputs=groups[name], retain_graph=i < len(steps) - 1)
+            for name in steps:
+                opt[name].step()
+            params = {n: sum(p.numel() for p in ps) for n, ps in groups.items()}
             print(f"{arch:4s} {shape}: parameters {params}, sample "
-                  f"{tuple(model.sample(4).shape)}, losses: encoder {out['loss']:.1f}, "
+                  f"{tuple(model.sample(4).shape)}, losses: encoder {out['encoder']:.1f}, "
                   f"decoder {out['decoder']:.1f}, discriminator {out['disc']:.3f} nats/image")

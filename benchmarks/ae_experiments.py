@@ -17,6 +17,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import data  # noqa: E402
+import models  # noqa: E402
 import runs  # noqa: E402
 import train  # noqa: E402
 
@@ -36,7 +37,7 @@ def trained(name, args):
         ckpt = runs.load_checkpoint(os.path.join(out, "checkpoint.pt"))
         if ckpt["epoch"] >= args.epochs:
             cfg = ckpt["config"]
-            model = train.build_model(cfg, tuple(cfg["image_shape"]))
+            model = models.from_config(cfg)
             model.load_state_dict(ckpt["model"])
             return model.eval(), cfg, ckpt["history"][-1]
     if os.path.isfile(os.path.join(out, "checkpoint.pt")):  # unfinished: continue it
@@ -62,7 +63,7 @@ def measure(model, cfg, test):
         with torch.no_grad():
             p_in.append(psnr(x, target))
             p_out.append(psnr(model.reconstruct(x), target))
-        if cfg["model"] == "ae":
+        if not model.variational:  # the AE: its code h is the contractive penalty's
             x = x.clone().requires_grad_(True)
             h = model.encode(x)
             small.append((h.abs() < 1e-2).float().flatten())

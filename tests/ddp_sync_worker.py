@@ -8,6 +8,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import flags  # noqa: E402
+import models  # noqa: E402
 import parallel  # noqa: E402
 import train  # noqa: E402
 
@@ -15,26 +16,19 @@ parallel.start()
 rank = parallel.world()[0]
 failed = []
 for argv in (["--model", "vae"], ["--model", "ae", "--contractive", "0.1"],
-             ["--model", "vaegan"], ["--model", "vaegan", "--arch", "conv"]):
+             ["--model", "vaegan"], ["--model", "vaegan", "--arch", "conv"], ["--model", "cvae"]):
     cfg, _ = flags.resolve(argv + ["--out", os.path.join(os.sep, "nonexistent", "never-written")])
     torch.manual_seed(rank)  # different weights and data on each process
-    model = train.build_model(cfg, (1, 28, 28))
+    model = models.from_config(cfg)
     opt = train.build_optimizers(model, cfg, torch.device("cpu"))
     loss = parallel.loss_fn(model, torch.device("cpu"))
     model.train()
     for _ in range(3):
-        x = torch.rand(8, 1, 28, 28)
-        if cfg["model"] == "vaegan":
-            model.train_step(x, x, opt, loss_fn=loss)
-        else:
-            out = loss(x, x)
-            opt["model"].zero_grad()
-            out["loss"].backward()
-            opt["model"].step()
-    nets = ("encoder", "decoder") + (("discriminator",) if cfg["model"] == "vaegan" else ())
-    mine = {n: torch.cat([p.detach().flatten() for p in getattr(model, n).parameters()]) for n in nets}
+        x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+        train.train_step(model, loss, opt, model.parameter_groups(), x, x, y, cfg)
+    mine = {n: torch.cat([p.detach().flatten() for p in ps]) for n, ps in model.parameter_groups().items()}
     theirs = parallel.gather(mine)
-    failed += [f"{' '.join(argv)}: {n}" for n in nets if not all(torch.equal(t[n], mine[n]) for t in theirs)]
+    failed += [f"{' '.join(argv)}: {n}" for n in mine if not all(torch.equal(t[n], mine[n]) for t in theirs)]
 parallel.stop()
 if failed:
     sys.exit("weights differ across processes: " + "; ".join(failed))

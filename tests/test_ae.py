@@ -6,7 +6,11 @@ import pytest
 import torch
 from torch.autograd.functional import jacobian
 
+import data
 import losses
+import metrics
+import models
+import runs
 import train
 from ae import AE
 from conftest import images_for
@@ -26,7 +30,7 @@ VARIANTS = {
 @pytest.mark.parametrize("name", VARIANTS)
 def test_each_variant_trains_and_its_loss_falls(name):
     torch.manual_seed(0)
-    kw = {"latent_dim": 8, "hidden": (64,), **VARIANTS[name]}
+    kw = {"latent_dim": 8, **({} if "conv" in name else {"hidden": (64,)}), **VARIANTS[name]}
     model = AE((1, 28, 28), **kw)
     x = torch.from_numpy(images_for(32, (1, 28, 28), 0)).float() / 255
     noisy = (x + 0.3 * torch.randn_like(x)).clamp(0, 1)  # denoising: corrupted in, clean out
@@ -120,13 +124,13 @@ def test_denoising_test_corruption_is_the_same_across_runs(tiny_data, tmp_path):
     for name in ("a", "b"):
         assert train.main(args + ["--out", str(tmp_path / name)]) == 0
     assert read_history(tmp_path / "a")[0]["test_loss"] == read_history(tmp_path / "b")[0]["test_loss"]
-    cfg = train.runs.load_config(str(tmp_path / "a"))
-    model = train.build_model(cfg, (1, 28, 28))
+    cfg = runs.load_config(str(tmp_path / "a"))
+    model = models.from_config(cfg)
     model.load_state_dict(torch.load(tmp_path / "a" / "best.pt", weights_only=True)["model"])
     # the clean-target loss differs from what a noise-free test split would give
-    splits = train.data.load("mnist", tiny_data, "cpu", download=False)
-    noisy = train.evaluate(model, splits["test"], cfg, train.data.parse_noise("mask:0.3"))
-    clean = train.evaluate(model, splits["test"], cfg, None)
+    splits = data.load("mnist", tiny_data, "cpu", download=False)
+    noisy = metrics.test_loss(model, splits["test"], cfg, data.parse_noise("mask:0.3"))
+    clean = metrics.test_loss(model, splits["test"], cfg, None)
     assert noisy["loss"] == pytest.approx(float(read_history(tmp_path / "a")[0]["test_loss"]))
     assert noisy["loss"] != clean["loss"]
 

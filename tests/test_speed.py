@@ -15,6 +15,7 @@ import torch.utils._python_dispatch
 
 import data
 import flags
+import models
 import parallel
 import train
 
@@ -119,8 +120,8 @@ def test_the_training_step_never_waits_for_the_device(argv, per_step, staged):
     """Host reads in an epoch of 3 steps and of 6 (no progress line in between): only the
     end of the epoch reads numbers back, however many steps it has."""
     cfg, _ = flags.resolve(argv + ["--batch-size", "8", "--log-interval", "1000", "--out", "unused"])
-    shape = (3, 32, 32) if cfg["dataset"] == "cifar10" else (1, 28, 28)
-    model = train.build_model(cfg, shape)
+    shape = tuple(cfg["image_shape"])
+    model = models.from_config(cfg)
     opt = train.build_optimizers(model, cfg, torch.device("cpu"))
     reads = []
     for steps in (3, 6):

@@ -1,5 +1,6 @@
-"""vaegan.py: which network each loss moves, the loss formulas, the architectures, and
-train.py's VAE-GAN runs (history columns, gating counts, exact resume)."""
+"""vaegan.py: which network each loss moves (through train.py's one step for every model),
+the loss formulas, the architectures, and train.py's VAE-GAN runs (history columns,
+gating counts, exact resume)."""
 import copy
 import csv
 import math
@@ -21,14 +22,20 @@ def params(net):
 
 
 def sgd(model, lrs):
-    return {n: torch.optim.SGD(getattr(model, n).parameters(), lr=lrs.get(n, 0.0)) for n in NETS}
+    return {n: torch.optim.SGD(p, lr=lrs.get(n, 0.0)) for n, p in model.parameter_groups().items()}
+
+
+def step(model, x, opt):
+    """train.py's step, with no L1 and no clipping."""
+    return train.train_step(model, model.loss, opt, model.parameter_groups(), x, x, None,
+                            {"l1": 0.0, "grad_clip": None})
 
 
 def own_losses(model, x, seed):
     """Each network's loss from the same forward pass as train_step's (same seed)."""
     torch.manual_seed(seed)
     out = model.loss(x, x)
-    return {"encoder": out["loss"], "decoder": out["decoder"], "discriminator": out["disc"],
+    return {"encoder": out["encoder"], "decoder": out["decoder"], "discriminator": out["disc"],
             "decoder_without_adv": model.gamma * out["recon"]}
 
 
@@ -50,7 +57,7 @@ def test_each_networks_step_moves_only_it_by_the_gradient_of_its_own_loss(kw, na
     grads = torch.autograd.grad(loss, list(net.parameters()), allow_unused=True)
     before = {n: params(getattr(model, n)) for n in NETS}
     torch.manual_seed(1)
-    model.train_step(x, x, sgd(model, {name: 0.1}))
+    step(model, x, sgd(model, {name: 0.1}))
     for n in NETS:
         after = params(getattr(model, n))
         if n != name:  # the other two optimizers have lr 0: their weights must not move
@@ -70,7 +77,7 @@ def test_the_encoder_gets_no_adversarial_gradient_and_the_discriminator_no_recon
     torch.manual_seed(1)
     out = model.loss(x, x)
     enc = list(model.encoder.parameters())
-    g_enc = torch.autograd.grad(out["loss"], enc, retain_graph=True)
+    g_enc = torch.autograd.grad(out["encoder"], enc, retain_graph=True)
     g_adv = torch.autograd.grad(out["adv"], enc, retain_graph=True)
     assert max(g.abs().max() for g in g_adv) > 0  # adv does depend on the encoder...
     g_rec_kl = torch.autograd.grad(out["recon"] + out["kl"], enc, retain_graph=True)
@@ -137,16 +144,30 @@ def test_feature_loss_uses_the_named_layer_only():
     with torch.no_grad():  # ...the named one does
         blocks[1][0].weight.mul_(2.0)
     assert recon() != pytest.approx(base, rel=1e-3)
-    with pytest.raises(ValueError, match="feature layer"):
+    with pytest.raises(ValueError, match="feature_layer=2 must be in 1..1"):
         VAEGAN(arch="mlp", recon="feature", feature_layer=2)
+
+
+def test_backpropagating_the_reported_loss_alone_is_refused():
+    """A plain one-optimizer loop on out["loss"] would train a plain VAE: it must fail loudly."""
+    model = VAEGAN(latent_dim=3)
+    x = torch.rand(4, 1, 28, 28)
+    out = model.loss(x, x)
+    torch.testing.assert_close(out["loss"], out["encoder"])  # the number reported is the encoder's
+    with pytest.raises(RuntimeError, match="Train each network on its own loss"):
+        out["loss"].backward()
+    out = model.loss(x, x)
+    steps = model.objectives(out)
+    assert set(steps) == set(NETS) and steps["encoder"] is out["encoder"]
+    steps["encoder"].backward()  # the loop's way is fine
 
 
 def gated(model, disc_real, disc_fake):
     """Make model.loss report the given discriminator losses to the gate."""
     loss = model.loss
 
-    def fixed(input, target):
-        out = loss(input, target)
+    def fixed(input, target, labels=None):
+        out = loss(input, target, labels)
         out["disc_real"], out["disc_fake"] = torch.tensor(disc_real), torch.tensor(disc_fake)
         return out
     model.loss = fixed
@@ -165,7 +186,7 @@ def test_equilibrium_gating_skips_the_right_update(real, fake, skip_disc, skip_a
     expected = copy.deepcopy(model)
     d_before = params(model.discriminator)
     torch.manual_seed(1)
-    out = gated(model, real, fake).train_step(x, x, sgd(model, {n: 0.1 for n in NETS}))
+    out = step(gated(model, real, fake), x, sgd(model, {n: 0.1 for n in NETS}))
     assert out["skips_disc"].item() == skip_disc and out["skips_adv"].item() == skip_adv
     d_moved = any(not torch.equal(a, b) for a, b in zip(params(model.discriminator), d_before))
     assert d_moved != skip_disc
@@ -187,7 +208,7 @@ def test_shapes_and_batchnorm_switch(shape, arch, batchnorm):
     mu, logvar = model.encode(x)
     assert mu.shape == logvar.shape == (4, 5)
     assert model.decode(mu).shape == (4, *shape)
-    logit, features = model.discriminate(x)
+    logit, features = model.discriminator(x, 1)
     assert logit.shape == (4,) and features.shape[0] == 4
     assert model.sample(3).shape == (3, *shape)
     if arch == "mlp":
@@ -211,7 +232,7 @@ def test_test_accuracies_use_batch_statistics_as_in_training_and_change_no_state
     model = VAEGAN(latent_dim=3, arch="conv")
     x = torch.rand(16, 1, 28, 28)
     torch.manual_seed(1)
-    model.train_step(x, x, sgd(model, {n: 0.1 for n in NETS}))
+    step(model, x, sgd(model, {n: 0.1 for n in NETS}))
     model.eval()
     bn = model.discriminator.blocks[1][1]
     bn.running_mean += 5.0  # running averages far from any batch's statistics
