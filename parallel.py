@@ -109,10 +109,12 @@ def count(n, device):
     return int(total(torch.tensor(n, device=device)).item())
 
 
-def maximum(tensor):
-    """The largest value on any process, elementwise (a copy, on the device)."""
+def minimum(tensor):
+    """The smallest value on any process, elementwise (a copy; tensor itself when alone)."""
+    if not active():
+        return tensor
     tensor = tensor.clone()
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
     return tensor
 
 

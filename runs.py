@@ -17,6 +17,8 @@ import threading
 
 import torch
 
+import parallel
+
 # The layout of config.json and of the checkpoints. A run folder of another format is
 # refused: this code reads its own format only.
 FORMAT = 2
@@ -148,6 +150,25 @@ def checkpoint(model, opt, sched, epoch, cfg, history, best, mid_epoch=None, rng
             "rng": {"torch": rng[0]["torch"],  # one CUDA state per process, [] on CPUs
                     "cuda": [r["cuda"] for r in rng if r["cuda"] is not None],
                     **({"ranks": [r["torch"] for r in rng]} if len(rng) > 1 else {})}}
+
+
+def restore(ckpt, model, opt, sched, cfg, device):
+    """Load a checkpoint into the model, optimizers and schedulers, and this process's random
+    generators; returns (history, first epoch to run, best test loss, mid_epoch or None)."""
+    rank, processes, _ = parallel.world()
+    model.load_state_dict(ckpt["model"])
+    for name in opt:
+        opt[name].load_state_dict(ckpt["optimizer"][name])
+        if sched:
+            sched[name].load_state_dict(ckpt["scheduler"][name])
+    start, mid_epoch = ckpt["epoch"] + 1, ckpt["mid_epoch"]
+    if mid_epoch is not None and mid_epoch["processes"] != processes:
+        raise ValueError(f"{cfg['out']} stopped inside an epoch with {mid_epoch['processes']} "
+                         f"processes; resume it with as many")
+    if mid_epoch is not None:
+        mid_epoch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in mid_epoch.items()}
+    restore_rng(ckpt["rng"], rank, processes, device, cfg["seed"] + rank + 10007 * start)
+    return ckpt["history"], start, ckpt["best_test_loss"], mid_epoch
 
 
 def rng_state(device):

@@ -62,10 +62,13 @@ def train_step(model, loss, opt, groups, x, target, labels, cfg, autocast=contex
 
 
 def grad_norm(parameters, clip=None):
-    """The L2 norm of all gradients together, on the device; with clip, scaled down to it."""
+    """The L2 norm of all gradients together, on the device; with clip, scaled down to it.
+    Without clip, a sum of dot products (one BLAS call per tensor: 0.11 against 0.16 ms for
+    torch's norm of the MLP VAE's 650,000 gradients on this project's CPU)."""
     if clip:
         return nn.utils.clip_grad_norm_([p for p in parameters if p.grad is not None], clip)
-    return nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
+    squares = [torch.dot(g, g) for g in (p.grad.reshape(-1) for p in parameters if p.grad is not None)]
+    return torch.stack(squares).sum().sqrt()
 
 
 def train_epoch(model, opt, split, cfg, epoch, noise, signals=None, resume=None,
@@ -123,33 +126,30 @@ def stop_requested(signals, progress):
 
 
 class Tally:
-    """A training epoch's running sums of every term, and the first step at which any term
-    was not finite, kept on the device: the host reads them at progress lines and at the
-    end only, so no step waits for the device. Terms are averaged over images, except
-    skips_* (counts per step), which are summed."""
+    """A training epoch's running sums of every term, and for each term the first step at
+    which it was not finite (0: none yet), kept on the device: the host reads them at
+    progress lines and at the end only, so no step waits for the device. Terms are averaged
+    over images, except skips_* (counts per step), which are summed."""
 
     def __init__(self, device, resume=None):
-        r = resume or {"sums": 0, "n": 0, "names": None, "bad": None,
-                       "first_bad": torch.zeros((), dtype=torch.long, device=device)}
-        self.sums, self.n, self.names, self.bad, self.first_bad = (
-            r["sums"], r["n"], r["names"], r["bad"], r["first_bad"])
+        r = resume or {"sums": 0, "n": 0, "names": None, "first_bad": None}
+        self.sums, self.n, self.names, self.first_bad = r["sums"], r["n"], r["names"], r["first_bad"]
         if resume and parallel.world()[0] > 0:
             self.sums, self.n = self.sums * 0, 0  # the saved sums are every process's: rank 0 holds them
-        self.counted = self.names and self.skip_counts(device)
-
-    def skip_counts(self, device):
-        return torch.tensor([k.startswith("skips_") for k in self.names], device=device)
+        self.scales = {}  # images per step -> what each term is multiplied by before summing
 
     def add(self, out, step, images):
         if self.names is None:
             self.names = list(out)
-            self.counted = self.skip_counts(out["loss"].device)
-            self.bad = torch.zeros(len(self.names), dtype=torch.bool, device=out["loss"].device)
+            self.first_bad = torch.zeros(len(self.names), dtype=torch.long, device=out["loss"].device)
+            self.sums = torch.zeros(len(self.names), device=out["loss"].device)
+        if images not in self.scales:
+            self.scales[images] = torch.tensor([1.0 if k.startswith("skips_") else images
+                                                for k in self.names], device=self.first_bad.device)
         values = torch.stack([out[k].detach() for k in self.names])
-        self.sums = self.sums + torch.where(self.counted, values, values * images)
-        newly_bad = (self.first_bad == 0) & ~torch.isfinite(values).all()
-        self.bad = torch.where(newly_bad, ~torch.isfinite(values), self.bad)
-        self.first_bad = torch.where(newly_bad, step, self.first_bad)
+        self.sums = torch.addcmul(self.sums, values, self.scales[images])
+        self.first_bad = torch.where((self.first_bad == 0) & ~torch.isfinite(values), step,
+                                     self.first_bad)
         self.n += images
 
     def mean(self, name):
@@ -158,24 +158,26 @@ class Tally:
     def stop_if_bad(self, epoch):
         """Raise, naming the terms that were not finite at the first bad step (one host
         sync); with several processes, on all of them when any one went bad."""
-        first_bad, bad = self.first_bad, self.bad
-        if parallel.active():
-            first_bad, bad = parallel.maximum(first_bad), parallel.maximum(bad.to(torch.uint8)).bool()
-        if bool(first_bad):
-            terms = [name for name, b in zip(self.names, bad.tolist()) if b]
+        never = torch.iinfo(torch.long).max
+        first = torch.where(self.first_bad > 0, self.first_bad, never)
+        first = parallel.minimum(first).tolist()
+        step = min(first)
+        if step < never:
+            terms = [name for name, f in zip(self.names, first) if f == step]
             terms = [name for name in terms if name != "loss"] or ["loss"]
             raise FloatingPointError(f"non-finite {' and '.join(terms)} at epoch {epoch}, "
-                                     f"step {int(first_bad)}")
+                                     f"step {step}")
 
     def state(self):
         """The sums of every process together, for a checkpoint inside the epoch."""
         dev = self.first_bad.device
         return {"sums": parallel.total(self.sums.clone()), "n": parallel.count(self.n, dev),
-                "names": self.names, "first_bad": self.first_bad, "bad": self.bad}
+                "names": self.names, "first_bad": self.first_bad}
 
     def means(self):
         sums, n = parallel.total(self.sums), parallel.count(self.n, self.first_bad.device)
-        return dict(zip(self.names, torch.where(self.counted, sums, sums / n).tolist()))
+        counted = torch.tensor([k.startswith("skips_") for k in self.names], device=sums.device)
+        return dict(zip(self.names, torch.where(counted, sums, sums / n).tolist()))
 
 
 @torch.no_grad()
@@ -224,20 +226,8 @@ def run(cfg, ckpt=None):
              for name, o in opt.items()} if cfg["scheduler"] == "step" else {}
     history, start, best, mid_epoch = [], 1, float("inf"), None
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        for name in opt:
-            opt[name].load_state_dict(ckpt["optimizer"][name])
-            if sched:
-                sched[name].load_state_dict(ckpt["scheduler"][name])
-        history, start, best = ckpt["history"], ckpt["epoch"] + 1, ckpt["best_test_loss"]
-        mid_epoch = ckpt["mid_epoch"]
-        if mid_epoch is not None and mid_epoch["processes"] != processes:
-            raise ValueError(f"{cfg['out']} stopped inside an epoch with "
-                             f"{mid_epoch['processes']} processes; resume it with as many")
-        if mid_epoch is not None:
-            mid_epoch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in mid_epoch.items()}
-        runs.restore_rng(ckpt["rng"], rank, processes, device, cfg["seed"] + rank + 10007 * start)
-        where = f"epoch {start}, step {mid_epoch['step']}" if mid_epoch else f"epoch {ckpt['epoch']}"
+        history, start, best, mid_epoch = runs.restore(ckpt, model, opt, sched, cfg, device)
+        where = f"epoch {start}, step {mid_epoch['step']}" if mid_epoch else f"epoch {start - 1}"
         print(f"Resuming {cfg['out']} after {where}")
     loss = parallel.loss_fn(model, device)  # model.loss, or DDP around it (same weights everywhere)
     weights = {**model.term_weights, "l1": cfg["l1"]}

@@ -1,20 +1,9 @@
 """The VAE-GAN (Larsen et al. 2016, "Autoencoding beyond pixels using a learned similarity
 metric"): a VAE whose decoder is also a GAN generator, with a discriminator beside it.
 
-Follows the model contract of models.py. Imports only torch, losses.py and vae.py (copy
-the three into a notebook):
-
-    from vaegan import VAEGAN
-    model = VAEGAN(image_shape=(1, 28, 28), latent_dim=20)   # the MNIST VAE-GAN study's MLP
-    groups = model.parameter_groups()                        # encoder, decoder, discriminator
-    opt = {name: torch.optim.Adam(params, lr=1e-3) for name, params in groups.items()}
-    out = model.loss(x, x)                                   # every term of one forward pass
-    steps = model.objectives(out)                            # each network's own loss
-    for i, (name, loss) in enumerate(steps.items()):
-        opt[name].zero_grad()
-        loss.backward(inputs=groups[name], retain_graph=i < len(steps) - 1)
-    for name in steps:                                       # step after every backward
-        opt[name].step()
+Follows the model contract of models.py; train.py trains it, and `python vaegan.py` shows
+the step any loop needs (each network's own loss into its own parameters). Imports only
+torch, losses.py and vae.py: copy the three into a notebook.
 
 Three networks, three losses (all nats per image, averaged over the batch):
     encoder        recon + beta * KL
@@ -285,21 +274,18 @@ def accuracies(real_logit, rec_logit, prior_logit):
 
 
 if __name__ == "__main__":
-    # Runs alone: builds each network and takes one training step on a random batch.
-    for shape in ((1, 28, 28), (3, 32, 32)):
-        for arch in ("mlp", "conv"):
-            model = VAEGAN(shape, latent_dim=20, arch=arch)
-            groups = model.parameter_groups()
-            opt = {name: torch.optim.Adam(params, lr=1e-3) for name, params in groups.items()}
-            x = torch.rand(8, *shape)
-            out = model.loss(x, x)
-            steps = model.objectives(out)
-            for i, (name, loss) in enumerate(steps.items()):
-                opt[name].zero_grad()
-                loss.backward(inputs=groups[name], retain_graph=i < len(steps) - 1)
-            for name in steps:
-                opt[name].step()
-            params = {n: sum(p.numel() for p in ps) for n, ps in groups.items()}
-            print(f"{arch:4s} {shape}: parameters {params}, sample "
-                  f"{tuple(model.sample(4).shape)}, losses: encoder {out['encoder']:.1f}, "
-                  f"decoder {out['decoder']:.1f}, discriminator {out['disc']:.3f} nats/image")
+    # Runs alone: one training step of each VAE-GAN on a random batch, as train.py takes it.
+    for shape, arch in (((1, 28, 28), "mlp"), ((1, 28, 28), "conv"), ((3, 32, 32), "conv")):
+        model = VAEGAN(shape, latent_dim=20, arch=arch)
+        groups = model.parameter_groups()  # encoder, decoder, discriminator
+        opt = {name: torch.optim.Adam(params, lr=1e-3) for name, params in groups.items()}
+        out = model.loss(*(2 * [torch.rand(8, *shape)]))  # every term of one forward pass
+        steps = model.objectives(out)  # each network's own loss
+        for i, (name, loss) in enumerate(steps.items()):
+            opt[name].zero_grad()
+            loss.backward(inputs=groups[name], retain_graph=i < len(steps) - 1)
+        for name in steps:  # step only after every backward: they share one graph
+            opt[name].step()
+        print(f"{arch} {shape}: encoder {out['encoder']:.1f}, decoder {out['decoder']:.1f}, "
+              f"discriminator {out['disc']:.3f} nats/image; parameters "
+              f"{ {n: sum(p.numel() for p in ps) for n, ps in groups.items()} }")

@@ -1,11 +1,11 @@
-"""Reference 001's VAE-GAN experiment, rerun: batch norm on and off, clean and denoising,
+"""The MNIST VAE-GAN batch-norm study's VAE-GAN experiment, rerun: batch norm on and off, clean and denoising,
 several seeds, per-epoch test loss beside the report's.
 
     python benchmarks/vaegan_experiments.py --data-root data --seeds 1,2,3
 
 Each setting trains `train.py --model vaegan` on MNIST (MLP, d = --latent-dim) for 10
 epochs; run folders go to --runs and are reused when finished, continued when not.
-Numbers, per test image, as reference 001 defines its test loss: BCE summed over pixels
+Numbers, per test image, as the MNIST VAE-GAN batch-norm study defines its test loss: BCE summed over pixels
 of the decode of z = mu, plus the KL (history.csv's test_loss); and the honest negative
 ELBO with z sampled (test_nelbo).
 """
@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import runs  # noqa: E402
 import train  # noqa: E402
 
-# Reference 001, section 4: test set loss after each epoch.
+# The MNIST VAE-GAN batch-norm study, section 4: test set loss after each epoch.
 REPORT = {
     "bn": [147.84, 125.58, 114.92, 107.75, 103.73, 101.18, 99.68, 98.59, 98.25, 97.33],
     "nobn": [230.33, 180.40, 157.06, 142.45, 134.21, 128.91, 126.73, 124.57, 122.25, 119.86],
@@ -73,9 +73,9 @@ def main():
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = {name: [history(name, s, args) for s in seeds] for name in SETTINGS}
-    for metric, title in (("test_loss", "test loss as reference 001 defines it (z = mu)"),
+    for metric, title in (("test_loss", "test loss as the MNIST VAE-GAN batch-norm study defines it (z = mu)"),
                           ("test_nelbo", "negative ELBO, z sampled")):
-        print(f"\n{title}, mean ± std over seeds {args.seeds}; reference 001 beside ours\n")
+        print(f"\n{title}, mean ± std over seeds {args.seeds}; the MNIST VAE-GAN batch-norm study beside ours\n")
         heads = [h for ref, ours in COLUMNS.items() for h in (f"{ref} (ref. 001)", *ours)]
         print("| epoch | " + " | ".join(heads) + " |")
         print("|---" * (1 + len(heads)) + "|")

@@ -280,3 +280,17 @@ def test_readme_documents_every_evaluate_flag():
         for flag in action.option_strings:
             if flag not in ("-h", "--help"):
                 assert f"`{flag}`" in section, f"{flag} missing from the README's evaluate flags"
+
+
+def test_a_conditional_vae_run_is_evaluated_with_its_labels_and_one_sample_row_per_class(
+        tiny_data, tmp_path, capsys):
+    run = make_run(tiny_data, tmp_path / "cvae", "--model", "cvae")
+    out = str(tmp_path / "figs")
+    assert evaluate.main([run, "--iw-samples", "20", "--out", out, "--n", "4"]) == 0
+    m = json.load(open(os.path.join(run, "metrics.json")))
+    assert m["model"] == "cvae" and m["nll_iw"] <= m["nelbo"] + 4 * m["nelbo_se"] * math.sqrt(20)
+    assert m["test_loss"] == pytest.approx(float(last_row(run)["test_loss"]), rel=0.05)
+    width = figures.LEFT + 2 * (4 * 30 + 2) + figures.RIGHT
+    height = figures.TOP + 10 * 60 + 4 + figures.BOTTOM  # 10 classes, one row each
+    assert png_size(os.path.join(out, "samples.png")) == (width, height)
+    assert "manifold.png" not in os.listdir(out)  # a 2-D code, but one manifold per class

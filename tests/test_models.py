@@ -2,7 +2,11 @@ import pytest
 import torch
 import torch.nn as nn
 
+import models
+from ae import AE
+from cvae import CVAE
 from vae import VAE
+from vaegan import VAEGAN
 
 SHAPES = [(1, 28, 28), (3, 32, 32)]  # MNIST / Fashion-MNIST, CIFAR-10
 
@@ -69,6 +73,105 @@ def test_pytorch_examples_size():
     assert n == (784 * 400 + 400) + (400 * 40 + 40) + (20 * 400 + 400) + (400 * 784 + 784)
 
 
-def test_bce_with_tanh_is_refused():
-    with pytest.raises(ValueError, match="sigmoid"):
-        VAE(output="tanh", recon="bce")
+
+
+# The model contract (models.py), checked on every registered model.
+OPTIONS = {"vae": {"beta": 2.0}, "ae": {"sparsity": 0.1, "code": "relu", "contractive": 0.01},
+           "vaegan": {"beta": 2.0}, "cvae": {"beta": 2.0}}
+
+
+@pytest.mark.parametrize("arch", ["mlp", "conv"])
+@pytest.mark.parametrize("name", list(models.MODELS))
+def test_every_registered_model_follows_the_contract(name, arch):
+    torch.manual_seed(0)
+    model = models.build(name, (1, 28, 28), 10, {"latent_dim": 4, "arch": arch, **OPTIONS[name]})
+    x, y = torch.rand(6, 1, 28, 28), torch.arange(6) % 10
+    out = model.loss(x, x, y)
+    assert all(v.dim() == 0 for v in out.values())
+    weighted = sum(w * out[k] for k, w in model.term_weights.items() if w)
+    torch.testing.assert_close(out["loss"], out["recon"] + weighted)  # the terms add up
+    groups = model.parameter_groups()
+    params = [p for ps in groups.values() for p in ps]
+    assert len({id(p) for p in params}) == len(params) == len(list(model.parameters()))
+    steps = model.objectives(out)
+    assert steps and set(steps) <= set(groups)
+    assert "loss" in model.test_loss(x, x, y)
+    code = model.latent(x, y)
+    assert code.shape == (6, 4) and model.generate(code, y).shape == x.shape
+    assert model.reconstruct(x, y).shape == x.shape
+    if model.can_sample:
+        images = model.sample(5, labels=y[:5])
+        assert images.shape == (5, 1, 28, 28) and 0 <= images.min() and images.max() <= 1
+    if model.variational:
+        mu, logvar = model.encode(x, y)
+        torch.testing.assert_close(mu, model.encode(x, y)[0])
+        assert model.nll(model.decode(mu, y), x).shape == (6,)
+    options = models.resolved(model)  # every option is an attribute, resolved
+    assert set(options) == set(model.OPTIONS) and options["latent_dim"] == 4
+    again = models.build(name, (1, 28, 28), 10, options)
+    assert models.resolved(again) == options
+    assert {k: v.shape for k, v in again.state_dict().items()} == {
+        k: v.shape for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("name", list(models.MODELS))
+def test_figures_helpers_leave_batch_norm_statistics_and_modes_alone(name):
+    torch.manual_seed(0)
+    model = models.build(name, (1, 28, 28), 10, {"latent_dim": 4, "batchnorm": True}).train()
+    x, y = torch.rand(8, 1, 28, 28), torch.arange(8) % 10
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    code = model.latent(x, y)
+    model.generate(code, y), model.reconstruct(x, y)
+    if model.can_sample:
+        model.sample(8, labels=y)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(m.training for m in model.modules())
+    model.loss(x, x, y)  # the training step itself does move them
+    assert not all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("cls,kwargs,words", [
+    (VAE, {"hidden": 400}, "hidden=400 must be positive widths"),
+    (VAE, {"act": "leakyrelu"}, "act='leakyrelu' is unknown"),
+    (VAE, {"arch": "resnet"}, "arch='resnet' is unknown"),
+    (VAE, {"dropout": 1.0}, "dropout=1.0 must be in [0, 1)"),
+    (VAE, {"latent_dim": 0}, "latent_dim=0 must be an integer >= 1"),
+    (VAE, {"arch": "conv", "hidden": (300,)}, "the conv arch's channels are fixed"),
+    (VAE, {"output": "tanh", "recon": "bce"}, "recon='bce' needs output='sigmoid'"),
+    (AE, {"output": "tanh", "recon": "bce"}, "recon='bce' needs output='sigmoid'"),
+    (VAEGAN, {"output": "tanh", "recon": "bce"}, "recon='bce' needs output='sigmoid'"),
+    (CVAE, {"output": "tanh", "recon": "bce"}, "recon='bce' needs output='sigmoid'"),
+    (VAE, {"recon": "feature"}, "recon='feature' is unknown"),
+    (AE, {"code": "tanh"}, "code='tanh' is unknown"),
+    (AE, {"sparsity_target": 0.05}, "needs sparsity > 0"),
+    (VAEGAN, {"margin": 0.3}, "give equilibrium too"),
+    (VAEGAN, {"feature_layer": 1}, "give recon='feature' too"),
+    (VAEGAN, {"gamma": 0}, "gamma=0 must be > 0"),
+    (CVAE, {"num_classes": None}, "needs labelled data"),
+])
+def test_bad_constructor_arguments_say_which_in_the_constructors_words(cls, kwargs, words):
+    with pytest.raises(ValueError) as e:
+        cls((1, 28, 28), **kwargs)
+    assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_an_unknown_option_is_named_by_the_registry():
+    with pytest.raises(ValueError, match="gamma: not an option of the vae model"):
+        models.build("vae", (1, 28, 28), 10, {"gamma": 2.0})
+
+
+def test_the_conditional_vae_samples_the_class_it_is_given():
+    torch.manual_seed(0)
+    model = CVAE((1, 28, 28), num_classes=10, latent_dim=4)
+    z = torch.randn(3, 4)
+    threes, sevens = model.generate(z, torch.full((3,), 3)), model.generate(z, torch.full((3,), 7))
+    assert not torch.allclose(threes, sevens)  # same z, another label: another image
+    torch.testing.assert_close(model.generate(z, torch.full((3,), 3)), threes)
+    assert model.encoder[-1].in_features == 400 + 10 and model.decoder[0].in_features == 4 + 10
+    torch.manual_seed(1)
+    default = model.sample(12)  # labels 0, 1, ..., 9, 0, 1
+    torch.manual_seed(1)
+    given = model.sample(12, labels=torch.arange(12) % 10)
+    torch.testing.assert_close(default, given)
+    with pytest.raises(ValueError, match="pass labels"):
+        model.loss(torch.rand(2, 1, 28, 28), torch.rand(2, 1, 28, 28))

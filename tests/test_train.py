@@ -212,3 +212,23 @@ def test_model_options_are_recorded_resolved_and_foreign_ones_refused(tmp_path, 
     assert train.main(["--model", "ae", "--gamma", "2", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "train.py: error: --gamma is not an option of --model ae; it belongs to vaegan"
+
+
+def test_progress_lines_print_the_running_loss_whatever_the_order_of_the_terms():
+    tally = train.Tally(torch.device("cpu"))
+    for step, (recon, loss) in enumerate([(5.0, 7.0), (1.0, 3.0)], start=1):
+        tally.add({"recon": torch.tensor(recon), "loss": torch.tensor(loss),
+                   "skips_disc": torch.tensor(1.0)}, step, 2)
+    assert tally.mean("loss") == pytest.approx(5.0) and tally.mean("recon") == pytest.approx(3.0)
+    assert tally.means() == pytest.approx({"recon": 3.0, "loss": 5.0, "skips_disc": 2.0})
+
+
+def test_the_epoch_line_names_the_weight_of_each_weighted_term(tiny_data, tmp_path, capsys):
+    assert train.epoch_line({"loss": 9.0, "recon": 2.0, "kl": 3.5, "l1": 5.0},
+                            {"kl": 2.0, "l1": 1e-5}) == "recon 2.0000, 2 x kl 3.5000, 1e-05 x l1 5.0000"
+    assert train.main(["--model", "ae", "--data-root", tiny_data, "--epochs", "1", "--batch-size",
+                       "16", "--sparsity", "0.1", "--code", "relu", "--out", str(tmp_path / "r")]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("====> Epoch"))
+    loss, recon, sparsity = map(float, re.search(
+        r"Average loss: ([\d.]+) \(recon ([\d.]+), 0.1 x sparsity ([\d.]+)", line).groups())
+    assert loss == pytest.approx(recon + 0.1 * sparsity, abs=2e-4)  # the line adds up
