@@ -2,12 +2,13 @@
 using Deep Conditional Generative Models"): q(z|x, y), p(x|z, y) and p(z) = N(0, I), for
 a class label y.
 
-Follows the model contract of models.py: the VAE of vae.py with the label, one-hot,
-appended to the input of the encoder's last layer and of the decoder's first. Copy it
-with vae.py and losses.py.
+Follows the model contract of models.py: the VAE of vae.py with the label, one-hot, also
+given to the encoder (beside the flattened image for the MLP, as constant extra input
+channels for the conv net) and to the decoder (beside z). Copy it with vae.py and
+losses.py.
 
     from cvae import CVAE
-    model = CVAE((1, 28, 28), num_classes=10, latent_dim=20)
+    model = CVAE((1, 28, 28), num_classes=10, latent_dim=5)
     out = model.loss(x, x, labels)                       # labels: (B,) class indices
     sevens = model.sample(8, labels=torch.full((8,), 7))
 """
@@ -22,35 +23,44 @@ class CVAE(VAE):
     """The VAE's networks and options; every method that encodes or decodes takes labels."""
     conditional = True
 
-    def __init__(self, image_shape=(1, 28, 28), num_classes=10, **options):
+    def __init__(self, image_shape=(1, 28, 28), num_classes=10, latent_dim=5, **options):
+        # latent_dim 5: the larger the code, the less a sample from the prior keeps to the
+        # class asked for (README, Results: 99.6% of MNIST samples at 2, 93% at 5, 67% at 20)
         if not (isinstance(num_classes, int) and num_classes >= 2):
             raise ValueError(f"num_classes={num_classes!r}: the conditional VAE needs labelled "
                              f"data with 2 or more classes")
         self.num_classes = num_classes  # networks(), called by VAE.__init__, needs it
-        super().__init__(image_shape, num_classes, **options)
+        super().__init__(image_shape, num_classes, latent_dim=latent_dim, **options)
 
     def networks(self):
-        nets = super().networks()
-        last = nets["encoder"][-1]  # Linear(features, 2 * latent_dim)
-        nets["encoder"][-1] = nn.Linear(last.in_features + self.num_classes, last.out_features)
-        first = nets["decoder"][0]  # Linear(latent_dim, width)
-        nets["decoder"][0] = nn.Linear(first.in_features + self.num_classes, first.out_features)
+        nets, k = super().networks(), self.num_classes
+        enc, dec = nets["encoder"], nets["decoder"]
+        if self.arch == "mlp":  # Flatten, Linear(pixels, hidden), ...
+            enc[1] = nn.Linear(enc[1].in_features + k, enc[1].out_features)
+        else:  # Conv2d(channels, 32, ...), ...
+            c = enc[0]
+            enc[0] = nn.Conv2d(c.in_channels + k, c.out_channels, c.kernel_size, c.stride, c.padding)
+        dec[0] = nn.Linear(dec[0].in_features + k, dec[0].out_features)  # Linear(latent_dim, ...)
         return nets
 
-    def with_label(self, h, labels):
-        """h (B, F) and the labels one-hot (B, K), side by side: (B, F + K)."""
+    def one_hot(self, labels, like):
         if labels is None:
             raise ValueError("the conditional VAE encodes and decodes with labels; pass "
                              "labels=(B,) class indices")
-        return torch.cat([h, F.one_hot(labels, self.num_classes).to(h.dtype)], dim=1)
+        return F.one_hot(labels, self.num_classes).to(like.dtype)  # (B, K)
 
     def encode(self, x, labels=None):
-        h = self.encoder[-1](self.with_label(self.encoder[:-1](x), labels))
+        y = self.one_hot(labels, x)
+        if self.arch == "mlp":
+            h = self.encoder[1:](torch.cat([x.flatten(1), y], dim=1))
+        else:  # the label as K constant planes beside the image's channels
+            planes = y[:, :, None, None].expand(-1, -1, *x.shape[2:])
+            h = self.encoder(torch.cat([x, planes], dim=1))
         mu, logvar = h.to(torch.promote_types(h.dtype, torch.float32)).chunk(2, dim=1)  # (B, D)
         return mu, logvar
 
     def decode(self, z, labels=None):
-        return self.decoder(self.with_label(z, labels))
+        return self.decoder(torch.cat([z, self.one_hot(labels, z)], dim=1))
 
     @torch.no_grad()
     def sample(self, n, labels=None):

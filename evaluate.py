@@ -217,7 +217,7 @@ def draw(model, cfg, split, m, codes, history, name, out, args):
     variational = model.variational
     pairs = min(4, x.shape[0] // 2)
     figures.interpolations(model, x[:pairs], x[-pairs:], n, path("interpolation.png"), variational,
-                           y[:pairs])
+                           y[:pairs], y[-pairs:])
     if model.can_sample:
         classes = data.CLASSES[cfg["dataset"]] if model.conditional else None
         figures.samples(model, n, path("samples.png"), f"{name}: samples from the prior"

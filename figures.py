@@ -138,11 +138,12 @@ def slerp(a, b, t):
 
 
 @torch.no_grad()
-def interpolations(model, x_a, x_b, n, path, spherical=True, labels_a=None):
+def interpolations(model, x_a, x_b, n, path, spherical=True, labels_a=None, labels_b=None):
     """Between the codes of test image pairs: a linear row (and a spherical one) per pair.
-    A conditional model decodes each row with the label of the pair's first image."""
+    A conditional model encodes each image with its own label and decodes each row with
+    the label of the pair's first image."""
     t = torch.linspace(0, 1, n, device=x_a.device)
-    za, zb = model.latent(x_a, labels_a), model.latent(x_b, labels_a)
+    za, zb = model.latent(x_a, labels_a), model.latent(x_b, labels_b)
     rows, labels = [], []
     for i in range(za.shape[0]):
         y = None if labels_a is None else labels_a[i:i + 1].expand(n)

@@ -38,26 +38,27 @@ def widths(text):
 
 
 def model_flags(p):
-    """One flag per model option (the union over MODELS), its default per model in the help."""
+    """One flag per model option (the union over MODELS), with its models and its default
+    per model in the help (unless the help says it)."""
     seen = {}
     for name, cls in models.MODELS.items():
         for option, (kind, text) in cls.OPTIONS.items():
             seen.setdefault(option, (kind, text, {}))[2][name] = models.defaults(cls)[option]
+    group = p.add_argument_group("model options", "declared by each model (models.py); a "
+                                 "flag of another model than --model is refused")
     for option, (kind, text, by_model) in seen.items():
-        values = {v for v in map(repr, by_model.values()) if v != "None"}
         if len(by_model) < len(models.MODELS):
             text = f"{'/'.join(by_model)}: {text}"
-        if values and len(set(map(repr, by_model.values()))) == 1:
-            text += f" (default: {next(iter(by_model.values()))})"
-        elif values:
-            text += " (default: " + ", ".join(f"{m} {v}" for m, v in by_model.items() if v is not None) + ")"
-        flag = "--" + option.replace("_", "-")
+        given = {m: v for m, v in by_model.items() if v is not None}
+        if given and "default" not in text:
+            same = len({repr(v) for v in by_model.values()}) == 1
+            text += (f" (default: {next(iter(given.values()))})" if same else " (default: " +
+                     ", ".join(f"{m} {v}" for m, v in given.items()) + ")")
+        flag, extra = "--" + option.replace("_", "-"), {"default": argparse.SUPPRESS, "help": text}
         if kind is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                           help=text)
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **extra)
         else:
-            p.add_argument(flag, type=widths if kind is tuple else kind, default=argparse.SUPPRESS,
-                           help=text)
+            group.add_argument(flag, type=widths if kind is tuple else kind, **extra)
 
 
 def build_parser():

@@ -76,7 +76,7 @@ def main():
     for metric, title in (("test_loss", "test loss as the MNIST VAE-GAN batch-norm study defines it (z = mu)"),
                           ("test_nelbo", "negative ELBO, z sampled")):
         print(f"\n{title}, mean ± std over seeds {args.seeds}; the MNIST VAE-GAN batch-norm study beside ours\n")
-        heads = [h for ref, ours in COLUMNS.items() for h in (f"{ref} (ref. 001)", *ours)]
+        heads = [h for ref, ours in COLUMNS.items() for h in (f"{ref} (the study)", *ours)]
         print("| epoch | " + " | ".join(heads) + " |")
         print("|---" * (1 + len(heads)) + "|")
         for e in range(args.epochs):

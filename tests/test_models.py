@@ -167,7 +167,8 @@ def test_the_conditional_vae_samples_the_class_it_is_given():
     threes, sevens = model.generate(z, torch.full((3,), 3)), model.generate(z, torch.full((3,), 7))
     assert not torch.allclose(threes, sevens)  # same z, another label: another image
     torch.testing.assert_close(model.generate(z, torch.full((3,), 3)), threes)
-    assert model.encoder[-1].in_features == 400 + 10 and model.decoder[0].in_features == 4 + 10
+    assert model.encoder[1].in_features == 784 + 10 and model.decoder[0].in_features == 4 + 10
+    assert CVAE((3, 32, 32), arch="conv").encoder[0].in_channels == 3 + 10
     torch.manual_seed(1)
     default = model.sample(12)  # labels 0, 1, ..., 9, 0, 1
     torch.manual_seed(1)

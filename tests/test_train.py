@@ -209,6 +209,8 @@ def test_model_options_are_recorded_resolved_and_foreign_ones_refused(tmp_path, 
                             "--out", str(tmp_path / "r")])
     assert cfg["hidden"] is None and cfg["batchnorm"] is True and cfg["recon"] == "mse"
     assert "gamma" not in cfg  # another model's option has no place in this run's config
+    cfg, _ = flags.resolve(["--model", "cvae", "--out", str(tmp_path / "r")])
+    assert cfg["latent_dim"] == 5 and cfg["num_classes"] == 10  # the CVAE's own default
     assert train.main(["--model", "ae", "--gamma", "2", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "train.py: error: --gamma is not an option of --model ae; it belongs to vaegan"
