@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 
 import losses
-from vae import ACTIVATIONS, NETWORK_OPTIONS, build_networks, check_networks, evaluating, positive
+from vae import (ACTIVATIONS, HIDDEN, NETWORK_OPTIONS, build_networks, check_networks,
+                 evaluating, positive)
 
 CODES = {"linear": lambda h: h, "relu": torch.relu, "sigmoid": torch.sigmoid}
 
@@ -38,7 +39,7 @@ class AE(nn.Module):
                                           "penalty becomes L * sum_j KL(rho || rho_hat_j)"),
                "contractive": (float, "weight L of the contractive penalty "
                                       "L * ||dh/dx||_F^2 per image")}
-    variational, can_sample, conditional = False, False, False
+    variational, can_sample, conditional, gated = False, False, False, False
 
     def __init__(self, image_shape=(1, 28, 28), num_classes=None, latent_dim=20, arch="mlp",
                  hidden=None, act="relu", dropout=0.0, batchnorm=None, output="sigmoid",
@@ -47,8 +48,7 @@ class AE(nn.Module):
         super().__init__()
         self.image_shape = tuple(image_shape)
         check_networks(self.image_shape, latent_dim, arch, hidden, act, dropout)
-        recon = recon or ("bce" if output == "sigmoid" else "mse")
-        losses.check_recon(recon, output)
+        recon = losses.check_recon(recon, output)
         positive(c=c)
         for name, value in (("sparsity", sparsity), ("contractive", contractive)):
             if not (isinstance(value, (int, float)) and 0 <= value < math.inf):
@@ -69,7 +69,7 @@ class AE(nn.Module):
         self.latent_dim, self.arch, self.act, self.dropout = latent_dim, arch, act, dropout
         self.output, self.recon, self.c = output, recon, c
         self.batchnorm = arch == "conv" if batchnorm is None else bool(batchnorm)
-        self.hidden = tuple(hidden or (400,)) if arch == "mlp" else None
+        self.hidden = tuple(hidden or HIDDEN) if arch == "mlp" else None
         self.sparsity, self.sparsity_target, self.contractive = sparsity, sparsity_target, contractive
         self.encoder, self.decoder = build_networks(
             self.image_shape, latent_dim, latent_dim, arch, self.hidden, act, dropout, self.batchnorm)

@@ -39,7 +39,8 @@ UNITS = {
     "nelbo_se": "sampling standard error of nelbo",
     "recon": "reconstruction term of nelbo", "kl": "KL(q(z|x) || p(z)), nats per image",
     "nll_iw": "importance-sampled negative log-likelihood with K samples (Burda et al. 2016), "
-              "nats per image, same constant as the test loss",
+              "nats per image, same constant as the test loss; for a conditional model "
+              "(cvae) -log p(x | y) given the label, not comparable with -log p(x)",
     "likelihood_constant": "nats per image to add to nll_iw and nelbo for the full -log p(x) "
                            "(Gaussian and mse decoders)",
     "bits_per_dim": "nll_iw in bits per dimension (see metrics.bits_per_dim)",
@@ -192,8 +193,8 @@ def measure(model, cfg, splits, args, history, epoch):
         m["nelbo"] = m["recon"] + m["kl"]
         m["nelbo_se"] = math.sqrt(sums["recon_var"].item() / k) / n_test
         pixels = math.prod(cfg["image_shape"])
-        m["likelihood_constant"] = metrics.likelihood_constant(model.likelihood, cfg["c"], pixels)
-        m["bits_per_dim"] = metrics.bits_per_dim(m["nll_iw"], model.likelihood, cfg["c"], pixels,
+        m["likelihood_constant"] = metrics.likelihood_constant(model.likelihood, model.c, pixels)
+        m["bits_per_dim"] = metrics.bits_per_dim(m["nll_iw"], model.likelihood, model.c, pixels,
                                                  cfg["output"])
         m["iw_samples"], m["iw_seconds"] = k, round(seconds, 2)
         m["iw_images_per_second"] = round(n_test / seconds, 1)

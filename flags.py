@@ -29,12 +29,15 @@ class Parser(argparse.ArgumentParser):
 
 
 def widths(text):
-    """'300,100' -> (300, 100); the model checks the values."""
+    """'300,100' -> (300, 100)."""
     try:
-        return tuple(int(w) for w in text.split(","))
+        values = tuple(int(w) for w in text.split(","))
     except ValueError:
+        values = ()
+    if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"bad widths {text!r}; use positive integers, "
-                                         f"comma-separated, e.g. 400 or 300,100,10") from None
+                                         f"comma-separated, e.g. 400 or 300,100,10")
+    return values
 
 
 def model_flags(p):
@@ -62,7 +65,8 @@ def model_flags(p):
 
 
 def build_parser():
-    p = Parser(prog="train.py", description="Train an autoencoder, VAE or VAE-GAN.",
+    p = Parser(prog="train.py",
+               description="Train an autoencoder, a VAE, a VAE-GAN or a conditional VAE.",
                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
     a("--model", default="vae", help=f"model family: {', '.join(models.MODELS)} (models.py)")
@@ -146,8 +150,8 @@ def in_flag_words(message, names):
 def check_model(cfg, given=()):
     """Build the model on the meta device (no memory): its own checks, in flag words;
     then record its resolved options in cfg. Returns the model."""
-    cls = models.MODELS[cfg["model"]]
-    foreign = sorted(n for n in given if n not in cls.OPTIONS and n not in defaults())
+    cls, run_level = models.MODELS[cfg["model"]], defaults()
+    foreign = sorted(n for n in given if n not in cls.OPTIONS and n not in run_level)
     if foreign:
         owners = [m for m, c in models.MODELS.items() if foreign[0] in c.OPTIONS]
         raise ValueError(f"--{foreign[0].replace('_', '-')} is not an option of --model "
@@ -229,12 +233,20 @@ def resolve(argv):
             raise ValueError(f"--resume {args.resume!r}: no config.json and checkpoint.pt there; "
                              f"pass a run folder written by train.py")
         cfg = saved_config(args.resume)
-        new = check({**cfg, **{k: getattr(args, k) for k in given}}, given)
+        typed = {k: getattr(args, k) for k in given}
+        try:
+            new = check({**cfg, **typed}, given)
+        except ValueError:  # say first which typed flag differs, if one does
+            new = None
         for name in sorted(given - RESUME_SAFE):
-            if new[name] != cfg[name]:
+            value = new[name] if new else (list(typed[name]) if isinstance(typed[name], tuple)
+                                           else typed[name])
+            if value != cfg.get(name):
                 raise ValueError(f"--{name.replace('_', '-')} differs from the saved run "
-                                 f"({cfg[name]!r}); only {', '.join(sorted(RESUME_SAFE))} "
+                                 f"({cfg.get(name)!r}); only {', '.join(sorted(RESUME_SAFE))} "
                                  f"may change with --resume")
+        if new is None:
+            check({**cfg, **typed}, given)  # its own message
         cfg.update({k: getattr(args, k) for k in given & RESUME_SAFE})
         cfg["out"] = args.resume  # the folder as it is now: it may have been moved or copied
         cfg["resume_commands"] = cfg.get("resume_commands", []) + [shlex.join(["train.py"] + argv)]

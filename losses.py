@@ -1,6 +1,6 @@
 """Every loss term, as pure functions.
 
-Units contract (DESIGN.md): each term is summed over pixels and latent dimensions and
+Units contract (README, "Units"): each term is summed over pixels and latent dimensions and
 returned per image, shape (B,). Callers average over images with `.mean()`, so a
 number is "nats per image" and does not depend on the batch size.
 """
@@ -16,7 +16,8 @@ def bce_logits(logits, x):
     Computed from logits (log-sum-exp form), so it stays finite where sigmoid(l) rounds
     to 0 or 1. Data must lie in [0, 1]: BCE on [-1, 1] data is silently wrong, so it is
     refused here, for tensors on the CPU. On a GPU the check would stop the step to read a
-    number back (a host sync); train.py refuses bce with [-1, 1] data before training.
+    number back (a host sync); there, the models' check_recon (recon='bce' needs
+    output='sigmoid') is what keeps [-1, 1] data away.
     """
     if x.device.type == "cpu" and x.numel():
         low, high = torch.aminmax(x)  # one pass over x
@@ -50,7 +51,9 @@ RECONS = ("bce", "mse", "gaussian")
 
 
 def check_recon(recon, output, recons=RECONS):
-    """ValueError for a reconstruction loss that does not fit the decoder's output."""
+    """recon, or its default for the output (None: bce for sigmoid, mse for tanh); ValueError
+    for a reconstruction loss that does not fit the decoder's output."""
+    recon = recon or ("bce" if output == "sigmoid" else "mse")
     if output not in ("sigmoid", "tanh"):
         raise ValueError(f"output={output!r} is unknown; use 'sigmoid' ([0, 1] data) or 'tanh' "
                          f"([-1, 1] data)")
@@ -59,6 +62,7 @@ def check_recon(recon, output, recons=RECONS):
     if recon == "bce" and output != "sigmoid":
         raise ValueError("recon='bce' needs output='sigmoid' ([0, 1] data); with output='tanh' "
                          "use recon='mse' or recon='gaussian'")
+    return recon
 
 
 def reconstruction(recon, logits, target, output="sigmoid", c=0.05):

@@ -1,8 +1,9 @@
 """The model registry, and the contract every model in it follows.
 
-Adding a model is one file and one line in MODELS below: train.py, evaluate.py, the
-benchmarks and the tests build every model from here, and nothing outside a model asks
-what type it is. cvae.py is a worked example (a VAE conditioned on the label).
+Adding a model is one file, and its line in MODELS below (with its import): train.py,
+evaluate.py, the benchmarks and the tests build every model from here, and nothing
+outside a model asks what type it is. cvae.py is a worked example (a VAE conditioned on
+the label).
 
 The contract
 ------------
@@ -14,7 +15,9 @@ Model(image_shape, num_classes=None, **options)
     A bad value raises ValueError naming the argument as `name=value`; train.py prints
     that as the one-line flag error (`--name value`). After construction every option is
     an attribute of the same name holding the resolved value (a None default made
-    concrete), which config.json records.
+    concrete), which config.json records. Every model has latent_dim (the code's size)
+    and output ('sigmoid' for [0, 1] data, 'tanh' for [-1, 1]): the loop scales the data
+    and the figures by it.
 
 loss(input, target, labels) -> {term: tensor}
     One forward pass in training mode. Every term is a batch mean of per-image values,
@@ -24,11 +27,13 @@ loss(input, target, labels) -> {term: tensor}
     labels (B,) may be ignored.
 parameter_groups() -> {name: [parameters]}
     One optimizer per group: {"model": all} for a VAE or AE; {"encoder", "decoder",
-    "discriminator"} for the VAE-GAN.
+    "discriminator"} for the VAE-GAN (a group named "discriminator" takes --lr-disc).
 objectives(out) -> {name: loss}
     Which loss each group descends this step, from the terms of one forward pass. Each
     loss is backpropagated into its own group's parameters only. A group left out is not
-    updated this step (the VAE-GAN's equilibrium gating).
+    updated this step (the VAE-GAN's equilibrium gating); objectives may add its decisions
+    to out as skips_* terms. `gated` says whether it decides from the step's numbers (a
+    host sync each step; refused under torchrun, where each process would decide alone).
 test_loss(input, target, labels) -> {term: tensor}
     The evaluation number in evaluation mode, without beta or penalties: "loss" is the
     negative ELBO for a VAE, the reconstruction term for an AE.
@@ -39,8 +44,9 @@ latent(x, labels=None) -> (B, D)
     statistics, whatever the mode.
 variational, can_sample, conditional (class attributes)
     A variational model also has encode(x, labels) -> (mu, logvar), decode(z, labels)
-    -> logits, nll(logits, target) -> (B,) and `likelihood`, the name of the decoder's
-    distribution nll uses (losses.reconstruction), for the importance-sampled likelihood. A
+    -> logits, nll(logits, target) -> (B,), `likelihood`, the name of the decoder's
+    distribution nll uses (losses.reconstruction), and c, a Gaussian decoder's variance,
+    for the importance-sampled likelihood. A
     model with can_sample has sample(n, labels=None); a conditional one uses the labels.
 
 train.py owns the optimisation for every model alike (the step, clipping, L1, AMP,

@@ -161,6 +161,10 @@ def speed_features(model, cfg, device):
     if cfg["channels_last"]:  # convolution weights only (4-d); a no-op for an MLP
         model.to(memory_format=torch.channels_last)
     if cfg["compile"]:
+        if len(model.parameter_groups()) > 1:
+            # several backward passes through one compiled graph (retain_graph=True): torch
+            # refuses them when the compiled backward reuses ("donates") its saved buffers
+            torch._functorch.config.donated_buffer = False
         model.loss = torch.compile(model.loss)  # an attribute: the state dict is unchanged
     if not cfg["amp"]:
         return contextlib.nullcontext

@@ -1,5 +1,5 @@
 """One command line for every model: builds data and model from flags, trains, evaluates
-on the test split every epoch, and writes the run folder (DESIGN.md).
+on the test split every epoch, and writes the run folder (README, "The run folder").
 
     python train.py --model vae --dataset mnist
     python train.py --model vae --dataset cifar10 --arch conv --beta 4 --dropout 0.3
@@ -68,7 +68,7 @@ def grad_norm(parameters, clip=None):
     if clip:
         return nn.utils.clip_grad_norm_([p for p in parameters if p.grad is not None], clip)
     squares = [torch.dot(g, g) for g in (p.grad.reshape(-1) for p in parameters if p.grad is not None)]
-    return torch.stack(squares).sum().sqrt()
+    return torch.stack(squares).sum().sqrt() if squares else torch.zeros(())
 
 
 def train_epoch(model, opt, split, cfg, epoch, noise, signals=None, resume=None,
@@ -84,10 +84,10 @@ def train_epoch(model, opt, split, cfg, epoch, noise, signals=None, resume=None,
     """
     model.train()
     images, labels = split
-    dev, loss, groups = copy_to or images.device, loss or model.loss, model.parameter_groups()
+    loss, groups = loss or model.loss, model.parameter_groups()
     r = resume or {"step": 0, "seconds": 0.0,
                    "order": torch.randperm(images.shape[0], device=images.device)}
-    order, tally = r["order"].to(images.device), Tally(dev, resume)
+    order, tally = r["order"].to(images.device), Tally(resume)
     local, batch = parallel.shard(order, cfg["batch_size"]), cfg["batch_size"] // parallel.world()[1]
     n_steps, t0 = -(-len(local) // batch), time.perf_counter() - r["seconds"]
     normalizes = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
@@ -101,18 +101,18 @@ def train_epoch(model, opt, split, cfg, epoch, noise, signals=None, resume=None,
             x = x.contiguous(memory_format=torch.channels_last)
         out = train_step(model, loss, opt, groups, x, target, y, cfg, autocast)
         tally.add(out, step, x.shape[0])
-        progress = step % cfg["log_interval"] == 0 or step == n_steps
+        progress = step % cfg["log_interval"] == 0 and step < n_steps
         if progress:
             tally.stop_if_bad(epoch)
-            if step < n_steps:
-                print(f"Train Epoch: {epoch} [{tally.n}/{len(local)} "
-                      f"({100 * tally.n / len(local):.0f}%)]\tLoss: {tally.mean('loss'):.4f}",
-                      flush=True)
+            print(f"Train Epoch: {epoch} [{tally.n}/{len(local)} "
+                  f"({100 * tally.n / len(local):.0f}%)]\tLoss: {tally.mean('loss'):.4f}",
+                  flush=True)
         if step < n_steps and stop_requested(signals, progress):
             tally.stop_if_bad(epoch)  # never save weights after a bad step
             raise runs.Stop(signals.received or signal.SIGTERM, {
                 "step": step, "order": order, "processes": parallel.world()[1],
                 "seconds": time.perf_counter() - t0, **tally.state()})
+    tally.stop_if_bad(epoch)  # also when the epoch's last batch was skipped
     return tally.means(), time.perf_counter() - t0
 
 
@@ -131,7 +131,7 @@ class Tally:
     progress lines and at the end only, so no step waits for the device. Terms are averaged
     over images, except skips_* (counts per step), which are summed."""
 
-    def __init__(self, device, resume=None):
+    def __init__(self, resume=None):
         r = resume or {"sums": 0, "n": 0, "names": None, "first_bad": None}
         self.sums, self.n, self.names, self.first_bad = r["sums"], r["n"], r["names"], r["first_bad"]
         if resume and parallel.world()[0] > 0:
@@ -230,7 +230,7 @@ def run(cfg, ckpt=None):
         where = f"epoch {start}, step {mid_epoch['step']}" if mid_epoch else f"epoch {start - 1}"
         print(f"Resuming {cfg['out']} after {where}")
     loss = parallel.loss_fn(model, device)  # model.loss, or DDP around it (same weights everywhere)
-    weights = {**model.term_weights, "l1": cfg["l1"]}
+    weights = model.term_weights  # --l1's sum |w| is logged beside the loss, not in it
     if writer:
         os.makedirs(cfg["out"], exist_ok=True)
         runs.remove_temporaries(cfg["out"])
@@ -296,9 +296,10 @@ def train_main(argv):
         if parallel.active() and cfg["batch_size"] % processes:
             raise ValueError(f"--batch-size {cfg['batch_size']} is the global batch; make it "
                              f"a multiple of the {processes} processes")
-        if parallel.active() and cfg.get("equilibrium") is not None:
-            raise ValueError("--equilibrium gates each update on one process's numbers; it is "
-                             "not supported under torchrun yet (drop it or run one process)")
+        if parallel.active() and models.from_config(cfg, device="meta").gated:
+            raise ValueError(f"this {cfg['model']} model decides its updates from each step's "
+                             f"numbers (--equilibrium), which each process would do alone; it "
+                             f"is not supported under torchrun yet (drop it or run one process)")
     except ValueError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2

@@ -19,6 +19,7 @@ import torch.nn as nn
 import losses
 
 ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU}
+HIDDEN = (400,)  # the MLP's default hidden widths: pytorch/examples' 784-400-20
 
 
 def mlp_encoder(image_shape, hidden, out_dim, act="relu", dropout=0.0, batchnorm=False):
@@ -161,7 +162,7 @@ class VAE(nn.Module):
     OPTIONS = {**NETWORK_OPTIONS,
                "beta": (float, "weight of the KL term (beta-VAE); 1 is the ELBO")}
     RECONS = losses.RECONS
-    variational, can_sample, conditional = True, True, False
+    variational, can_sample, conditional, gated = True, True, False, False
 
     def __init__(self, image_shape=(1, 28, 28), num_classes=None, latent_dim=20, arch="mlp",
                  hidden=None, act="relu", dropout=0.0, batchnorm=None, output="sigmoid",
@@ -169,8 +170,7 @@ class VAE(nn.Module):
         super().__init__()
         self.image_shape = tuple(image_shape)
         check_networks(self.image_shape, latent_dim, arch, hidden, act, dropout)
-        recon = recon or ("bce" if output == "sigmoid" else "mse")
-        losses.check_recon(recon, output, self.RECONS)
+        recon = losses.check_recon(recon, output, self.RECONS)
         positive(c=c)
         if not (isinstance(beta, (int, float)) and 0 <= beta < math.inf):
             raise ValueError(f"beta={beta!r} must be >= 0")
@@ -178,15 +178,16 @@ class VAE(nn.Module):
         self.output, self.recon, self.beta, self.c = output, recon, beta, c
         self.likelihood = recon  # the decoder's distribution that nll() uses
         self.batchnorm = arch == "conv" if batchnorm is None else bool(batchnorm)
-        self.hidden = hidden
+        self.hidden = (tuple(hidden) if hidden else self.default_hidden()) if arch == "mlp" else None
         for name, net in self.networks().items():
             setattr(self, name, net)
 
+    def default_hidden(self):
+        return HIDDEN
+
     def networks(self):
-        """{"encoder": ..., "decoder": ...}; resolves self.hidden. The VAE-GAN adds its
-        discriminator here, the CVAE its label inputs."""
-        if self.arch == "mlp":
-            self.hidden = tuple(self.hidden or (400,))
+        """{"encoder": ..., "decoder": ...}. The VAE-GAN adds its discriminator here, the CVAE
+        its label inputs."""
         encoder, decoder = build_networks(self.image_shape, 2 * self.latent_dim, self.latent_dim,
                                           self.arch, self.hidden, self.act, self.dropout,
                                           self.batchnorm)

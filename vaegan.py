@@ -130,7 +130,7 @@ class VAEGAN(VAE):
                              f"equilibrium too (e.g. equilibrium=0.68)")
         if margin is not None and not 0 <= margin < math.inf:
             raise ValueError(f"margin={margin!r} must be >= 0")
-        self.gamma, self.equilibrium = gamma, equilibrium
+        self.gamma, self.equilibrium, self.gated = gamma, equilibrium, equilibrium is not None
         self.margin = 0.35 if margin is None and equilibrium is not None else margin
         blocks = len(self.discriminator.blocks)
         if feature_layer is not None and self.recon != "feature":
@@ -142,11 +142,13 @@ class VAEGAN(VAE):
                              f"{self.arch} discriminator")
         # The test loss is always a pixel likelihood, also when training on features.
         if self.recon == "feature":
-            self.likelihood = "bce" if self.output == "sigmoid" else "mse"
+            self.likelihood = losses.check_recon(None, self.output)
+
+    def default_hidden(self):
+        return (self.latent_dim ** 2,)  # d^2, the MNIST VAE-GAN study's
 
     def networks(self):
         if self.arch == "mlp":
-            self.hidden = tuple(self.hidden or (self.latent_dim ** 2,))
             nets = mlp_networks(self.image_shape, self.latent_dim, self.hidden, self.act,
                                 self.dropout, self.batchnorm)
         else:

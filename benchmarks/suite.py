@@ -78,7 +78,8 @@ def build(setup, args):
 
 def plain_step(model, opt, x, labels=None):
     """One step as the model contract (models.py) asks of any loop, with nothing else: each
-    objective into its own parameters, then every optimizer's step."""
+    objective into its own parameters, then every optimizer's step. train.train_step is
+    this and its bookkeeping (L1, clipping, gradient norms); keep the two in step."""
     groups, out = model.parameter_groups(), model.loss(x, x, labels)
     steps = model.objectives(out)
     for i, (name, loss) in enumerate(steps.items()):

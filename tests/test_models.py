@@ -102,10 +102,12 @@ def test_every_registered_model_follows_the_contract(name, arch):
     if model.can_sample:
         images = model.sample(5, labels=y[:5])
         assert images.shape == (5, 1, 28, 28) and 0 <= images.min() and images.max() <= 1
-    if model.variational:
+    if model.variational:  # latent is the posterior mean, in evaluation mode
+        model.eval()
         mu, logvar = model.encode(x, y)
-        torch.testing.assert_close(mu, model.encode(x, y)[0])
-        assert model.nll(model.decode(mu, y), x).shape == (6,)
+        torch.testing.assert_close(model.latent(x, y), mu)
+        assert logvar.shape == mu.shape and model.nll(model.decode(mu, y), x).shape == (6,)
+        model.train()
     options = models.resolved(model)  # every option is an attribute, resolved
     assert set(options) == set(model.OPTIONS) and options["latent_dim"] == 4
     again = models.build(name, (1, 28, 28), 10, options)

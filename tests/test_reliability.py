@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import ae
+import cvae
 import data
 import evaluate
 import runs
@@ -28,6 +29,7 @@ FAMILIES = {  # model: (flags exercising its random parts, the method called onc
     "ae": (["--model", "ae", "--contractive", "0.1", "--noise", "mask:0.2"], ae.AE, "loss"),
     "vaegan": (["--model", "vaegan", "--equilibrium", "0.68", "--scheduler", "step",
                 "--step-size", "1"], vaegan.VAEGAN, "loss"),
+    "cvae": (["--model", "cvae", "--dropout", "0.2", "--augment"], cvae.CVAE, "loss"),
 }
 
 
@@ -201,8 +203,8 @@ def test_a_truncated_checkpoint_names_the_backup_and_the_backup_resumes(tiny_dat
 def test_a_non_finite_gradient_stops_the_run_and_names_it(tiny_data, tmp_path, capsys, monkeypatch):
     real_loss, calls = vae.VAE.loss, {"n": 0}
 
-    def loss_with_a_bad_gradient(self, input, target, beta=None):
-        out = real_loss(self, input, target, beta)
+    def loss_with_a_bad_gradient(self, input, target, labels=None):
+        out = real_loss(self, input, target, labels)
         if self.training:
             calls["n"] += 1
             if calls["n"] == 6:  # epoch 2, step 2: the value stays finite, d/dw sqrt(0 w) = nan

@@ -57,9 +57,11 @@ def test_amp_on_a_cpu_with_matrix_units_trains_in_bfloat16(tiny_data, tmp_path, 
     assert float(amp["test_loss"]) == pytest.approx(float(plain["test_loss"]), rel=0.05)
 
 
-@pytest.mark.slow  # about 30 s on 2 cores, and needs a C++ compiler: python -m pytest --run-slow
-def test_compile_trains_like_eager(tiny_data, tmp_path):
-    base = ["--data-root", tiny_data, "--epochs", "2", "--batch-size", "16", "--log-interval", "1000"]
+@pytest.mark.slow  # about 30 s each on 2 cores, and needs a C++ compiler: python -m pytest --run-slow
+@pytest.mark.parametrize("model", ["vae", "vaegan"])
+def test_compile_trains_like_eager(tiny_data, tmp_path, model):
+    base = ["--model", model, "--data-root", tiny_data, "--epochs", "2", "--batch-size", "16",
+            "--log-interval", "1000"]
     assert train.main(base + ["--out", str(tmp_path / "plain")]) == 0
     assert train.main(base + ["--out", str(tmp_path / "compiled"), "--compile"]) == 0
     a, b = rows(tmp_path / "plain")[-1], rows(tmp_path / "compiled")[-1]
