@@ -107,6 +107,9 @@ def load_run(run_dir, weights="last", partial=False):
                          f"with: python train.py --resume {run_dir}")
     ckpt = runs.load_checkpoint(os.path.join(run_dir, "checkpoint.pt"))
     epoch, history = ckpt["epoch"], ckpt["history"]
+    if epoch == 0:
+        raise ValueError(f"{run_dir}: stopped inside its first epoch, so no epoch has ended to "
+                         f"evaluate; finish it with: python train.py --resume {run_dir}")
     if epoch < cfg["epochs"] and not partial:
         raise ValueError(f"{run_dir}: unfinished ({epoch} of {cfg['epochs']} epochs); finish it with "
                          f"python train.py --resume {run_dir}, or pass --partial to evaluate epoch {epoch}")
@@ -257,20 +260,29 @@ def table(rows):
 
 
 def read_history(run_dir, fallback):
+    """history.csv's rows; the checkpoint's copy (fallback) when the file is missing or
+    damaged (not UTF-8, no rows, no epoch column), with a note."""
     path = os.path.join(run_dir, "history.csv")
     if not os.path.isfile(path):
         return fallback
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        if rows and all(r.get("epoch", "").isdigit() for r in rows):
+            return rows
+    except (OSError, UnicodeDecodeError, csv.Error):
+        pass
+    print(f"{path} is damaged; the loss curves use the checkpoint's copy of the history")
+    return fallback
 
 
 def main(argv=None):
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        for flag, value, low in (("--iw-samples", args.iw_samples, 0), ("--chunk", args.chunk, 1),
-                                 ("--n", args.n, 1)):
-            if value < low:
-                raise ValueError(f"{flag} must be >= {low}, got {value}")
+        for flag, value, low, high in (("--iw-samples", args.iw_samples, 0, 100_000),
+                                       ("--chunk", args.chunk, 1, 65_536), ("--n", args.n, 1, 100)):
+            if not low <= value <= high:  # above high: hours of work, or a figure of gigabytes
+                raise ValueError(f"{flag} must be in [{low}, {high}], got {value}")
         if args.weights not in ("last", "best"):
             raise ValueError(f"unknown --weights {args.weights!r}; use last or best")
         device = pick_device(args.device)

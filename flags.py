@@ -185,6 +185,8 @@ def check(cfg, given):
     for name in ("epochs", "batch_size", "step_size", "log_interval"):
         if cfg[name] < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {cfg[name]}")
+    if not 0 <= cfg["seed"] < 2**63:
+        raise ValueError(f"--seed must be in [0, 2^63), got {cfg['seed']}")
     data.parse_noise(cfg["noise"])
     if cfg["augment"]:
         cfg["hflip"] = cfg["crop"] = True
@@ -211,7 +213,9 @@ def pick_device(name):
 
 
 def check_out_dir(path):
-    if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+    if not path:
+        raise ValueError("--out '' names no folder; give a folder name")
+    if os.path.exists(path) and (not os.path.isdir(path) or not runs.unstarted(path)):
         raise ValueError(f"--out {path} already exists; use --resume {path} or another --out")
     parent = os.path.abspath(path)
     while not os.path.exists(parent):
@@ -251,7 +255,9 @@ def resolve(argv):
         cfg["out"] = args.resume  # the folder as it is now: it may have been moved or copied
         cfg["resume_commands"] = cfg.get("resume_commands", []) + [shlex.join(["train.py"] + argv)]
         check(cfg, set())
-        return cfg, runs.load_checkpoint(ckpt_path)
+        ckpt = runs.load_checkpoint(ckpt_path)
+        runs.check_pair(ckpt, cfg, ckpt_path, ignore=RESUME_SAFE)
+        return cfg, ckpt
     cfg = check(vars(args), given)
     cfg["format"] = runs.FORMAT
     cfg["command"] = shlex.join(["train.py"] + argv)

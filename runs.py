@@ -5,6 +5,7 @@ Used by train.py (writing) and evaluate.py (reading). A checkpoint is a plain di
 tensors and numbers, loaded with weights_only=True, so a shared file cannot run code.
 """
 import csv
+import errno
 import io
 import json
 import os
@@ -18,6 +19,11 @@ import threading
 import torch
 
 import parallel
+
+try:
+    import fcntl  # POSIX: Linux, macOS
+except ImportError:  # Windows: run folders are not locked
+    fcntl = None
 
 # The layout of config.json and of the checkpoints. A run folder of another format is
 # refused: this code reads its own format only.
@@ -50,6 +56,60 @@ def atomic_save(obj, path):
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def lock(run_dir, fresh):
+    """Make run_dir and hold an exclusive lock on it (flock on run_dir/.lock) for as long as
+    the returned file stays open (unlock closes it): one writer per run folder. The system
+    releases it when the process ends in any way, so a lock left by a dead process never
+    blocks. fresh: the folder must hold no run once locked (two new runs started with the
+    same --out). ValueError, in one line, when another process holds it or the folder
+    cannot be made."""
+    if not run_dir:
+        raise ValueError("--out '' names no folder; give a folder name")
+    created = not os.path.lexists(run_dir)
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        f = open(os.path.join(run_dir, ".lock"), "a+")
+    except OSError as e:
+        why = "permission denied" if e.errno in (errno.EACCES, errno.EPERM) else (
+            e.strerror or type(e).__name__)
+        raise ValueError(f"cannot create the run folder {run_dir}: {why}; choose another "
+                         f"--out") from None
+    if fcntl is not None:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            owner = f.read().strip() or "another process"
+            f.close()
+            raise ValueError(f"{run_dir} is being written by another train.py ({owner}); wait "
+                             f"for it to end, or use another --out") from None
+    if fresh and not unstarted(run_dir):
+        f.close()
+        raise ValueError(f"--out {run_dir} already exists; use --resume {run_dir} or another --out")
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}\n")
+    f.flush()
+    f.created = created
+    return f
+
+
+def unlock(f, run_dir):
+    """Release lock()'s file; a folder it made that got nothing else is removed again, so a
+    run refused before any work (say, for its data) leaves nothing behind."""
+    f.close()
+    if f.created and os.listdir(run_dir) == [".lock"]:
+        os.remove(os.path.join(run_dir, ".lock"))
+        os.rmdir(run_dir)
+
+
+def unstarted(run_dir):
+    """Whether run_dir holds no run's files, or only those of a run that stopped before it
+    saved its first epoch (its config.json and lock): a new run may take it."""
+    names = {n for n in os.listdir(run_dir) if not re.search(r"\.tmp\d+$", n)}
+    return names <= {".lock", "config.json"}
 
 
 def save_config(cfg, run_dir):
@@ -169,6 +229,23 @@ def restore(ckpt, model, opt, sched, cfg, device):
         mid_epoch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in mid_epoch.items()}
     restore_rng(ckpt["rng"], rank, processes, device, cfg["seed"] + rank + 10007 * start)
     return ckpt["history"], start, ckpt["best_test_loss"], mid_epoch
+
+
+def check_pair(ckpt, cfg, path, ignore=()):
+    """ValueError unless ckpt is a training checkpoint of the run config.json describes: a
+    copied best.pt, or another run's checkpoint, would resume the wrong run."""
+    missing = [k for k in ("model", "optimizer", "epoch", "history", "rng", "config") if k not in ckpt]
+    if missing:
+        raise ValueError(f"{path} is not a training checkpoint (it has no {missing[0]}; best.pt "
+                         f"holds weights only): copy checkpoint.prev.pt over it, or start a new run")
+    skip = set(ignore) | {"out", "resume", "resume_commands", "command"}  # the options decide
+    differ = sorted(k for k in set(cfg) | set(ckpt["config"])
+                    if k not in skip and cfg.get(k) != ckpt["config"].get(k))
+    if differ:
+        k = differ[0]
+        raise ValueError(f"{path} and config.json describe different runs ({k}: "
+                         f"{ckpt['config'].get(k)!r} in the checkpoint, {cfg.get(k)!r} in "
+                         f"config.json); the folder mixes two runs")
 
 
 def rng_state(device):

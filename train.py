@@ -90,12 +90,12 @@ def train_epoch(model, opt, split, cfg, epoch, noise, signals=None, resume=None,
     order, tally = r["order"].to(images.device), Tally(resume)
     local, batch = parallel.shard(order, cfg["batch_size"]), cfg["batch_size"] // parallel.world()[1]
     n_steps, t0 = -(-len(local) // batch), time.perf_counter() - r["seconds"]
-    normalizes = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    one_is_too_few = normalizes(model)
     for step, (x, target, y) in enumerate(data.batches(
             images, labels, batch, shuffle=True, output=cfg["output"],
             hflip=cfg["hflip"], crop=cfg["crop"], noise=noise, order=local, start=r["step"],
             device=copy_to), start=r["step"] + 1):
-        if x.shape[0] < 2 and normalizes:
+        if x.shape[0] < 2 and one_is_too_few:
             continue  # batch norm cannot normalize a batch of one image
         if cfg["channels_last"]:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -112,8 +112,31 @@ def train_epoch(model, opt, split, cfg, epoch, noise, signals=None, resume=None,
             raise runs.Stop(signals.received or signal.SIGTERM, {
                 "step": step, "order": order, "processes": parallel.world()[1],
                 "seconds": time.perf_counter() - t0, **tally.state()})
+    if tally.n == 0:
+        raise ValueError(f"epoch {epoch} took no step: this process's share of the training "
+                         f"split is {len(local)} image(s), and batch norm needs two or more")
     tally.stop_if_bad(epoch)  # also when the epoch's last batch was skipped
     return tally.means(), time.perf_counter() - t0
+
+
+def check_memory(model, cfg):
+    """ValueError when the model's weights, gradients and Adam's two moments (16 bytes per
+    parameter, before any activation) do not fit the device's memory."""
+    params = sum(p.numel() for p in model.parameters())
+    device = pick_device(cfg["device"])
+    if device.type == "cuda":
+        have = torch.cuda.mem_get_info(device)[0]
+    else:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
+    if have and 16 * params > have:
+        raise ValueError(f"the {cfg['model']} model has {params:,} parameters: {16 * params / 2**30:,.1f} "
+                         f"GB with their gradients and Adam's state, over the {have / 2**30:.1f} GB "
+                         f"of {device}; lower --hidden or --latent-dim")
+
+
+def normalizes(model):
+    """Whether the model has batch norm layers (they cannot normalize a batch of one image)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def stop_requested(signals, progress):
@@ -232,8 +255,7 @@ def run(cfg, ckpt=None):
     loss = parallel.loss_fn(model, device)  # model.loss, or DDP around it (same weights everywhere)
     weights = model.term_weights  # --l1's sum |w| is logged beside the loss, not in it
     if writer:
-        os.makedirs(cfg["out"], exist_ok=True)
-        runs.remove_temporaries(cfg["out"])
+        runs.remove_temporaries(cfg["out"])  # none is ours: we hold the folder's lock
         runs.save_config(cfg, cfg["out"])
     z = torch.randn(64, cfg["latent_dim"], generator=torch.Generator().manual_seed(cfg["seed"]))
     z = z.to(device)
@@ -296,7 +318,14 @@ def train_main(argv):
         if parallel.active() and cfg["batch_size"] % processes:
             raise ValueError(f"--batch-size {cfg['batch_size']} is the global batch; make it "
                              f"a multiple of the {processes} processes")
-        if parallel.active() and models.from_config(cfg, device="meta").gated:
+        model = models.from_config(cfg, device="meta")  # no memory: for its checks only
+        check_memory(model, cfg)
+        if cfg["batch_size"] // processes < 2 and normalizes(model):
+            raise ValueError(f"--batch-size {cfg['batch_size']}"
+                             f"{f' over {processes} processes' if processes > 1 else ''} gives "
+                             f"batches of one image, which batch norm cannot normalize; use "
+                             f"--batch-size {2 * processes} or more, or --no-batchnorm")
+        if parallel.active() and model.gated:
             raise ValueError(f"this {cfg['model']} model decides its updates from each step's "
                              f"numbers (--equilibrium), which each process would do alone; it "
                              f"is not supported under torchrun yet (drop it or run one process)")
@@ -305,6 +334,25 @@ def train_main(argv):
         return 2
     except SystemExit as e:  # argparse: --help, or a malformed flag (already printed)
         return e.code
+    held, error = None, None
+    if parallel.world()[0] == 0:  # under torchrun, rank 0 alone writes the run folder
+        try:
+            held = runs.lock(cfg["out"], fresh=ckpt is None)
+        except ValueError as e:
+            error = str(e)
+    if parallel.share(error):
+        if parallel.world()[0] == 0:
+            print(f"train.py: error: {error}", file=sys.stderr)
+        return 2
+    try:
+        return finish(cfg, ckpt)
+    finally:
+        if held:
+            runs.unlock(held, cfg["out"])
+
+
+def finish(cfg, ckpt):
+    """run(), and the one-line message and exit code of each way it can end."""
     try:
         run(cfg, ckpt)
     except (data.DataError, ValueError) as e:
@@ -316,7 +364,8 @@ def train_main(argv):
         print(f"train.py: stopped: {e}; " + (
             f"{cfg['out']} keeps epoch {kept}: --resume it, or start a new run with a lower "
             f"--lr or with --grad-clip" if kept else
-            "no epoch was saved: start again with a lower --lr or with --grad-clip"),
+            "no epoch was saved: start again (the same --out will do) with a lower --lr or "
+            "with --grad-clip"),
             file=sys.stderr)
         return 1
     except runs.Stop as stop:

@@ -249,8 +249,10 @@ def test_bad_runs_and_flags_give_one_line_errors(tiny_data, tmp_path, capsys):
              ([str(other)], "not a train.py run"),
              ([mixed], "does not match config.json"),
              ([str(tmp_path / "nothing-*")], "no run folder matches"),
-             ([done, "--iw-samples", "-1"], "--iw-samples must be >= 0"),
-             ([done, "--n", "0"], "--n must be >= 1"),
+             ([done, "--iw-samples", "-1"], "--iw-samples must be in [0, 100000]"),
+             ([done, "--n", "0"], "--n must be in [1, 100]"),
+             ([done, "--n", "100000"], "--n must be in [1, 100]"),
+             ([done, "--chunk", "100000000"], "--chunk must be in [1, 65536]"),
              ([done, "--weights", "first"], "unknown --weights"),
              ([done, "--device", "cuda:7"], "no such CUDA device")]
     for argv, message in cases:
@@ -294,3 +296,18 @@ def test_a_conditional_vae_run_is_evaluated_with_its_labels_and_one_sample_row_p
     height = figures.TOP + 10 * 60 + 4 + figures.BOTTOM  # 10 classes, one row each
     assert png_size(os.path.join(out, "samples.png")) == (width, height)
     assert "manifold.png" not in os.listdir(out)  # a 2-D code, but one manifold per class
+
+
+def test_a_damaged_history_or_a_run_stopped_in_its_first_epoch_gives_no_traceback(
+        tiny_data, tmp_path, capsys):
+    run = make_run(tiny_data, tmp_path / "run", epochs="1")
+    for damage in (b"\xff\xfe not utf-8", b"epoch,train_loss\n", b"foo,bar\n1,2\n"):
+        open(os.path.join(run, "history.csv"), "wb").write(damage)
+        assert evaluate.main([run, "--iw-samples", "0", "--out", str(tmp_path / "f")]) == 0
+        assert "history.csv is damaged" in capsys.readouterr().out
+    ckpt = torch.load(os.path.join(run, "checkpoint.pt"), weights_only=True)
+    ckpt["epoch"], ckpt["history"] = 0, []  # as when stopped by a signal inside epoch 1
+    torch.save(ckpt, os.path.join(run, "checkpoint.pt"))
+    assert evaluate.main([run, "--partial", "--no-figures"]) == 2
+    err = capsys.readouterr().err
+    assert "stopped inside its first epoch" in err and err.count("\n") == 1

@@ -298,3 +298,65 @@ def test_resume_writes_into_the_folder_given_even_when_it_was_moved(tiny_data, t
     assert sorted(os.listdir(original)) == before and len(rows(original)) == 1
     shutil.rmtree(original)  # the copy does not need it any more
     assert train.main(["--resume", copy, "--epochs", "3"]) == 0
+
+
+def test_one_writer_per_run_folder_the_second_is_refused_and_the_first_unharmed(tmp_path, capsys):
+    root = str(tmp_path / "data")
+    write_mnist(root, n_train=2000, n_test=24)
+    out = str(tmp_path / "run")
+    first = subprocess.Popen([sys.executable, "train.py", "--data-root", root, "--epochs", "200",
+                              "--batch-size", "16", "--out", out, "--log-interval", "10"],
+                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in first.stdout:  # in epoch 2: it holds the folder, and epoch 1 is saved
+        if line.startswith("Train Epoch: 2"):
+            break
+    for argv, message in ((["--resume", out], f"is being written by another train.py (pid "
+                                              f"{first.pid})"),
+                          (["--out", out], "already exists; use --resume")):
+        code = train.main(argv + ["--data-root", root, "--epochs", "200"])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    first.send_signal(signal.SIGINT)
+    _, err = first.communicate(timeout=60)
+    assert first.returncode == 130 and "stopped by SIGINT" in err, err  # unharmed
+    assert train.main(["--resume", out, "--epochs", "2"]) == 0  # the lock went with it
+    assert [r["epoch"] for r in rows(out)] == ["1", "2"]
+
+
+def test_a_lock_left_by_a_killed_process_does_not_block(tmp_path):
+    run = str(tmp_path / "run")
+    holder = subprocess.Popen([sys.executable, "-c", "import runs, sys, time; "
+                               f"f = runs.lock({run!r}, fresh=True); print('locked', flush=True); "
+                               "time.sleep(120)"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(ValueError, match=f"pid {holder.pid}"):
+        runs.lock(run, fresh=True)
+    # a second new run with the same --out, started at the same time, is refused before work
+    assert train.main(["--out", run, "--data-root", str(tmp_path / "none")]) == 2
+    assert not (tmp_path / "none").exists() and os.listdir(run) == [".lock"]
+    holder.kill()
+    holder.wait()
+    runs.lock(run, fresh=True).close()  # the system released it with the process
+
+
+@pytest.mark.parametrize("swap", ["best.pt", "another run", "a cut config"])
+def test_a_checkpoint_that_is_not_this_runs_is_refused_in_one_line(tiny_data, tmp_path, capsys,
+                                                                    swap):
+    run, other = str(tmp_path / "run"), str(tmp_path / "other")
+    assert train.main(["--data-root", tiny_data, "--epochs", "1", "--out", run]) == 0
+    assert train.main(["--data-root", tiny_data, "--epochs", "1", "--seed", "2", "--out", other]) == 0
+    path = os.path.join(run, "checkpoint.pt")
+    if swap == "best.pt":
+        shutil.copyfile(os.path.join(run, "best.pt"), path)
+        message = "is not a training checkpoint (it has no optimizer"
+    elif swap == "another run":  # same shapes, another seed
+        shutil.copyfile(os.path.join(other, "checkpoint.pt"), path)
+        message = "describe different runs (seed: 2 in the checkpoint, 1 in config.json)"
+    else:
+        open(os.path.join(run, "config.json"), "w").write('{"model": "vae", "format": 2}')
+        message = "is not a complete train.py config"
+    capsys.readouterr()
+    assert train.main(["--resume", run, "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert len(rows(run)) == 1  # nothing was run

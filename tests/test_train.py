@@ -116,6 +116,9 @@ BAD_FLAGS = [
     ["--grad-clip", "0"], ["--grad-clip", "-1"], ["--noise", "gaussian:-0.5"],
     ["--noise", "mask:1.5"], ["--noise", "blur:0.5"], ["--contractive", "0.1"],
     ["--model", "ae", "--sparsity-target", "0.05"], ["--dataset", "cifar100"],
+    ["--batch-size", "1", "--arch", "conv"], ["--batch-size", "1", "--model", "vaegan"],
+    ["--hidden", "0"], ["--seed", str(2**64)], ["--seed", "-1"], ["--latent-dim", "100000000"],
+    ["--hidden", "100000000"],
 ]
 
 
@@ -273,3 +276,19 @@ def test_a_bad_last_step_is_caught_when_the_epochs_last_batch_is_skipped(tiny_da
                        "--batchnorm", "--out", out, "--log-interval", "1000"]) == 1
     assert "non-finite recon at epoch 1, step 1" in capsys.readouterr().err
     assert not os.path.exists(os.path.join(out, "checkpoint.pt"))
+
+
+@pytest.mark.parametrize("out,message", [
+    ("", "names no folder"),
+    ("/proc/no-such-folder/run", "cannot create the run folder"),
+    ("x" * 300, "cannot create the run folder"),
+    ("dangling", "cannot create the run folder"),
+])
+def test_an_out_folder_that_cannot_be_made_is_refused_before_the_data_load(tmp_path, capsys,
+                                                                         monkeypatch, out, message):
+    monkeypatch.chdir(tmp_path)
+    os.symlink(str(tmp_path / "nowhere" / "run"), "dangling")
+    code = train.main(["--out", out, "--data-root", str(tmp_path / "none")])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "none").exists()  # refused before the data load
