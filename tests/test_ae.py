@@ -12,6 +12,7 @@ import metrics
 import models
 import runs
 import train
+import ae
 from ae import AE
 from conftest import images_for
 
@@ -156,3 +157,29 @@ def test_code_activation():
     assert ((h > 0) & (h < 1)).all()
     assert AE(sparsity=1.0, sparsity_target=0.05).code == "sigmoid"  # the KL form needs (0, 1)
     assert (AE().encode(x) < 0).any()  # linear by default
+
+
+def test_contractive_penalty_with_batch_norm_in_training_is_each_images_own_jacobian():
+    """With batch statistics the images are coupled: the penalty must be the per-image
+    Jacobian of the encoder with this batch's statistics held constant, not the sum over
+    the batch of every image's code by this image's pixels."""
+    torch.manual_seed(0)
+    model = AE((1, 28, 28), latent_dim=5, arch="conv", contractive=1.0).double().train()
+    x = torch.rand(6, 1, 28, 28, dtype=torch.float64)
+    got = model.loss(x, x)["contractive"]
+    layers = [m for m in model.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    stats = []
+    hooks = [m.register_forward_hook(lambda m, i, o: stats.append(ae.batch_moments(i[0])))
+             for m in layers]
+    with torch.no_grad():
+        h_train = model.encode(x)  # training mode: normalized by the batch's own statistics
+    for hook in hooks:
+        hook.remove()
+    with ae.frozen_statistics(layers, stats):
+        with torch.no_grad():  # the frozen network is the same function on this batch...
+            torch.testing.assert_close(model.encode(x), h_train)
+        want = brute_force_jacobian_norm2(model, x).mean()  # ...each image on its own
+    torch.testing.assert_close(got, want)
+    xg = x.clone().requires_grad_(True)
+    coupled = model.jacobian_norm2(xg, model.encode(xg)).mean()  # the old, coupled number
+    assert abs(coupled - want) / want > 0.01
