@@ -5,6 +5,7 @@ whole array) and moved to the device. Batches are slices of a `torch.randperm` o
 scaling, flips, crops and noise are batched tensor operations: no per-sample Python.
 """
 import contextlib
+import hashlib
 import io
 import math
 import os
@@ -66,7 +67,16 @@ def load_split(name, root="./data", train=True, download=True):
             ds = getattr(torchvision.datasets, cls)(root, train=train, download=download)
     except Exception as e:  # torchvision raises RuntimeError, OSError or URLError offline
         split = "train" if train else "test"
-        bad = corrupted_file(name, root, train)
+        try:
+            denied = unreadable(os.path.join(root, folder, "cifar-10-batches-py" if
+                                             name == "cifar10" else "")) or (
+                e.filename if isinstance(e, PermissionError) else None)
+            bad = not denied and corrupted_file(name, root, train)
+        except PermissionError as p:
+            denied = p.filename
+        if denied:
+            raise DataError(f"{name} {split} split: {denied}: permission denied; make it "
+                            f"readable (chmod -R a+rX), or pass another --data-root") from None
         if bad:
             raise DataError(f"{name} {split} split: {bad}; delete it and place the official "
                             f"file there, or let it download (README: offline use)") from None
@@ -81,6 +91,16 @@ def load_split(name, root="./data", train=True, download=True):
     images = torch.as_tensor(ds.data)
     images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)  # CIFAR: NHWC
     return images.contiguous(), torch.as_tensor(ds.targets, dtype=torch.long)
+
+
+def unreadable(folder):
+    """The first existing folder on the way to `folder` that cannot be listed, or None."""
+    parts = os.path.normpath(folder).split(os.sep)
+    for i in range(1, len(parts) + 1):
+        path = os.sep.join(parts[:i]) or os.sep
+        if os.path.isdir(path) and not os.access(path, os.R_OK | os.X_OK):
+            return path
+    return None
 
 
 def corrupted_file(name, root, train):
@@ -133,15 +153,45 @@ def load(name, root="./data", device="cpu", download=True, budget=float("inf")):
     """Both splits: {"train": (images, labels), "test": (images, labels)}, each on `device`
     when its images fit `budget` bytes, else left in host memory (pinned for a GPU), to be
     copied over a batch at a time: pass batches(..., device=device) for those."""
+    name = canonical_name(name)
+    read = {split: load_split(name, root, split == "train", download) for split in ("train", "test")}
+    check_splits(name, root, read)
     splits = {}
-    for split in ("train", "test"):
-        images, labels = load_split(name, root, split == "train", download)
+    for split, (images, labels) in read.items():
         if fits(images, budget):
             splits[split] = images.to(device), labels.to(device)
         else:
             pin = torch.device(device).type == "cuda"
             splits[split] = (images.pin_memory(), labels.pin_memory()) if pin else (images, labels)
     return splits
+
+
+def check_splits(name, root, splits):
+    """DataError unless each split has one label per image, in range, and images of the
+    dataset's shape: files that each read well can still not belong together."""
+    where = os.path.normpath(os.path.join(root, DATASETS[name][1]))
+    shape, k = image_shape(name), num_classes(name)
+    for split, (images, labels) in splits.items():
+        bad = (f"its images are {'x'.join(map(str, images.shape[1:]))} (C x H x W), not "
+               f"{'x'.join(map(str, shape))}" if tuple(images.shape[1:]) != shape else
+               f"it has {len(images)} images but {len(labels)} labels" if len(labels) != len(images)
+               else f"its labels reach {labels.max().item()}, outside 0..{k - 1}"
+               if len(labels) and not 0 <= labels.min() <= labels.max() < k else None)
+        if bad:
+            raise DataError(f"{name} {split} split in {where}: {bad}; its files do not belong "
+                            f"together: place the official files there (README: offline use)")
+
+
+def identity(splits):
+    """{split: [images, a hash of images and labels]}: recorded in config.json, so a resume on
+    other data is noticed (blake2b of MNIST's 47 MB: about 0.1 s)."""
+    out = {}
+    for split, (images, labels) in splits.items():
+        h = hashlib.blake2b(digest_size=8)
+        for t in (images, labels):
+            h.update(t.detach().cpu().contiguous().numpy())
+        out[split] = [len(images), h.hexdigest()]
+    return out
 
 
 def fits(images, budget):

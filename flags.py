@@ -110,6 +110,12 @@ def build_parser():
     return p
 
 
+def safe_flags():
+    """RESUME_SAFE as the flags a user types."""
+    flags = [a.option_strings[0] for a in build_parser()._actions if a.dest in RESUME_SAFE]
+    return ", ".join(sorted(flags))
+
+
 def defaults():
     """Every run-level flag at its default."""
     return vars(build_parser().parse_args([]))
@@ -247,8 +253,8 @@ def resolve(argv):
                                            else typed[name])
             if value != cfg.get(name):
                 raise ValueError(f"--{name.replace('_', '-')} differs from the saved run "
-                                 f"({cfg.get(name)!r}); only {', '.join(sorted(RESUME_SAFE))} "
-                                 f"may change with --resume")
+                                 f"({cfg.get(name)!r}); only {safe_flags()} may change with "
+                                 f"--resume: start a new run (--out) for another value")
         if new is None:
             check({**cfg, **typed}, given)  # its own message
         cfg.update({k: getattr(args, k) for k in given & RESUME_SAFE})
@@ -257,6 +263,10 @@ def resolve(argv):
         check(cfg, set())
         ckpt = runs.load_checkpoint(ckpt_path)
         runs.check_pair(ckpt, cfg, ckpt_path, ignore=RESUME_SAFE)
+        done = ckpt["epoch"] + (ckpt["mid_epoch"] is not None)  # an unfinished epoch counts
+        if cfg["epochs"] < done:
+            raise ValueError(f"--epochs {cfg['epochs']} is below the {done} epoch(s) "
+                             f"{args.resume} has started; pass --epochs {done} or more")
         return cfg, ckpt
     cfg = check(vars(args), given)
     cfg["format"] = runs.FORMAT

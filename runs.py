@@ -43,19 +43,43 @@ def atomic_save(obj, path):
     """Write to a temporary file in the same folder, fsync, then rename over `path`.
 
     A crash at any moment leaves either the old file or the new one, never half of one.
-    `obj` is text (written as is) or anything torch.save takes.
+    `obj` is text (written as is) or anything torch.save takes. A full disk raises
+    DiskFull, naming the file, with the old file intact and the temporary one removed.
     """
     tmp = f"{path}.tmp{os.getpid()}"
     if os.path.lexists(tmp):  # left by a killed writer of the same pid
         os.remove(tmp)
-    with open(tmp, "wb") as f:
-        if isinstance(obj, str):
-            f.write(obj.encode())
-        else:
-            torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            if isinstance(obj, str):
+                f.write(obj.encode())
+            else:
+                torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except (OSError, RuntimeError) as e:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        if full_disk(e):
+            raise DiskFull(f"no space left on device while writing {path}") from None
+        if isinstance(e, PermissionError):
+            raise ValueError(f"cannot write {path}: permission denied") from None
+        raise
     os.replace(tmp, path)
+
+
+class DiskFull(Exception):
+    """A write failed for want of space (ENOSPC, or a disk quota)."""
+
+
+def full_disk(e):
+    """Whether e is a write that failed for want of space; torch.save reports it as a
+    RuntimeError ('unexpected pos') whose context is the OSError."""
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def lock(run_dir, fresh):
@@ -67,15 +91,18 @@ def lock(run_dir, fresh):
     cannot be made."""
     if not run_dir:
         raise ValueError("--out '' names no folder; give a folder name")
-    created = not os.path.lexists(run_dir)
+    created = not os.path.isdir(run_dir)
     try:
         os.makedirs(run_dir, exist_ok=True)
+        if not os.access(run_dir, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "permission denied")
         f = open(os.path.join(run_dir, ".lock"), "a+")
     except OSError as e:
         why = "permission denied" if e.errno in (errno.EACCES, errno.EPERM) else (
             e.strerror or type(e).__name__)
-        raise ValueError(f"cannot create the run folder {run_dir}: {why}; choose another "
-                         f"--out") from None
+        raise ValueError(f"cannot create the run folder {run_dir}: {why}; choose another --out"
+                         if created else f"cannot write to the run folder {run_dir}: {why}; "
+                         f"make it writable (chmod -R u+w), or copy it and use the copy") from None
     if fcntl is not None:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -238,7 +265,7 @@ def check_pair(ckpt, cfg, path, ignore=()):
     if missing:
         raise ValueError(f"{path} is not a training checkpoint (it has no {missing[0]}; best.pt "
                          f"holds weights only): copy checkpoint.prev.pt over it, or start a new run")
-    skip = set(ignore) | {"out", "resume", "resume_commands", "command"}  # the options decide
+    skip = set(ignore) | {"out", "resume", "resume_commands", "command", "data"}  # see check_data
     differ = sorted(k for k in set(cfg) | set(ckpt["config"])
                     if k not in skip and cfg.get(k) != ckpt["config"].get(k))
     if differ:
@@ -287,24 +314,74 @@ class Stop(Exception):
 
 
 class Signals:
-    """While active, SIGINT (Ctrl-C) and SIGTERM (a cluster's time limit) only set
-    `received`: the loop finishes its step, saves, and stops. A second one stops at once;
-    the files on disk are whole either way, since every write is atomic."""
+    """SIGINT (Ctrl-C), SIGTERM (a cluster's time limit) and SIGHUP (the terminal closed),
+    for the whole of train.py's main, in three phases:
+    - "setup" (before the first step): stop at once with KeyboardInterrupt (nothing to save);
+    - "training": only set `received`; the loop finishes its step, saves, and stops. A second
+      one stops at once; the files on disk are whole either way, since every write is atomic;
+    - "done" (the last epoch is saved): say so and carry on; the run ends with its own code.
+    `closed()` is called when the output went away (Output): the run stops as for a signal.
+    """
+    NAMES = {"SIGINT", "SIGTERM", "SIGHUP"}  # SIGHUP does not exist on Windows
+
+    def __init__(self):  # not entered: handles nothing, and nothing is ever received
+        self.received, self.saved, self.phase = None, {}, "setup"
 
     def __enter__(self):
-        self.received, self.saved = None, {}
         if threading.current_thread() is threading.main_thread():  # signal() needs it
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.saved[sig] = signal.signal(sig, self.handle)
+            for sig in signal.Signals:
+                if sig.name in self.NAMES:
+                    self.saved[sig] = signal.signal(sig, self.handle)
         return self
 
     def handle(self, signum, frame):
-        if self.received:
+        name = signal.Signals(signum).name
+        if self.phase == "done":
+            print(f"\n{name}: the run has finished and is saved; ending normally",
+                  file=sys.stderr, flush=True)
+            return
+        if self.phase == "setup" or self.received:
             raise KeyboardInterrupt
         self.received = signum
-        print(f"\n{signal.Signals(signum).name}: finishing this step, then saving "
-              f"(again to stop without saving)", file=sys.stderr, flush=True)
+        print(f"\n{name}: finishing this step, then saving (again to stop without saving)",
+              file=sys.stderr, flush=True)
+
+    def closed(self):
+        if self.phase != "done" and not self.received:
+            self.received = signal.SIGPIPE if hasattr(signal, "SIGPIPE") else signal.SIGTERM
 
     def __exit__(self, *exc):
         for sig, handler in self.saved.items():
             signal.signal(sig, handler)
+
+
+class Output:
+    """sys.stdout or sys.stderr surviving its reader going away (train.py | head -n 3, a
+    closed terminal): the first failed write points the stream at os.devnull and calls
+    on_close (Signals.closed), so the run saves and stops instead of dying of BrokenPipeError."""
+
+    def __init__(self, stream, on_close):
+        self.stream, self.on_close = stream, on_close
+
+    def write(self, text):
+        try:
+            return self.stream.write(text)
+        except OSError:
+            self.gone()
+            return len(text)
+
+    def flush(self):
+        try:
+            self.stream.flush()
+        except OSError:
+            self.gone()
+
+    def gone(self):
+        try:  # the buffered text then drains into /dev/null, also at interpreter exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
+        except (OSError, ValueError, io.UnsupportedOperation):
+            self.stream = open(os.devnull, "w")
+        self.on_close()
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)

@@ -9,10 +9,14 @@ on the test split every epoch, and writes the run folder (README, "The run folde
 The optimisation is the same for every model of models.py: train_step below. The rest of
 this file is bookkeeping around it: the epoch's sums, progress lines, signals, resume.
 """
-import contextlib
-import os
 import signal
 import sys
+
+if __name__ == "__main__":  # Ctrl-C while torch loads (a few seconds): end quietly, no traceback
+    signal.signal(signal.SIGINT, lambda *_: sys.exit(130))
+
+import contextlib  # (after the handler above, on purpose)
+import os
 import time
 
 import torch
@@ -224,7 +228,10 @@ def epoch_line(terms, weights):
                      for k, v in terms.items() if k != "loss")
 
 
-def run(cfg, ckpt=None):
+def run(cfg, ckpt=None, signals=None):
+    """Train as cfg says (from ckpt when resuming), writing the run folder; signals: the
+    runs.Signals of main (a fresh one when called alone). Returns the history rows."""
+    signals = signals or runs.Signals()
     device = parallel.device_for(pick_device(cfg["device"]))
     rank, processes, _ = parallel.world()
     writer = rank == 0  # under torchrun, rank 0 alone writes the run folder
@@ -240,6 +247,7 @@ def run(cfg, ckpt=None):
             print(f"Data: the {name} split ({images.numel() / 2**20:.0f} MB) is over the "
                   f"{budget / 2**20:.0f} MB budget: kept in host memory"
                   f"{' (pinned)' if images.is_pinned() else ''}, copied a batch at a time")
+    check_data(cfg, ckpt, data.identity(splits))
     noise = data.parse_noise(cfg["noise"])
     model = models.from_config(cfg).to(device)
     print(f"Model: {type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} parameters")
@@ -262,54 +270,79 @@ def run(cfg, ckpt=None):
     state = lambda epoch, mid=None: runs.checkpoint(  # noqa: E731
         model, opt, sched, epoch, cfg, history, best, mid, parallel.gather(runs.rng_state(device)))
     save = lambda obj, name: writer and runs.save_checkpoint(obj, os.path.join(cfg["out"], name))  # noqa
-    with runs.Signals() as signals:
-        for epoch in range(start, cfg["epochs"] + 1):
-            try:
-                train, seconds = train_epoch(model, opt, splits["train"], cfg, epoch, noise,
-                                             signals, mid_epoch, autocast, copy_to["train"], loss)
-            except runs.Stop as stop:  # the epoch's state so far, and the weights after its last step
-                save(state(epoch - 1, stop.mid_epoch), "checkpoint.pt")
-                stop.where = f"epoch {epoch}, step {stop.mid_epoch['step']}"
-                raise
-            mid_epoch, t0 = None, time.perf_counter()
-            test = metrics.test_loss(model, splits["test"], cfg, noise, copy_to["test"])
-            seconds += time.perf_counter() - t0
-            lr = next(iter(opt.values())).param_groups[0]["lr"]
-            for s in sched.values():
-                s.step()
-            print(f"====> Epoch: {epoch} Average loss: {train['loss']:.4f} "
-                  f"({epoch_line(train, weights)}) {seconds:.1f}s")
-            print(f"====> Test set loss: {test['loss']:.4f} ({epoch_line(test, {})})", flush=True)
-            history.append({"epoch": epoch, **{f"train_{k}": v for k, v in train.items()},
-                            **{f"test_{k}": v for k, v in test.items()},
-                            "seconds": round(seconds, 3), "lr": lr})
-            if writer:
-                save_figures(model, splits["test"], cfg, noise, epoch, z, copy_to["test"])
-                runs.write_history(history, cfg["out"])
-            if test["loss"] < best:
-                best = test["loss"]
-                if writer:
-                    runs.atomic_save({"format": runs.FORMAT, "model": model.state_dict(),
-                                      "config": cfg, "epoch": epoch,
-                                      "test_loss": best}, os.path.join(cfg["out"], "best.pt"))
-            save(state(epoch), "checkpoint.pt")
-            if parallel.any_rank(signals.received) and epoch < cfg["epochs"]:
-                stop = runs.Stop(signals.received or signal.SIGTERM)
-                stop.where = f"the end of epoch {epoch}"
-                raise stop
+    signals.phase = "training"
+    for epoch in range(start, cfg["epochs"] + 1):
+        try:
+            train, seconds = train_epoch(model, opt, splits["train"], cfg, epoch, noise,
+                                         signals, mid_epoch, autocast, copy_to["train"], loss)
+        except runs.Stop as stop:  # the epoch's state so far, and the weights after its last step
+            save(state(epoch - 1, stop.mid_epoch), "checkpoint.pt")
+            stop.where = f"epoch {epoch}, step {stop.mid_epoch['step']}"
+            raise
+        mid_epoch, t0 = None, time.perf_counter()
+        test = metrics.test_loss(model, splits["test"], cfg, noise, copy_to["test"])
+        seconds += time.perf_counter() - t0
+        lr = next(iter(opt.values())).param_groups[0]["lr"]
+        for s in sched.values():
+            s.step()
+        print(f"====> Epoch: {epoch} Average loss: {train['loss']:.4f} "
+              f"({epoch_line(train, weights)}) {seconds:.1f}s")
+        print(f"====> Test set loss: {test['loss']:.4f} ({epoch_line(test, {})})", flush=True)
+        history.append({"epoch": epoch, **{f"train_{k}": v for k, v in train.items()},
+                        **{f"test_{k}": v for k, v in test.items()},
+                        "seconds": round(seconds, 3), "lr": lr})
+        improved, best = test["loss"] < best, min(best, test["loss"])
+        save(state(epoch), "checkpoint.pt")  # first: no other file runs ahead of it
+        if writer:
+            runs.write_history(history, cfg["out"])
+            if improved:
+                runs.atomic_save({"format": runs.FORMAT, "model": model.state_dict(),
+                                  "config": cfg, "epoch": epoch,
+                                  "test_loss": best}, os.path.join(cfg["out"], "best.pt"))
+            save_figures(model, splits["test"], cfg, noise, epoch, z, copy_to["test"])
+        if parallel.any_rank(signals.received) and epoch < cfg["epochs"]:
+            stop = runs.Stop(signals.received or signal.SIGTERM)
+            stop.where = f"the end of epoch {epoch}"
+            raise stop
+    signals.phase = "done"
     return history
+
+
+def check_data(cfg, ckpt, seen):
+    """Record the data's identity (sizes and hash, data.identity) in cfg; on resume, compare
+    it with the run's: other data may carry on at an epoch's end, with a note, but not inside
+    an epoch, whose saved order indexes the old split."""
+    was = cfg.get("data")
+    if ckpt is not None and was is not None and was != seen:
+        what = "; ".join(f"{k}: {seen[k][0]} images, hash {seen[k][1]} (was {was[k][0]}, {was[k][1]})"
+                         for k in seen if seen[k] != was.get(k))
+        if ckpt["mid_epoch"] is not None:
+            raise ValueError(f"the data under {cfg['data_root']} are not those {cfg['out']} was "
+                             f"stopped on inside epoch {ckpt['epoch'] + 1} ({what}); put the "
+                             f"original files back to finish that epoch")
+        print(f"Note: the data under {cfg['data_root']} are not those the run was trained on "
+              f"({what}); training goes on from epoch {ckpt['epoch'] + 1} on these")
+    cfg["data"] = seen
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    parallel.start()  # joins torchrun's process group; a no-op when run alone
-    try:
-        return train_main(argv)
-    finally:
-        parallel.stop()
+    with runs.Signals() as signals:  # SIGINT, SIGTERM, SIGHUP: see runs.Signals
+        out, err = sys.stdout, sys.stderr  # a closed output (train.py | head) stops the run
+        sys.stdout, sys.stderr = runs.Output(out, signals.closed), runs.Output(err, signals.closed)
+        try:
+            parallel.start()  # joins torchrun's process group; a no-op when run alone
+            return train_main(argv, signals)
+        except KeyboardInterrupt:  # before the run folder was taken: nothing was written
+            print("\ntrain.py: interrupted before training started; nothing was written",
+                  file=sys.stderr)
+            return 130
+        finally:
+            parallel.stop()
+            sys.stdout, sys.stderr = out, err
 
 
-def train_main(argv):
+def train_main(argv, signals):
     try:
         cfg, ckpt = resolve(argv)
         pick_device(cfg["device"])
@@ -320,6 +353,8 @@ def train_main(argv):
                              f"a multiple of the {processes} processes")
         model = models.from_config(cfg, device="meta")  # no memory: for its checks only
         check_memory(model, cfg)
+        if cfg["compile"] and parallel.missing_compiler(pick_device(cfg["device"])):
+            raise ValueError(parallel.missing_compiler(pick_device(cfg["device"])))
         if cfg["batch_size"] // processes < 2 and normalizes(model):
             raise ValueError(f"--batch-size {cfg['batch_size']}"
                              f"{f' over {processes} processes' if processes > 1 else ''} gives "
@@ -334,6 +369,10 @@ def train_main(argv):
         return 2
     except SystemExit as e:  # argparse: --help, or a malformed flag (already printed)
         return e.code
+    if ckpt is not None and ckpt["mid_epoch"] is None and ckpt["epoch"] >= cfg["epochs"]:
+        print(f"{cfg['out']} has finished its {ckpt['epoch']} epochs; nothing to do (raise "
+              f"--epochs to train further)")
+        return 0
     held, error = None, None
     if parallel.world()[0] == 0:  # under torchrun, rank 0 alone writes the run folder
         try:
@@ -345,25 +384,24 @@ def train_main(argv):
             print(f"train.py: error: {error}", file=sys.stderr)
         return 2
     try:
-        return finish(cfg, ckpt)
+        return finish(cfg, ckpt, signals)
     finally:
         if held:
             runs.unlock(held, cfg["out"])
 
 
-def finish(cfg, ckpt):
+def finish(cfg, ckpt, signals):
     """run(), and the one-line message and exit code of each way it can end."""
     try:
-        run(cfg, ckpt)
+        run(cfg, ckpt, signals)
     except (data.DataError, ValueError) as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
     except FloatingPointError as e:
-        kept = runs.load_checkpoint(os.path.join(cfg["out"], "checkpoint.pt"))["epoch"] if \
-            os.path.isfile(os.path.join(cfg["out"], "checkpoint.pt")) else 0
+        kept = saved_epoch(cfg)
         print(f"train.py: stopped: {e}; " + (
-            f"{cfg['out']} keeps epoch {kept}: --resume it, or start a new run with a lower "
-            f"--lr or with --grad-clip" if kept else
+            f"{cfg['out']} keeps the checkpoint after epoch {kept}: --resume it, or start a "
+            f"new run with a lower --lr or with --grad-clip" if kept is not None else
             "no epoch was saved: start again (the same --out will do) with a lower --lr or "
             "with --grad-clip"),
             file=sys.stderr)
@@ -372,15 +410,27 @@ def finish(cfg, ckpt):
         rank, processes, _ = parallel.world()
         launch = (f"torchrun --nproc_per_node {processes} train.py" if parallel.active()
                   else "python train.py")
+        why = {"SIGHUP": " (the terminal closed)", "SIGPIPE": " (its output was closed)"}
+        name = signal.Signals(stop.signum).name
         if rank == 0:
-            print(f"train.py: stopped by {signal.Signals(stop.signum).name} at {stop.where}; "
+            print(f"train.py: stopped by {name}{why.get(name, '')} at {stop.where}; "
                   f"saved {os.path.join(cfg['out'], 'checkpoint.pt')}. Resume with: {launch} "
                   f"--resume {cfg['out']}", file=sys.stderr)
         return 128 + stop.signum  # 130 for SIGINT, 143 for SIGTERM
     except KeyboardInterrupt:
-        print(f"\ntrain.py: interrupted; the last saved checkpoint is kept. Resume with: "
-              f"python train.py --resume {cfg['out']}", file=sys.stderr)
+        print("\ntrain.py: interrupted; " + (
+            f"the last saved checkpoint is kept. Resume with: python train.py --resume "
+            f"{cfg['out']}" if saved_epoch(cfg) is not None else
+            "no epoch was saved, so there is nothing to resume: start again (the same "
+            "command will do)"), file=sys.stderr)
         return 130
+    except runs.DiskFull as e:
+        kept = saved_epoch(cfg)
+        print(f"train.py: stopped: {e}; the files in {cfg['out']} are whole" + (
+            f" (checkpoint.pt keeps epoch {kept}): free some space, then resume with: "
+            f"python train.py --resume {cfg['out']}" if kept is not None else
+            ": free some space, then start again (the same command will do)"), file=sys.stderr)
+        return 1
     except torch.OutOfMemoryError:
         print(f"train.py: stopped: out of memory on {cfg['device']} at --batch-size "
               f"{cfg['batch_size']}; start again with a smaller --batch-size (e.g. "
@@ -389,6 +439,12 @@ def finish(cfg, ckpt):
         return 1
     print(f"Run folder: {cfg['out']}")
     return 0
+
+
+def saved_epoch(cfg):
+    """The epoch the run folder's checkpoint.pt keeps (0: stopped inside the first), or None."""
+    path = os.path.join(cfg["out"], "checkpoint.pt")
+    return runs.load_checkpoint(path)["epoch"] if os.path.isfile(path) else None
 
 
 if __name__ == "__main__":
