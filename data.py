@@ -5,6 +5,7 @@ whole array) and moved to the device. Batches are slices of a `torch.randperm` o
 scaling, flips, crops and noise are batched tensor operations: no per-sample Python.
 """
 import contextlib
+import errno
 import hashlib
 import io
 import math
@@ -61,16 +62,17 @@ def load_split(name, root="./data", train=True, download=True):
     """One split as (uint8 images (N, C, H, W), int64 labels (N,)) on the CPU."""
     name = canonical_name(name)
     cls, folder, files = DATASETS[name]
+    split = "train" if train else "test"
+    denied = unreadable(os.path.join(root, folder, "cifar-10-batches-py" if name == "cifar10" else ""))
     log = io.StringIO()  # torchvision prints each download attempt; keep it for errors only
     try:
+        if denied:
+            raise PermissionError(errno.EACCES, "permission denied", denied)
         with contextlib.redirect_stdout(log):
             ds = getattr(torchvision.datasets, cls)(root, train=train, download=download)
     except Exception as e:  # torchvision raises RuntimeError, OSError or URLError offline
-        split = "train" if train else "test"
         try:
-            denied = unreadable(os.path.join(root, folder, "cifar-10-batches-py" if
-                                             name == "cifar10" else "")) or (
-                e.filename if isinstance(e, PermissionError) else None)
+            denied = e.filename if isinstance(e, PermissionError) else None
             bad = not denied and corrupted_file(name, root, train)
         except PermissionError as p:
             denied = p.filename

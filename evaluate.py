@@ -43,7 +43,11 @@ UNITS = {
               "(cvae) -log p(x | y) given the label, not comparable with -log p(x)",
     "likelihood_constant": "nats per image to add to nll_iw and nelbo for the full -log p(x) "
                            "(Gaussian and mse decoders)",
-    "bits_per_dim": "nll_iw in bits per dimension (see metrics.bits_per_dim)",
+    "likelihood": "the decoder's distribution behind nll_iw: bce (Bernoulli on grey levels), "
+                  "gaussian or mse",
+    "bits_per_dim": "nll_iw in bits per dimension (see metrics.bits_per_dim); for a bce "
+                    "(Bernoulli) decoder a cross-entropy on grey levels, not a likelihood of "
+                    "pixel values: comparable with other bce numbers only",
     "mse": "reconstruction mean squared error per pixel on [0, 1] pixels (z = mu)",
     "psnr": "mean over test images of 10 log10(1 / MSE), dB",
     "psnr_noisy": "--noise runs: PSNR of the corrupted input against the clean image, dB",
@@ -95,8 +99,9 @@ def find_runs(patterns):
     return list(dict.fromkeys(os.path.normpath(f) for f in found))
 
 
-def load_run(run_dir, weights="last", partial=False):
-    """(config, model on the CPU, history rows, epoch) from a run folder, or one-line ValueError."""
+def load_run(run_dir, weights="last", partial=False, quiet=True):
+    """(config, model on the CPU, history rows, epoch, whether the weights are that epoch's)
+    from a run folder, or one-line ValueError. quiet=False: notes are printed."""
     if not os.path.isdir(run_dir):
         raise ValueError(f"{run_dir}: no such run folder")
     if not os.path.isfile(os.path.join(run_dir, "config.json")):
@@ -113,7 +118,8 @@ def load_run(run_dir, weights="last", partial=False):
     if epoch < cfg["epochs"] and not partial:
         raise ValueError(f"{run_dir}: unfinished ({epoch} of {cfg['epochs']} epochs); finish it with "
                          f"python train.py --resume {run_dir}, or pass --partial to evaluate epoch {epoch}")
-    if ckpt.get("mid_epoch") and weights == "last":  # stopped by a signal inside an epoch
+    logged = weights == "best" or not ckpt.get("mid_epoch")  # else stopped inside an epoch
+    if not logged and not quiet:
         print(f"{run_dir}: its last weights are from step {ckpt['mid_epoch']['step']} of epoch "
               f"{epoch + 1}; the logged losses are epoch {epoch}'s")
     if weights == "best":
@@ -126,7 +132,7 @@ def load_run(run_dir, weights="last", partial=False):
         first = (lines[1] if len(lines) > 1 else lines[0])[:140]  # line 0 is a header
         raise ValueError(f"{run_dir}: the checkpoint does not match config.json ({first}); "
                          f"the folder mixes two runs") from None
-    return cfg, model, history, ckpt["epoch"]
+    return cfg, model, history, ckpt["epoch"], logged
 
 
 def test_inputs(split, cfg, n=None):
@@ -193,6 +199,7 @@ def measure(model, cfg, splits, args, history, epoch):
         m["active_units"], variance = metrics.active_units(codes)
         m["code_variance"] = variance.tolist()
     if k:
+        m["likelihood"] = model.likelihood
         m["nelbo"] = m["recon"] + m["kl"]
         m["nelbo_se"] = math.sqrt(sums["recon_var"].item() / k) / n_test
         pixels = math.prod(cfg["image_shape"])
@@ -246,6 +253,22 @@ def draw(model, cfg, split, m, codes, history, name, out, args):
     return clean[:n], recon[:n]  # for the side-by-side figure of several runs
 
 
+def check_writable(paths):
+    """ValueError unless each path (a folder, made if missing) can be written: found before
+    any work, not after it (metrics.json goes into each run folder, figures into --out)."""
+    for path in paths:
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise ValueError(f"--out {path} is a file; choose a folder")
+        parent = os.path.abspath(path)
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise ValueError(f"cannot write to {parent}: permission denied; "
+                             + ("pass --out a writable folder" if parent != os.path.abspath(path)
+                                or not os.path.isfile(os.path.join(path, "config.json")) else
+                                "copy the run folder somewhere writable and evaluate the copy"))
+
+
 def table(rows):
     """A markdown table, one row per run, the columns any run has."""
     cols = [c for c in COLUMNS if any(c[0] in m for _, m in rows)]
@@ -254,8 +277,13 @@ def table(rows):
     lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for name, m in rows:
         cells = [name, m["model"], str(m["epoch"])]
-        cells += [f"{m[key]:.{digits}f}" if key in m else "-" for key, _, digits in cols]
+        cells += [f"{m[key]:.{digits}f}" + ("*" if m.get("likelihood") == "bce" and key in (
+                  "nll_iw", "nelbo", "bits_per_dim") else "") if key in m else "-"
+                  for key, _, digits in cols]
         lines.append("| " + " | ".join(cells) + " |")
+    if any(m.get("likelihood") == "bce" and "nll_iw" in m for _, m in rows):
+        lines.append("\n\\* bce (Bernoulli) decoder: a cross-entropy on grey levels, not a "
+                     "likelihood of the pixel values; compare it with other bce runs only.")
     return "\n".join(lines)
 
 
@@ -286,24 +314,31 @@ def main(argv=None):
         if args.weights not in ("last", "best"):
             raise ValueError(f"unknown --weights {args.weights!r}; use last or best")
         device = pick_device(args.device)
-        loaded = [(d, *load_run(d, args.weights, args.partial)) for d in find_runs(args.runs)]
-        out = args.out or (os.path.join(loaded[0][0], "eval") if len(loaded) == 1 else "figures")
-        if os.path.exists(out) and not os.path.isdir(out):
-            raise ValueError(f"--out {out} is a file; choose a folder")
+        dirs = find_runs(args.runs)
+        for d in dirs:  # every run checked before any work; each loaded again when its turn comes
+            load_run(d, args.weights, args.partial)
+        out = args.out or (os.path.join(dirs[0], "eval") if len(dirs) == 1 else "figures")
+        check_writable(dirs + [out])
     except ValueError as e:
         print(f"evaluate.py: error: {e}", file=sys.stderr)
         return 2
-    names = [os.path.basename(d) for d, *_ in loaded]
+    names = [os.path.basename(d) for d in dirs]
     names = [f"{nm}-{i + 1}" if names.count(nm) > 1 else nm for i, nm in enumerate(names)]
-    print(f"Device: {device}; {len(loaded)} run(s); figures in {out}")
+    print(f"Device: {device}; {len(dirs)} run(s); figures in {out}")
     splits, rows, recons, histories, kls = {}, [], {}, {}, {}
-    for name, (run_dir, cfg, model, history, epoch) in zip(names, loaded):
+    for name, run_dir in zip(names, dirs):
+        cfg, model, history, epoch, logged = load_run(run_dir, args.weights, args.partial, False)
         key = (cfg["dataset"], args.data_root or cfg["data_root"])
         try:
-            splits[key] = splits.get(key) or data.load(cfg["dataset"], key[1], device, args.download)
+            if key not in splits:
+                splits[key] = data.load(cfg["dataset"], key[1], device, args.download)
+                splits[key, "identity"] = data.identity(splits[key])
         except data.DataError as e:
             print(f"evaluate.py: error: {e}", file=sys.stderr)
             return 2
+        if cfg.get("data") not in (None, splits[key, "identity"]):
+            print(f"{run_dir}: warning: the data under {key[1]} are not those it was trained "
+                  f"on (their sizes or hash differ); its numbers are on these data")
         model.to(device).eval()
         print(f"{run_dir}: {cfg['model']} on {cfg['dataset']}, epoch {epoch} ({args.weights} weights)", flush=True)
         try:
@@ -312,6 +347,10 @@ def main(argv=None):
             print(f"evaluate.py: error: out of memory on {device} for {run_dir}; lower --chunk "
                   f"(now {args.chunk}), or use --device cpu", file=sys.stderr)
             return 1
+        if logged and abs(m["test_loss"] - m["history_test_loss"]) > 0.05 * abs(m["history_test_loss"]) + 1:
+            print(f"{run_dir}: warning: its test loss now is {m['test_loss']:.2f}, but "
+                  f"{m['history_test_loss']:.2f} was logged at epoch {epoch}: other data under "
+                  f"{key[1]}, or other weights than the logged epoch's?")
         m = {"run": run_dir, "model": cfg["model"], "dataset": cfg["dataset"], "epoch": epoch,
              "weights": args.weights, "seed": args.seed, **m, "units": UNITS}
         name_json = "metrics.json" if args.weights == "last" else "metrics_best.json"
@@ -319,14 +358,14 @@ def main(argv=None):
         rows.append((name, m))
         histories[name], kls[name] = read_history(run_dir, history), m.get("kl_per_dim")
         if args.figures:
-            folder = out if len(loaded) == 1 else os.path.join(out, name)
+            folder = out if len(dirs) == 1 else os.path.join(out, name)
             os.makedirs(folder, exist_ok=True)
             clean, recon = draw(model, cfg, splits[key]["test"], m, codes, histories[name], name,
                                 folder, args)
             recons.setdefault(cfg["dataset"], (clean, {}))[1][name] = recon
-        model.cpu()
+        del model, codes  # one run's model in memory at a time
     os.makedirs(out, exist_ok=True)
-    if args.figures and len(loaded) > 1:
+    if args.figures and len(dirs) > 1:
         for dataset, (originals, by_run) in recons.items():
             suffix = "" if len(recons) == 1 else f"_{dataset}"
             figures.reconstructions(originals, by_run, os.path.join(out, f"reconstructions{suffix}.png"))

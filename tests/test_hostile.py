@@ -1,0 +1,300 @@
+"""A careless or hostile user, one group of defects per test: each checks the exit code, that
+the message is one line naming the file or flag, and that nothing was lost or mixed."""
+import builtins
+import errno
+import gc
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import data
+import evaluate
+import runs
+import train
+import vae
+from conftest import write_mnist
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+SMALL = ["--batch-size", "16", "--latent-dim", "4", "--hidden", "32", "--log-interval", "1000"]
+
+
+def args_for(root, out, *extra):
+    return ["--data-root", root, "--out", out, *SMALL, *extra]
+
+
+def one_line(err, *words):
+    """The error output is one line holding every word; returns it."""
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert all(w in lines[0] for w in words), (words, lines[0])
+    return lines[0]
+
+
+def epoch_of(run_dir):
+    return torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=True)["epoch"]
+
+
+def deny(monkeypatch, *paths):
+    """os.access says no for these paths (tests run as root, for whom chmod changes nothing)."""
+    real, denied = os.access, {os.path.abspath(p) for p in paths}
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: os.path.abspath(p) not in denied
+                        and real(p, mode, **kw))
+
+
+# --- signals and a closed output --------------------------------------------------------
+
+def test_a_signal_before_training_stops_at_once_and_leaves_no_folder(tiny_data, tmp_path, capsys,
+                                                                     monkeypatch):
+    real = data.load
+    monkeypatch.setattr(data, "load", lambda *a, **k: (os.kill(os.getpid(), signal.SIGINT),
+                                                       real(*a, **k))[1])
+    out = str(tmp_path / "run")
+    assert train.main(args_for(tiny_data, out)) == 130
+    one_line(capsys.readouterr().err, "no epoch was saved", "nothing to resume")
+    assert not os.path.exists(out)  # the advice "start again" works: nothing is in the way
+
+
+def test_a_signal_after_the_last_epoch_ends_the_run_normally(tiny_data, tmp_path, capsys,
+                                                             monkeypatch):
+    real = train.run
+    monkeypatch.setattr(train, "run", lambda *a: (real(*a), os.kill(os.getpid(), signal.SIGTERM))[0])
+    out = str(tmp_path / "run")
+    assert train.main(args_for(tiny_data, out, "--epochs", "1")) == 0
+    one_line(capsys.readouterr().err, "SIGTERM", "has finished")
+    assert epoch_of(out) == 1
+
+
+def test_sighup_saves_and_stops_and_the_run_resumes(tiny_data, tmp_path, capsys, monkeypatch):
+    real, calls = vae.VAE.loss, []
+
+    def loss(self, *a, **k):
+        calls.append(self.training)
+        if sum(calls) == 6 and self.training:  # epoch 2, step 2
+            os.kill(os.getpid(), signal.SIGHUP)
+        return real(self, *a, **k)
+    out = str(tmp_path / "run")
+    with monkeypatch.context() as m:
+        m.setattr(vae.VAE, "loss", loss)
+        assert train.main(args_for(tiny_data, out, "--epochs", "2")) == 128 + signal.SIGHUP
+    err = capsys.readouterr().err
+    assert "stopped by SIGHUP (the terminal closed) at epoch 2, step 2" in err
+    assert train.main(["--resume", out]) == 0 and epoch_of(out) == 2
+
+
+def shell(args, **kw):
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_a_closed_output_saves_and_stops_without_a_traceback(tmp_path):
+    root, out = str(tmp_path / "data"), str(tmp_path / "run")
+    write_mnist(root)
+    p = shell(args_for(root, out, "--epochs", "1000"))
+    p.stdout.readline(), p.stdout.readline()
+    p.stdout.close()  # as `train.py | head -n 2` does
+    err = p.stderr.read()
+    assert p.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "stopped by SIGPIPE (its output was closed)" in err
+    assert f"Resume with: python train.py --resume {out}" in err
+    runs.load_checkpoint(os.path.join(out, "checkpoint.pt"))
+
+
+def test_ctrl_c_while_torch_loads_prints_no_traceback(tmp_path):
+    p = shell(["--help"])
+    time.sleep(0.3)  # python is up and importing torch (or, on a fast machine, past it)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode in (0, 130) and "Traceback" not in err, err  # 0: --help had ended
+
+
+# --- permissions ------------------------------------------------------------------------
+
+def test_permission_denied_is_said_with_the_path_and_nothing_is_written(tiny_data, tmp_path,
+                                                                        capsys, monkeypatch):
+    out = str(tmp_path / "run")
+    assert train.main(args_for(tiny_data, out, "--epochs", "1")) == 0
+    before = os.path.getmtime(os.path.join(out, "checkpoint.pt"))
+    cases = [  # (what is denied, command, exit code, words of the message)
+        (out, lambda: train.main(["--resume", out, "--epochs", "2"]), 2,
+         ["cannot write to the run folder", out, "permission denied"]),
+        (out, lambda: evaluate.main([out, "--no-figures"]), 2,
+         ["cannot write to", out, "permission denied", "copy"]),
+        (str(tmp_path / "ro"), lambda: evaluate.main([out, "--out", str(tmp_path / "ro" / "x")]),
+         2, ["cannot write to", "ro", "permission denied", "--out"]),
+        (os.path.join(tiny_data, "MNIST", "raw"), lambda: train.main(
+            args_for(tiny_data, str(tmp_path / "new"))), 2,
+         ["mnist train split", os.path.join("MNIST", "raw"), "permission denied"]),
+    ]
+    for path, command, code, words in cases:
+        os.makedirs(str(tmp_path / "ro"), exist_ok=True)
+        with monkeypatch.context() as m:
+            deny(m, path)
+            assert command() == code, words
+        one_line(capsys.readouterr().err, *words)
+    assert os.path.getmtime(os.path.join(out, "checkpoint.pt")) == before
+    assert not os.path.exists(os.path.join(out, "metrics.json"))
+    assert not os.path.exists(str(tmp_path / "new"))
+
+
+def test_an_unreadable_data_file_says_permission_denied(tiny_data, tmp_path, capsys, monkeypatch):
+    real = builtins.open
+
+    def guarded(path, *a, **k):
+        if str(path).endswith("train-labels-idx1-ubyte"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path, *a, **k)
+    monkeypatch.setattr(builtins, "open", guarded)
+    assert train.main(args_for(tiny_data, str(tmp_path / "run"))) == 2
+    one_line(capsys.readouterr().err, "train-labels-idx1-ubyte: permission denied")
+
+
+# --- the data ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n_labels,test_side,words", [
+    (50, 28, ["train split", "60 images but 50 labels"]),
+    (60, 20, ["test split", "1x20x20", "not 1x28x28"]),
+])
+def test_split_files_that_do_not_belong_together_are_refused_at_load(tmp_path, capsys, n_labels,
+                                                                     test_side, words):
+    import numpy as np
+    from conftest import images_for, write_idx
+    root = str(tmp_path / "data")
+    write_mnist(root)
+    raw = os.path.join(root, "MNIST", "raw")
+    write_idx(os.path.join(raw, "train-labels-idx1-ubyte"), np.arange(n_labels) % 10)
+    write_idx(os.path.join(raw, "t10k-images-idx3-ubyte"),
+              images_for(24, (1, test_side, test_side), 3)[:, 0])
+    assert train.main(args_for(root, str(tmp_path / "run"))) == 2
+    one_line(capsys.readouterr().err, *words, "do not belong together")
+    assert not os.path.exists(str(tmp_path / "run"))
+
+
+def test_other_data_on_resume_is_refused_inside_an_epoch_and_noted_at_its_end(tmp_path, capsys,
+                                                                              monkeypatch):
+    root, other = str(tmp_path / "data"), str(tmp_path / "other")
+    write_mnist(root)
+    write_mnist(other, n_train=40)
+    out = str(tmp_path / "run")
+    real, calls = vae.VAE.loss, []
+
+    def loss(self, *a, **k):
+        calls.append(self.training)
+        if sum(calls) == 6 and self.training:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, *a, **k)
+    with monkeypatch.context() as m:
+        m.setattr(vae.VAE, "loss", loss)
+        assert train.main(args_for(root, out, "--epochs", "3")) == 143  # inside epoch 2
+    capsys.readouterr()
+    saved = open(os.path.join(out, "checkpoint.pt"), "rb").read()
+    assert train.main(["--resume", out, "--data-root", other]) == 2
+    one_line(capsys.readouterr().err, "not those", "inside epoch 2", "train: 40 images")
+    assert open(os.path.join(out, "checkpoint.pt"), "rb").read() == saved
+    assert train.main(["--resume", out, "--epochs", "2"]) == 0  # the epoch ends on its data
+    assert train.main(["--resume", out, "--data-root", other, "--epochs", "3"]) == 0
+    assert "Note: the data under" in capsys.readouterr().out and epoch_of(out) == 3
+
+
+def test_evaluate_warns_when_the_data_are_not_the_runs(tmp_path, capsys):
+    root, other = str(tmp_path / "data"), str(tmp_path / "other")
+    write_mnist(root)
+    write_mnist(other, folder="MNIST", n_test=30)
+    out = str(tmp_path / "run")
+    assert train.main(args_for(root, out, "--epochs", "1")) == 0
+    capsys.readouterr()
+    assert evaluate.main([out, "--no-figures", "--iw-samples", "0", "--data-root", other]) == 0
+    assert "warning: the data under" in capsys.readouterr().out
+    assert evaluate.main([out, "--no-figures", "--iw-samples", "0"]) == 0
+    assert "warning" not in capsys.readouterr().out
+
+
+# --- the disk, the compiler, --epochs -----------------------------------------------------
+
+def test_a_full_disk_says_so_and_no_file_runs_ahead_of_the_checkpoint(tiny_data, tmp_path, capsys,
+                                                                      monkeypatch):
+    out, real, saves = str(tmp_path / "run"), torch.save, []
+
+    def save(obj, f, *a, **k):
+        saves.append(1)
+        if isinstance(obj, dict) and obj.get("optimizer") and obj["epoch"] == 2:
+            f.write(b"partial")
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos") \
+                from OSError(errno.ENOSPC, "No space left on device")
+        return real(obj, f, *a, **k)
+    monkeypatch.setattr(torch, "save", save)
+    assert train.main(args_for(tiny_data, out, "--epochs", "3")) == 1
+    line = one_line(capsys.readouterr().err, "no space left on device", "checkpoint.pt",
+                    "keeps epoch 1", f"--resume {out}")
+    assert line.startswith("train.py: stopped:")
+    assert epoch_of(out) == 1
+    assert open(os.path.join(out, "history.csv")).read().count("\n") == 2  # header + epoch 1
+    assert torch.load(os.path.join(out, "best.pt"), weights_only=True)["epoch"] <= 1
+    assert not [n for n in os.listdir(out) if ".tmp" in n]
+    monkeypatch.setattr(torch, "save", real)
+    assert train.main(["--resume", out]) == 0 and epoch_of(out) == 3
+
+
+def test_compile_without_a_compiler_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    out = str(tmp_path / "run")
+    assert train.main(["--compile", "--device", "cpu", "--data-root", str(tmp_path / "none"),
+                       "--out", out]) == 2
+    one_line(capsys.readouterr().err, "--compile", "no-such-compiler", "drop --compile")
+    assert not os.path.exists(out)
+
+
+def test_epochs_on_resume_a_finished_run_says_so_and_a_lower_count_is_refused(tiny_data, tmp_path,
+                                                                              capsys):
+    out = str(tmp_path / "run")
+    assert train.main(args_for(tiny_data, out, "--epochs", "2")) == 0
+    config = open(os.path.join(out, "config.json")).read()
+    capsys.readouterr()
+    assert train.main(["--resume", out]) == 0
+    assert "has finished its 2 epochs; nothing to do" in capsys.readouterr().out
+    assert train.main(["--resume", out, "--epochs", "1"]) == 2
+    one_line(capsys.readouterr().err, "--epochs 1", "--epochs 2 or more")
+    assert open(os.path.join(out, "config.json")).read() == config
+
+
+def test_the_resume_refusal_names_flags_not_internal_names(tiny_data, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert train.main(args_for(tiny_data, out, "--epochs", "1")) == 0
+    capsys.readouterr()
+    assert train.main(["--resume", out, "--lr", "0.1"]) == 2
+    line = one_line(capsys.readouterr().err, "--lr", "--no-download", "--channels-last", "new run")
+    assert "channels_last" not in line and " download" not in line
+
+
+# --- evaluate.py --------------------------------------------------------------------------
+
+def test_evaluate_holds_one_runs_model_at_a_time(tiny_data, tmp_path, monkeypatch):
+    dirs = [str(tmp_path / f"run{i}") for i in range(3)]
+    for d in dirs:
+        assert train.main(args_for(tiny_data, d, "--epochs", "1")) == 0
+    real, alive = evaluate.measure, []
+
+    def measure(*a, **k):
+        gc.collect()
+        alive.append(sum(type(o) is vae.VAE for o in gc.get_objects()))
+        return real(*a, **k)
+    monkeypatch.setattr(evaluate, "measure", measure)
+    assert evaluate.main([*dirs, "--no-figures", "--iw-samples", "0",
+                          "--out", str(tmp_path / "cmp")]) == 0
+    assert alive == [1, 1, 1]
+
+
+def test_bce_numbers_carry_their_warning_in_the_table_and_units(tiny_data, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert train.main(args_for(tiny_data, out, "--epochs", "1")) == 0
+    capsys.readouterr()
+    assert evaluate.main([out, "--no-figures", "--iw-samples", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "* bce (Bernoulli) decoder" in text and "*" in text.split("\n| run |")[-1]
+    import json
+    m = json.load(open(os.path.join(out, "metrics.json")))
+    assert m["likelihood"] == "bce" and "not a likelihood of pixel values" in m["units"]["bits_per_dim"]
