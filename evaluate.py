@@ -108,8 +108,9 @@ def load_run(run_dir, weights="last", partial=False, quiet=True):
         raise ValueError(f"{run_dir}: not a run folder (no config.json); pass a folder written by train.py")
     cfg = saved_config(run_dir)
     if not os.path.isfile(os.path.join(run_dir, "checkpoint.pt")):
-        raise ValueError(f"{run_dir}: unfinished, no epoch saved yet (no checkpoint.pt); resume it "
-                         f"with: python train.py --resume {run_dir}")
+        raise ValueError(f"{run_dir}: it stopped before saving anything (no checkpoint.pt); "
+                         f"start it again with --out {run_dir} (the folder may be reused) and its "
+                         f"flags (config.json, \"command\")")
     ckpt = runs.load_checkpoint(os.path.join(run_dir, "checkpoint.pt"))
     epoch, history = ckpt["epoch"], ckpt["history"]
     if epoch == 0:

@@ -7,6 +7,7 @@ with --resume, its checkpoint), or raises ValueError with a one-line message say
 what to do.
 """
 import argparse
+import json
 import os
 import re
 import shlex
@@ -137,7 +138,31 @@ def saved_config(run_dir):
     if missing:
         raise ValueError(f"{path} is not a complete train.py config (it lacks "
                          f"{', '.join(missing)})")
+    for name, (kind, none_ok) in saved_types(model).items():
+        value = saved[name]
+        ok = (value is None and none_ok) or (
+            isinstance(value, list) and all(type(v) is int for v in value) if kind is tuple
+            else isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float
+            else type(value) is kind)
+        if not ok:
+            what = {tuple: "a list of integers", float: "a number", int: "an integer",
+                    bool: "true or false", str: "a string"}[kind]
+            raise ValueError(f"{path}: {name} is {json.dumps(value)}, not {what}; undo the edit, "
+                             f"or start a new run")
     return saved
+
+
+def saved_types(model):
+    """{config key: (type, whether null is allowed)} for every flag and option of a run."""
+    types = {}
+    for a in build_parser()._actions:
+        if a.dest in defaults():
+            kind = bool if a.nargs == 0 else {int: int, float: float}.get(a.type, str)
+            types[a.dest] = (kind, a.default is None)
+    cls = models.MODELS[model]
+    for name, default in models.defaults(cls).items():
+        types[name] = (cls.OPTIONS[name][0], default is None)
+    return types
 
 
 def explicit_flags(parser, argv):
@@ -239,6 +264,10 @@ def resolve(argv):
     if args.resume is not None:
         ckpt_path = os.path.join(args.resume, "checkpoint.pt")
         cfg_path = os.path.join(args.resume, "config.json")
+        if os.path.isfile(cfg_path) and not os.path.isfile(ckpt_path) and runs.unstarted(args.resume):
+            raise ValueError(f"--resume {args.resume}: it stopped before saving anything (no "
+                             f"checkpoint.pt); start it again with --out {args.resume} (the "
+                             f"folder may be reused) and its flags (config.json, \"command\")")
         if not os.path.isfile(cfg_path) or not os.path.isfile(ckpt_path):
             raise ValueError(f"--resume {args.resume!r}: no config.json and checkpoint.pt there; "
                              f"pass a run folder written by train.py")

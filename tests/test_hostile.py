@@ -298,3 +298,44 @@ def test_bce_numbers_carry_their_warning_in_the_table_and_units(tiny_data, tmp_p
     import json
     m = json.load(open(os.path.join(out, "metrics.json")))
     assert m["likelihood"] == "bce" and "not a likelihood of pixel values" in m["units"]["bits_per_dim"]
+
+
+# --- hand-edited config.json, and a run that saved nothing ----------------------------------
+
+@pytest.mark.parametrize("key,value,words", [
+    ("lr", "abc", ['lr is "abc", not a number']), ("lr", [], ["lr is [], not a number"]),
+    ("latent_dim", None, ["latent_dim is null, not an integer"]),
+    ("batch_size", 1.5, ["batch_size is 1.5, not an integer"]),
+    ("hidden", "x", ['hidden is "x", not a list of integers']),
+    ("noise", 3, ["noise is 3, not a string"]), ("epochs", True, ["epochs is true"]),
+])
+def test_a_hand_edited_config_of_wrong_types_is_refused_naming_the_key(tiny_data, tmp_path, capsys,
+                                                                       key, value, words):
+    import json
+    out = str(tmp_path / "run")
+    assert train.main(args_for(tiny_data, out, "--epochs", "1")) == 0
+    path = os.path.join(out, "config.json")
+    cfg = json.load(open(path))
+    cfg[key] = value
+    json.dump(cfg, open(path, "w"))
+    capsys.readouterr()
+    assert train.main(["--resume", out, "--epochs", "2"]) == 2
+    one_line(capsys.readouterr().err, "config.json", *words)
+    assert evaluate.main([out, "--no-figures"]) == 2
+    one_line(capsys.readouterr().err, "config.json", *words)
+    assert epoch_of(out) == 1
+
+
+def test_the_advice_for_a_run_that_saved_nothing_is_a_command_that_works(tiny_data, tmp_path,
+                                                                        capsys, monkeypatch):
+    out = str(tmp_path / "run")
+    def nan_at_once(*a, **k):
+        raise FloatingPointError("loss is nan at epoch 1, step 1")
+    monkeypatch.setattr(train, "train_epoch", nan_at_once)
+    assert train.main(args_for(tiny_data, out)) == 1
+    one_line(capsys.readouterr().err, "no epoch was saved", "the same --out will do")
+    monkeypatch.undo()
+    for command in (lambda: train.main(["--resume", out]), lambda: evaluate.main([out])):
+        assert command() == 2
+        one_line(capsys.readouterr().err, f"--out {out}", "may be reused")
+    assert train.main(args_for(tiny_data, out, "--epochs", "1")) == 0  # the advice, followed
