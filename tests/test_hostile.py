@@ -141,16 +141,20 @@ def test_permission_denied_is_said_with_the_path_and_nothing_is_written(tiny_dat
     assert not os.path.exists(str(tmp_path / "new"))
 
 
-def test_an_unreadable_data_file_says_permission_denied(tiny_data, tmp_path, capsys, monkeypatch):
-    real = builtins.open
+@pytest.mark.parametrize("name", ["train-labels-idx1-ubyte", "config.json"])
+def test_an_unreadable_file_says_permission_denied(tiny_data, tmp_path, capsys, monkeypatch, name):
+    out, real = str(tmp_path / "run"), builtins.open
+    assert train.main(args_for(tiny_data, out, "--epochs", "1")) == 0
+    capsys.readouterr()
 
     def guarded(path, *a, **k):
-        if str(path).endswith("train-labels-idx1-ubyte"):
+        if str(path).endswith(name):
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
         return real(path, *a, **k)
     monkeypatch.setattr(builtins, "open", guarded)
-    assert train.main(args_for(tiny_data, str(tmp_path / "run"))) == 2
-    one_line(capsys.readouterr().err, "train-labels-idx1-ubyte: permission denied")
+    assert train.main(["--resume", out, "--epochs", "2"]) == 2
+    one_line(capsys.readouterr().err, f"{name}: permission denied")
+    assert epoch_of(out) == 1
 
 
 # --- the data ---------------------------------------------------------------------------
