@@ -181,16 +181,17 @@ def speed_features(model, cfg, device):
 def missing_compiler(device):
     """Why --compile cannot work here, in one line, or None. torch.compile builds C++ kernels
     for a CPU with the compiler in $CXX (default g++; clang++ on macOS) and, for a GPU,
-    Triton's launcher with the C compiler in $CC (default cc, gcc or clang)."""
+    Triton's launcher with the C compiler in $CC (default gcc or clang)."""
     if device.type == "cuda":
-        wanted = [os.environ["CC"]] if os.environ.get("CC") else ["cc", "gcc", "clang"]
+        wanted = [os.environ["CC"]] if os.environ.get("CC") else ["gcc", "clang"]
     elif device.type == "cpu":
         wanted = [os.environ.get("CXX") or ("clang++" if sys.platform == "darwin" else "g++")]
     else:
         return None  # mps: torch's own kernels
     for name in wanted:
         path = shutil.which(name)
-        if path and subprocess.run([path, "--version"], capture_output=True).returncode == 0:
+        if path and subprocess.run([path, "--version"], capture_output=True,
+                                   timeout=60).returncode == 0:
             return None
     kind = "C compiler ($CC" if device.type == "cuda" else "C++ compiler ($CXX"
     return (f"--compile needs a {kind} or {' / '.join(wanted)}) to build its kernels on "

@@ -185,6 +185,30 @@ def save_checkpoint(obj, path):
     atomic_save(obj, path)
 
 
+def catch_up(ckpt, run_dir):
+    """Rewrite what a full disk may have left behind checkpoint.pt (which is written first):
+    history.csv short of its epochs, and best.pt older than a best last epoch."""
+    history, path = ckpt["history"], os.path.join(run_dir, "best.pt")
+    if not history:
+        return
+    try:
+        with open(os.path.join(run_dir, "history.csv"), encoding="utf-8") as f:
+            rows = sum(1 for _ in csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        rows = -1
+    if rows != len(history):
+        write_history(history, run_dir)
+    last = history[-1]
+    if ckpt["mid_epoch"] is None and last["test_loss"] <= ckpt["best_test_loss"]:
+        try:
+            best_epoch = torch.load(path, map_location="cpu", weights_only=True)["epoch"]
+        except Exception:
+            best_epoch = -1
+        if best_epoch != last["epoch"]:
+            atomic_save({"format": FORMAT, "model": ckpt["model"], "config": ckpt["config"],
+                         "epoch": last["epoch"], "test_loss": last["test_loss"]}, path)
+
+
 def remove_temporaries(run_dir):
     """Delete the half-written <file>.tmp<pid> files a killed writer leaves behind."""
     for name in os.listdir(run_dir):
@@ -324,18 +348,18 @@ class Signals:
     """
     NAMES = {"SIGINT", "SIGTERM", "SIGHUP"}  # SIGHUP does not exist on Windows
 
-    def __init__(self):  # not entered: handles nothing, and nothing is ever received
-        self.received, self.saved, self.phase = None, {}, "setup"
+    def __init__(self):  # not entered: catches nothing, and nothing is ever received
+        self.received, self.saved, self.phase, self.last = None, {}, "setup", None
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():  # signal() needs it
-            for sig in signal.Signals:
-                if sig.name in self.NAMES:
+            for sig in signal.Signals:  # one ignored on purpose (nohup: SIGHUP) stays ignored
+                if sig.name in self.NAMES and signal.getsignal(sig) is not signal.SIG_IGN:
                     self.saved[sig] = signal.signal(sig, self.handle)
         return self
 
     def handle(self, signum, frame):
-        name = signal.Signals(signum).name
+        name, self.last = signal.Signals(signum).name, signum
         if self.phase == "done":
             print(f"\n{name}: the run has finished and is saved; ending normally",
                   file=sys.stderr, flush=True)
@@ -366,18 +390,22 @@ class Output:
     def write(self, text):
         try:
             return self.stream.write(text)
-        except OSError:
-            self.gone()
+        except OSError as e:
+            self.gone(e)
             return len(text)
 
     def flush(self):
         try:
             self.stream.flush()
-        except OSError:
-            self.gone()
+        except OSError as e:
+            self.gone(e)
 
-    def gone(self):
-        try:  # the buffered text then drains into /dev/null, also at interpreter exit
+    def gone(self, e):
+        if not isinstance(e, BrokenPipeError) and e.errno != errno.EIO:  # EIO: terminal closed
+            raise e
+        # Point the file descriptor itself at /dev/null: the text still in the stream's buffer
+        # then drains there, also when Python flushes it at exit (no "Exception ignored").
+        try:
             os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
         except (OSError, ValueError, io.UnsupportedOperation):
             self.stream = open(os.devnull, "w")
