@@ -1,21 +1,30 @@
-"""MNIST, Fashion-MNIST and CIFAR-10 as uint8 tensors on the training device.
+"""Datasets as uint8 tensors on the training device, from one registry.
 
-Each split is read once through torchvision (whose dataset objects already hold the
-whole array) and moved to the device. Batches are slices of a `torch.randperm` order;
-scaling, flips, crops and noise are batched tensor operations: no per-sample Python.
+A dataset is named by --dataset: a torchvision one (mnist, fashion-mnist, cifar10), or
+npz:PATH (arrays) or folder:PATH (image files). Each gives uint8 images (N, C, H, W),
+int64 labels (N,) and class names (None: no labels), for a train and a test split; --image-size
+and --channels fit any of them to one shape. Each split is read once and moved to the
+device; batches are slices of a `torch.randperm` order, and scaling, flips, crops and noise
+are batched tensor operations: no per-sample Python.
 """
 import contextlib
 import errno
 import hashlib
 import io
+import json
 import math
 import os
 import pickle
 import struct
+import time
+import zipfile
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
+import torchvision.transforms.v2.functional as TF
+from PIL import Image
 from torchvision.datasets import utils as tv_utils
 
 # name -> (torchvision class, folder under the data root, files that must be there)
@@ -38,24 +47,50 @@ NOISE_KINDS = ("gaussian", "saltpepper", "mask")
 TEST_NOISE_SEED = 0  # the test split's corruption is the same in every run, whatever --seed
 
 
-class DataError(Exception):
+SOURCES = ("npz", "folder")  # --dataset KIND:PATH, read by read_npz and read_folder
+TEST_FRACTION = 0.2  # held out as the test split (seed 0) when a source has none
+
+
+class DataError(ValueError):
     """A dataset that cannot be read; the message is one line saying what to do."""
 
 
 def canonical_name(name):
+    kind, colon, path = name.partition(":")
+    if colon and kind in SOURCES:
+        if not path:
+            raise ValueError(f"--dataset {name}: give a path, e.g. {kind}:~/my_images")
+        return f"{kind}:{','.join(os.path.expanduser(p) for p in path.split(','))}"
     name = ALIASES.get(name.lower(), name.lower())
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; use mnist, fashion-mnist or cifar10")
+        raise ValueError(f"unknown dataset {name!r}; use mnist, fashion-mnist, cifar10, "
+                         f"npz:PATH or folder:PATH")
     return name
 
 
+def describe(name, size=None, channels=None):
+    """(image shape (C, H, W), class names or None) of a dataset as --image-size and
+    --channels make it, known before loading it (a source's files are looked at, not read)."""
+    name = canonical_name(name)
+    kind, _, path = name.partition(":")
+    if kind == "npz":
+        shape, classes = npz_header(path)
+    elif kind == "folder":
+        shape, classes = folder_header(path)
+    else:
+        shape, classes = ((3, 32, 32) if name == "cifar10" else (1, 28, 28)), CLASSES[name]
+    channels = channels or shape[0]
+    return ((channels, size, size) if size else (channels, *shape[1:])), classes
+
+
 def image_shape(name):
-    """(C, H, W) of a dataset's images, known before loading it."""
-    return (3, 32, 32) if canonical_name(name) == "cifar10" else (1, 28, 28)
+    """(C, H, W) of a dataset's images at their own size."""
+    return describe(name)[0]
 
 
 def num_classes(name):
-    return len(CLASSES[canonical_name(name)])
+    classes = describe(name)[1]
+    return len(classes) if classes else None
 
 
 def load_split(name, root="./data", train=True, download=True):
@@ -77,8 +112,8 @@ def load_split(name, root="./data", train=True, download=True):
         except PermissionError as p:
             denied = p.filename
         if denied:
-            raise DataError(f"{name} {split} split: {denied}: permission denied; make it "
-                            f"readable (chmod -R a+rX), or pass another --data-root") from None
+            raise DataError(f"{name} {split} split: {denied}: permission denied; check its "
+                            f"permissions (chmod -R u+rwX), or pass another --data-root") from None
         if bad:
             raise DataError(f"{name} {split} split: {bad}; delete it and place the official "
                             f"file there, or let it download (README: offline use)") from None
@@ -98,9 +133,10 @@ def load_split(name, root="./data", train=True, download=True):
 def unreadable(folder):
     """The first existing folder on the way to `folder` that cannot be listed, or None."""
     parts = os.path.normpath(folder).split(os.sep)
-    for i in range(1, len(parts) + 1):
+    for i in range(1, len(parts) + 1):  # the folders above it need only be entered, not listed
         path = os.sep.join(parts[:i]) or os.sep
-        if os.path.isdir(path) and not os.access(path, os.R_OK | os.X_OK):
+        need = os.R_OK | os.X_OK if i == len(parts) else os.X_OK
+        if os.path.isdir(path) and not os.access(path, need):
             return path
     return None
 
@@ -151,13 +187,22 @@ def corrupted_file(name, root, train):
     return None
 
 
-def load(name, root="./data", device="cpu", download=True, budget=float("inf")):
+def load(name, root="./data", device="cpu", download=True, budget=float("inf"), size=None,
+         channels=None):
     """Both splits: {"train": (images, labels), "test": (images, labels)}, each on `device`
     when its images fit `budget` bytes, else left in host memory (pinned for a GPU), to be
-    copied over a batch at a time: pass batches(..., device=device) for those."""
+    copied over a batch at a time: pass batches(..., device=device) for those.
+    size, channels: --image-size and --channels (see fit)."""
     name = canonical_name(name)
-    read = {split: load_split(name, root, split == "train", download) for split in ("train", "test")}
-    check_splits(name, root, read)
+    kind, _, path = name.partition(":")
+    if kind == "npz":
+        read = read_npz(path)
+    elif kind == "folder":
+        read = read_folder(path, size, channels)
+    else:
+        read = {split: load_split(name, root, split == "train", download) for split in ("train", "test")}
+        check_splits(name, root, read)
+    read = {split: (fit(images, size, channels), labels) for split, (images, labels) in read.items()}
     splits = {}
     for split, (images, labels) in read.items():
         if fits(images, budget):
@@ -174,14 +219,17 @@ def check_splits(name, root, splits):
     where = os.path.normpath(os.path.join(root, DATASETS[name][1]))
     shape, k = image_shape(name), num_classes(name)
     for split, (images, labels) in splits.items():
-        bad = (f"its images are {'x'.join(map(str, images.shape[1:]))} (C x H x W), not "
-               f"{'x'.join(map(str, shape))}" if tuple(images.shape[1:]) != shape else
-               f"it has {len(images)} images but {len(labels)} labels" if len(labels) != len(images)
-               else f"its labels reach {labels.max().item()}, outside 0..{k - 1}"
-               if len(labels) and not 0 <= labels.min() <= labels.max() < k else None)
-        if bad:
-            raise DataError(f"{name} {split} split in {where}: {bad}; its files do not belong "
-                            f"together: place the official files there (README: offline use)")
+        if tuple(images.shape[1:]) != shape:
+            bad = (f"its images are {'x'.join(map(str, images.shape[1:]))} (C x H x W), not "
+                   f"{'x'.join(map(str, shape))}")
+        elif len(labels) != len(images):
+            bad = f"it has {len(images)} images but {len(labels)} labels"
+        elif len(labels) and not 0 <= labels.min() <= labels.max() < k:
+            bad = f"its labels reach {labels.max().item()}, outside 0..{k - 1}"
+        else:
+            continue
+        raise DataError(f"{name} {split} split in {where}: {bad}; its files do not belong "
+                        f"together: place the official files there (README: offline use)")
 
 
 def identity(splits):
@@ -193,6 +241,206 @@ def identity(splits):
         for t in (images, labels):
             h.update(t.detach().cpu().contiguous().numpy())
         out[split] = [len(images), h.hexdigest()]
+    return out
+
+
+def fit(images, size=None, channels=None):
+    """--channels C: grey (1) or colour (3), converted; --image-size S: the shorter side
+    resized to S (bilinear, antialiased), then the centre S x S cut (as torchvision's
+    Resize + CenterCrop). uint8 (N, C, H, W) in and out, a thousand images at a time."""
+    if channels and images.shape[1] != channels:
+        images = images.repeat(1, 3, 1, 1) if channels == 3 else TF.rgb_to_grayscale(images)
+    if size and tuple(images.shape[-2:]) != (size, size) and len(images):
+        images = torch.cat([TF.center_crop(TF.resize(part, size, antialias=True), size)
+                            for part in images.split(1000)])
+    return images.contiguous()
+
+
+def held_out(images, labels, fraction=TEST_FRACTION):
+    """{"train", "test"}: a fixed (seed 0) random `fraction` of the images as the test split."""
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
+    n_test = round(fraction * len(images))
+    if n_test < 1 or n_test == len(images):
+        raise DataError(f"{len(images)} image(s) cannot be split into a training and a test "
+                        f"split; give at least {math.ceil(2 / fraction)}, or a test split of "
+                        f"your own")
+    test, train = order[:n_test].sort().values, order[n_test:].sort().values
+    return {"train": (images[train], labels[train]), "test": (images[test], labels[test])}
+
+
+def npz_arrays(path):
+    """{name: (shape, dtype)} of the arrays in an .npz file, read from their headers only."""
+    if not os.path.isfile(path):
+        raise DataError(f"npz file {path} not found; pass --dataset npz:PATH of an existing file")
+    try:
+        with zipfile.ZipFile(path) as z:
+            found = {}
+            for member in z.namelist():
+                with z.open(member) as f:
+                    version = np.lib.format.read_magic(f)
+                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                            else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = read(f)
+                found[member.removesuffix(".npy")] = (shape, dtype)
+            return found
+    except (zipfile.BadZipFile, ValueError, OSError) as e:
+        raise DataError(f"{path} is not a readable .npz file ({first_words(e)}); write it with "
+                        f"numpy.savez(path, x=images, y=labels)") from None
+
+
+def first_words(e):
+    return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:100]}" if str(e).strip() else type(e).__name__
+
+
+def npz_header(spec):
+    """(C, H, W) and class names of npz:TRAIN[,TEST], checking each file's arrays: x uint8
+    (N, H, W) or (N, H, W, C) with C 1 or 3, y (optional) one integer label per image."""
+    shape, labelled = None, []
+    for path in spec.split(","):
+        arrays = npz_arrays(path)
+        for xk, yk in (("x", "y"), ("x_test", "y_test")):
+            if xk not in arrays:
+                if xk == "x":
+                    raise DataError(f"{path} has no array 'x' (it has {', '.join(arrays) or 'none'}); "
+                                    f"save the images as x (and labels as y)")
+                continue
+            (xs, xd), ys = arrays[xk], arrays.get(yk)
+            if xd != np.uint8 or len(xs) not in (3, 4) or (len(xs) == 4 and xs[3] not in (1, 3)):
+                raise DataError(f"{path}: {xk} is {xd} of shape {xs}; it must be uint8 (N, H, W) "
+                                f"or (N, H, W, C) with C 1 or 3 (pixels 0..255)")
+            here = (xs[3] if len(xs) == 4 else 1, xs[1], xs[2])
+            if shape and here != shape:
+                raise DataError(f"{path}: {xk} holds {here[1]}x{here[2]}x{here[0]} images, the "
+                                f"training ones {shape[1]}x{shape[2]}x{shape[0]}; give them one shape")
+            shape = here
+            if ys is not None and (tuple(ys[0]) != (xs[0],) or ys[1].kind not in "iu"):
+                raise DataError(f"{path}: {yk} is {ys[1]} of shape {ys[0]}; it must hold one "
+                                f"integer label per image of {xk} ({xs[0]})")
+            labelled.append(ys is not None)
+    if any(labelled) and not all(labelled):
+        raise DataError(f"npz:{spec}: some splits have labels (y) and some not; give all or none")
+    if not all(labelled):
+        return shape, None
+    top = max(int(np.load(p)[k].max(initial=0)) for p in spec.split(",")
+              for k in ("y", "y_test") if k in npz_arrays(p))
+    return shape, [str(k) for k in range(top + 1)]
+
+
+def read_npz(spec):
+    """{"train", "test"} of npz:TRAIN[,TEST] (see npz_header): the test split from TEST, or
+    the arrays x_test and y_test, or held out (held_out)."""
+    paths = spec.split(",")
+    if len(paths) > 2:
+        raise DataError(f"npz:{spec}: give one file, or two (training, test) separated by a comma")
+    npz_header(spec)
+    tensors = lambda z, xk, yk: (  # noqa: E731
+        torch.from_numpy(z[xk]).reshape(*z[xk].shape[:3], -1).permute(0, 3, 1, 2).contiguous(),
+        torch.from_numpy(z[yk].astype(np.int64)) if yk in z.files else torch.zeros(len(z[xk]), dtype=torch.long))
+    first = np.load(paths[0])
+    if len(paths) == 2:
+        return {"train": tensors(first, "x", "y"), "test": tensors(np.load(paths[1]), "x", "y")}
+    if "x_test" in first.files:
+        return {"train": tensors(first, "x", "y"), "test": tensors(first, "x_test", "y_test")}
+    return held_out(*tensors(first, "x", "y"))
+
+
+IMAGE_TYPES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+CACHE = ".autoencoder-cache"  # folder:PATH's decoded images, in PATH/.autoencoder-cache/
+
+
+def folder_files(path):
+    """{split or None: [(file, class index or None)]} and the class names (None: no labels)
+    of folder:PATH. train/ and test/ subfolders give the splits; subfolders of a split
+    give its classes (torchvision's ImageFolder layout), else its images are unlabelled."""
+    if not os.path.isdir(path):
+        raise DataError(f"folder {path} not found; pass --dataset folder:PATH of a folder of images")
+    subdirs = lambda d: sorted(n for n in os.listdir(d) if not n.startswith(".")  # noqa: E731
+                               and os.path.isdir(os.path.join(d, n)))
+    images = lambda d: sorted(os.path.join(d, n) for n in os.listdir(d)  # noqa: E731
+                              if n.lower().endswith(IMAGE_TYPES) and not n.startswith("."))
+    parts = {"train": os.path.join(path, "train"), "test": os.path.join(path, "test")}
+    if not all(os.path.isdir(p) for p in parts.values()):
+        parts = {None: path}
+    classes = subdirs(parts.get("train", path))
+    files = {}
+    for split, root in parts.items():
+        if classes:
+            files[split] = [(f, k) for k, c in enumerate(classes)
+                            for f in (images(os.path.join(root, c)) if os.path.isdir(os.path.join(root, c)) else [])]
+            extra = set(subdirs(root)) - set(classes)
+            if extra:
+                raise DataError(f"{root}: class folder {sorted(extra)[0]} is not among the "
+                                f"training classes ({', '.join(classes)})")
+        else:
+            files[split] = [(f, None) for f in images(root)]
+        if not files[split]:
+            raise DataError(f"{root} holds no images ({', '.join(IMAGE_TYPES)}"
+                            f"{', in class subfolders' if classes else ''})")
+    return files, classes or None
+
+
+def folder_header(path):
+    """(C, H, W) of folder:PATH's first image (read from its header alone) and the class names."""
+    files, classes = folder_files(path)
+    first = next(iter(files.values()))[0][0]
+    try:
+        with Image.open(first) as im:
+            grey = im.mode in ("1", "L", "LA", "I", "I;16", "F")
+            return (1 if grey else 3, im.height, im.width), classes
+    except Exception as e:
+        raise DataError(f"{first} cannot be read as an image ({first_words(e)})") from None
+
+
+def decode(file, channels, size):
+    """One image file as uint8 (C, H, W): grey (1) or RGB (3), fitted to size when given."""
+    try:
+        with Image.open(file) as im:
+            x = torch.from_numpy(np.array(im.convert("L" if channels == 1 else "RGB")))
+    except Exception as e:
+        raise DataError(f"{file} cannot be decoded ({first_words(e)}); delete or replace it") from None
+    x = x.unsqueeze(0) if x.dim() == 2 else x.permute(2, 0, 1)
+    return fit(x.unsqueeze(0), size)[0]
+
+
+def read_folder(path, size=None, channels=None):
+    """{"train", "test"} of folder:PATH (see folder_files), every image decoded once into a
+    cache in PATH/.autoencoder-cache, keyed by the files' names, sizes and times and by
+    size and channels: later runs read the cache (seconds, not minutes)."""
+    files, classes = folder_files(path)
+    channels = channels or folder_header(path)[0][0]
+    key = hashlib.blake2b(json.dumps([size, channels, TEST_FRACTION, sorted(
+        (split or "", f, os.stat(f).st_size, os.stat(f).st_mtime_ns, k)
+        for split, fs in files.items() for f, k in fs)]).encode(), digest_size=8).hexdigest()
+    cache = os.path.join(path, CACHE, f"{key}.npz")
+    if os.path.isfile(cache):
+        with np.load(cache) as z:
+            return {split: (torch.from_numpy(z[f"{split}_x"]), torch.from_numpy(z[f"{split}_y"]))
+                    for split in ("train", "test")}
+    out, t0, done, total = {}, time.perf_counter(), 0, sum(len(fs) for fs in files.values())
+    for split, fs in files.items():
+        decoded = []
+        for f, _ in fs:
+            decoded.append(decode(f, channels, size))
+            if decoded[-1].shape != decoded[0].shape:
+                raise DataError(f"{fs[0][0]} is {tuple(decoded[0].shape[1:])} and {f} "
+                                f"{tuple(decoded[-1].shape[1:])} (H, W): pass --image-size to "
+                                f"resize every image to one size")
+            done += 1
+            if done % 1000 == 0 or done == total:
+                print(f"Decoding {path}: {done}/{total} images, "
+                      f"{done / (time.perf_counter() - t0):.0f} per second", flush=True)
+        labels = torch.tensor([k or 0 for _, k in fs], dtype=torch.long)
+        out[split] = torch.stack(decoded), labels
+    out = held_out(*out[None]) if None in out else out
+    try:
+        os.makedirs(os.path.dirname(cache), exist_ok=True)
+        arrays = {f"{s}_{n}": t.numpy() for s, (x, y) in out.items() for n, t in (("x", x), ("y", y))}
+        tmp = f"{cache}.tmp{os.getpid()}.npz"
+        np.savez(tmp, **arrays)
+        os.replace(tmp, cache)
+    except OSError as e:
+        print(f"Note: could not write the cache {cache} ({first_words(e)}); the images will be "
+              f"decoded again next time")
     return out
 
 

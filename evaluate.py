@@ -209,8 +209,9 @@ def measure(model, cfg, splits, args, history, epoch):
                                                  cfg["output"])
         m["iw_samples"], m["iw_seconds"] = k, round(seconds, 2)
         m["iw_images_per_second"] = round(n_test / seconds, 1)
-    m["probe_accuracy"] = metrics.linear_probe(codes_of(model, splits["train"], cfg),
-                                               splits["train"][1], codes, splits["test"][1])
+    if cfg["num_classes"]:  # a dataset without labels has nothing to probe for
+        m["probe_accuracy"] = metrics.linear_probe(codes_of(model, splits["train"], cfg),
+                                                   splits["train"][1], codes, splits["test"][1])
     return m, codes
 
 
@@ -231,7 +232,7 @@ def draw(model, cfg, split, m, codes, history, name, out, args):
     figures.interpolations(model, x[:pairs], x[-pairs:], n, path("interpolation.png"), variational,
                            y[:pairs], y[-pairs:])
     if model.can_sample:
-        classes = data.CLASSES[cfg["dataset"]] if model.conditional else None
+        classes = cfg.get("classes") or data.CLASSES[cfg["dataset"]] if model.conditional else None
         figures.samples(model, n, path("samples.png"), f"{name}: samples from the prior"
                         + (", one row per class" if classes else ""), gen, classes)
     if variational:
@@ -270,6 +271,14 @@ def check_writable(paths):
                                 "copy the run folder somewhere writable and evaluate the copy"))
 
 
+def cell(m, key, digits):
+    """One number of the table; a bce decoder's likelihoods carry a * (see the footnote)."""
+    if key not in m:
+        return "-"
+    bernoulli = m.get("likelihood") == "bce" and key in ("nll_iw", "nelbo", "bits_per_dim")
+    return f"{m[key]:.{digits}f}" + ("*" if bernoulli else "")
+
+
 def table(rows):
     """A markdown table, one row per run, the columns any run has."""
     cols = [c for c in COLUMNS if any(c[0] in m for _, m in rows)]
@@ -278,9 +287,7 @@ def table(rows):
     lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for name, m in rows:
         cells = [name, m["model"], str(m["epoch"])]
-        cells += [f"{m[key]:.{digits}f}" + ("*" if m.get("likelihood") == "bce" and key in (
-                  "nll_iw", "nelbo", "bits_per_dim") else "") if key in m else "-"
-                  for key, _, digits in cols]
+        cells += [cell(m, key, digits) for key, _, digits in cols]
         lines.append("| " + " | ".join(cells) + " |")
     if any(m.get("likelihood") == "bce" and "nll_iw" in m for _, m in rows):
         lines.append("\n\\* bce (Bernoulli) decoder: a cross-entropy on grey levels, not a "
@@ -326,28 +333,41 @@ def main(argv=None):
     names = [os.path.basename(d) for d in dirs]
     names = [f"{nm}-{i + 1}" if names.count(nm) > 1 else nm for i, nm in enumerate(names)]
     print(f"Device: {device}; {len(dirs)} run(s); figures in {out}")
-    splits, rows, recons, histories, kls = {}, [], {}, {}, {}
+    try:
+        evaluate(dirs, names, out, device, args)
+    except ValueError as e:  # a data set that cannot be read, a run that changed meanwhile
+        print(f"evaluate.py: error: {e}", file=sys.stderr)
+        return 2
+    except torch.OutOfMemoryError:
+        print(f"evaluate.py: error: out of memory on {device}; lower --chunk (now {args.chunk}), "
+              f"or use --device cpu", file=sys.stderr)
+        return 1
+    except (runs.DiskFull, OSError) as e:
+        if not isinstance(e, runs.DiskFull) and not runs.full_disk(e):
+            raise
+        print(f"evaluate.py: error: no space left on device ({e}); free some space and run it "
+              f"again", file=sys.stderr)
+        return 1
+    return 0
+
+
+def evaluate(dirs, names, out, device, args):
+    """Measure each run in turn (one model in memory at a time), write its metrics.json and
+    figures; then the comparison figures and the table."""
+    splits, identities, rows, recons, histories, kls = {}, {}, [], {}, {}, {}
     for name, run_dir in zip(names, dirs):
         cfg, model, history, epoch, logged = load_run(run_dir, args.weights, args.partial, False)
-        key = (cfg["dataset"], args.data_root or cfg["data_root"])
-        try:
-            if key not in splits:
-                splits[key] = data.load(cfg["dataset"], key[1], device, args.download)
-                splits[key, "identity"] = data.identity(splits[key])
-        except data.DataError as e:
-            print(f"evaluate.py: error: {e}", file=sys.stderr)
-            return 2
-        if cfg.get("data") not in (None, splits[key, "identity"]):
+        key = (cfg["dataset"], args.data_root or cfg["data_root"], cfg["image_size"], cfg["channels"])
+        if key not in splits:
+            splits[key] = data.load(cfg["dataset"], key[1], device, args.download,
+                                    size=cfg["image_size"], channels=cfg["channels"])
+            identities[key] = data.identity(splits[key])
+        if cfg.get("data") not in (None, identities[key]):
             print(f"{run_dir}: warning: the data under {key[1]} are not those it was trained "
                   f"on (their sizes or hash differ); its numbers are on these data")
         model.to(device).eval()
         print(f"{run_dir}: {cfg['model']} on {cfg['dataset']}, epoch {epoch} ({args.weights} weights)", flush=True)
-        try:
-            m, codes = measure(model, cfg, splits[key], args, history, epoch)
-        except torch.OutOfMemoryError:
-            print(f"evaluate.py: error: out of memory on {device} for {run_dir}; lower --chunk "
-                  f"(now {args.chunk}), or use --device cpu", file=sys.stderr)
-            return 1
+        m, codes = measure(model, cfg, splits[key], args, history, epoch)
         if logged and abs(m["test_loss"] - m["history_test_loss"]) > 0.05 * abs(m["history_test_loss"]) + 1:
             print(f"{run_dir}: warning: its test loss now is {m['test_loss']:.2f}, but "
                   f"{m['history_test_loss']:.2f} was logged at epoch {epoch}: other data under "
@@ -376,7 +396,6 @@ def main(argv=None):
     text = table(rows)
     runs.atomic_save(text + "\n", os.path.join(out, "table.md"))
     print(text)
-    return 0
 
 
 if __name__ == "__main__":

@@ -24,6 +24,9 @@ RESUME_SAFE = {"epochs", "device", "log_interval", "data_root", "download", "res
                "compile", "channels_last", "data_budget"}
 
 
+ADDED = {"image_size": None, "channels": None}  # run-level flags added after format 2
+
+
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2, instead of usage + error
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
@@ -71,7 +74,12 @@ def build_parser():
                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
     a("--model", default="vae", help=f"model family: {', '.join(models.MODELS)} (models.py)")
-    a("--dataset", default="mnist", help="mnist, fashion-mnist (or fashionmnist), cifar10")
+    a("--dataset", default="mnist", help="mnist, fashion-mnist (or fashionmnist), cifar10, "
+      "npz:FILE[,TEST_FILE] (arrays x, y) or folder:PATH (image files; class subfolders)")
+    a("--image-size", type=int, default=None, help="resize (shorter side) and centre-crop "
+      "every image to SIZE x SIZE; the conv arch takes 28 or 16, 32, 64, 128, ...")
+    a("--channels", type=int, default=None, help="1 (grey) or 3 (colour): convert the images "
+      "(default: the dataset's own)")
     a("--data-root", default="./data", help="folder holding the datasets (torchvision layout)")
     a("--no-download", dest="download", action="store_false",
       help="never download; fail with a message if the files are missing")
@@ -133,30 +141,35 @@ def saved_config(run_dir):
                          f"{', '.join(models.MODELS)} (model {model!r}); pass a folder written "
                          f"by train.py")
     runs.check_format(saved, path)
+    for key, value in ADDED.items():  # flags added since format 2: older runs did without
+        saved.setdefault(key, value)
     missing = sorted((set(defaults()) | {"image_shape", "num_classes"}
                       | set(models.MODELS[model].OPTIONS)) - set(saved))
     if missing:
         raise ValueError(f"{path} is not a complete train.py config (it lacks "
                          f"{', '.join(missing)})")
+    is_a = {tuple: lambda v: isinstance(v, list) and all(type(w) is int for w in v),
+            float: lambda v: type(v) in (int, float)}
     for name, (kind, none_ok) in saved_types(model).items():
         value = saved[name]
-        ok = (value is None and none_ok) or (
-            isinstance(value, list) and all(type(v) is int for v in value) if kind is tuple
-            else isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float
-            else type(value) is kind)
-        if not ok:
+        if not (value is None and none_ok or is_a.get(kind, lambda v: type(v) is kind)(value)):
             what = {tuple: "a list of integers", float: "a number", int: "an integer",
                     bool: "true or false", str: "a string"}[kind]
             raise ValueError(f"{path}: {name} is {json.dumps(value)}, not {what}; undo the edit, "
                              f"or start a new run")
+    seen = saved.get("data")  # train.check_data's record of the data
+    if seen is not None and not (isinstance(seen, dict) and all(
+            isinstance(seen.get(k), list) and len(seen[k]) == 2 for k in ("train", "test"))):
+        raise ValueError(f"{path}: data is {json.dumps(seen)[:60]}, not train.py's record of the "
+                         f"data (train and test: [images, hash]); undo the edit, or remove the key")
     return saved
 
 
 def saved_types(model):
     """{config key: (type, whether null is allowed)} for every flag and option of a run."""
-    types = {}
+    types, run_level = {}, defaults()
     for a in build_parser()._actions:
-        if a.dest in defaults():
+        if a.dest in run_level:
             kind = bool if a.nargs == 0 else {int: int, float: float}.get(a.type, str)
             types[a.dest] = (kind, a.default is None)
     cls = models.MODELS[model]
@@ -203,8 +216,13 @@ def check(cfg, given):
     if cfg["model"] not in models.MODELS:
         raise ValueError(f"unknown --model {cfg['model']!r}; use {', '.join(models.MODELS)}")
     cfg["dataset"] = data.canonical_name(cfg["dataset"])
-    cfg["image_shape"] = list(data.image_shape(cfg["dataset"]))
-    cfg["num_classes"] = data.num_classes(cfg["dataset"])
+    if cfg["image_size"] is not None and not 8 <= cfg["image_size"] <= 1024:
+        raise ValueError(f"--image-size must be in [8, 1024], got {cfg['image_size']}")
+    if cfg["channels"] not in (None, 1, 3):
+        raise ValueError(f"--channels must be 1 (grey) or 3 (colour), got {cfg['channels']}")
+    shape, classes = data.describe(cfg["dataset"], cfg["image_size"], cfg["channels"])
+    cfg["image_shape"], cfg["classes"] = list(shape), classes
+    cfg["num_classes"] = len(classes) if classes else None
     if cfg["scheduler"] not in ("none", "step"):
         raise ValueError(f"unknown --scheduler {cfg['scheduler']!r}; use none or step")
     for name in ("weight_decay", "l1"):

@@ -230,7 +230,8 @@ def epoch_line(terms, weights):
 
 def run(cfg, ckpt=None, signals=None):
     """Train as cfg says (from ckpt when resuming), writing the run folder; signals: the
-    runs.Signals of main (a fresh one when called alone). Returns the history rows."""
+    runs.Signals of main (when called alone, none: signals are not caught). Returns the
+    history rows."""
     signals = signals or runs.Signals()
     device = parallel.device_for(pick_device(cfg["device"]))
     rank, processes, _ = parallel.world()
@@ -239,7 +240,8 @@ def run(cfg, ckpt=None, signals=None):
     print("Config: " + " ".join(f"{k}={v}" for k, v in cfg.items() if k != "resume_commands"))
     torch.manual_seed(cfg["seed"] + rank)  # each process its own z, dropout and noise draws
     budget = parallel.data_budget(cfg, device)
-    splits = data.load(cfg["dataset"], cfg["data_root"], device, cfg["download"], budget)
+    splits = data.load(cfg["dataset"], cfg["data_root"], device, cfg["download"], budget,
+                       cfg["image_size"], cfg["channels"])
     copy_to = {name: None if data.fits(images, budget) else device
                for name, (images, _) in splits.items()}
     for name, (images, _) in splits.items():
@@ -333,10 +335,10 @@ def main(argv=None):
         try:
             parallel.start()  # joins torchrun's process group; a no-op when run alone
             return train_main(argv, signals)
-        except KeyboardInterrupt:  # before the run folder was taken: nothing was written
-            print("\ntrain.py: interrupted before training started; nothing was written",
-                  file=sys.stderr)
-            return 130
+        except KeyboardInterrupt:  # in setup, before the run folder was taken, or a late second one
+            print("\ntrain.py: interrupted" + (" before training started; nothing was written"
+                                               if signals.phase == "setup" else ""), file=sys.stderr)
+            return 128 + (signals.last or signal.SIGINT)
         finally:
             parallel.stop()
             sys.stdout, sys.stderr = out, err
@@ -353,8 +355,9 @@ def train_main(argv, signals):
                              f"a multiple of the {processes} processes")
         model = models.from_config(cfg, device="meta")  # no memory: for its checks only
         check_memory(model, cfg)
-        if cfg["compile"] and parallel.missing_compiler(pick_device(cfg["device"])):
-            raise ValueError(parallel.missing_compiler(pick_device(cfg["device"])))
+        missing = cfg["compile"] and parallel.missing_compiler(pick_device(cfg["device"]))
+        if missing:
+            raise ValueError(missing)
         if cfg["batch_size"] // processes < 2 and normalizes(model):
             raise ValueError(f"--batch-size {cfg['batch_size']}"
                              f"{f' over {processes} processes' if processes > 1 else ''} gives "
@@ -369,10 +372,6 @@ def train_main(argv, signals):
         return 2
     except SystemExit as e:  # argparse: --help, or a malformed flag (already printed)
         return e.code
-    if ckpt is not None and ckpt["mid_epoch"] is None and ckpt["epoch"] >= cfg["epochs"]:
-        print(f"{cfg['out']} has finished its {ckpt['epoch']} epochs; nothing to do (raise "
-              f"--epochs to train further)")
-        return 0
     held, error = None, None
     if parallel.world()[0] == 0:  # under torchrun, rank 0 alone writes the run folder
         try:
@@ -393,6 +392,12 @@ def train_main(argv, signals):
 def finish(cfg, ckpt, signals):
     """run(), and the one-line message and exit code of each way it can end."""
     try:
+        if ckpt is not None:
+            runs.catch_up(ckpt, cfg["out"])  # files a full disk kept behind checkpoint.pt
+            if ckpt["mid_epoch"] is None and ckpt["epoch"] >= cfg["epochs"]:
+                print(f"{cfg['out']} has finished its {ckpt['epoch']} epochs; nothing to do "
+                      f"(raise --epochs to train further)")
+                return 0
         run(cfg, ckpt, signals)
     except (data.DataError, ValueError) as e:
         print(f"train.py: error: {e}", file=sys.stderr)
@@ -424,9 +429,12 @@ def finish(cfg, ckpt, signals):
             "no epoch was saved, so there is nothing to resume: start again (the same "
             "command will do)"), file=sys.stderr)
         return 130
-    except runs.DiskFull as e:
+    except (runs.DiskFull, OSError) as e:
+        if not runs.full_disk(e) and not isinstance(e, runs.DiskFull):
+            raise
         kept = saved_epoch(cfg)
-        print(f"train.py: stopped: {e}; the files in {cfg['out']} are whole" + (
+        what = e if isinstance(e, runs.DiskFull) else f"no space left on device while writing {e.filename}"
+        print(f"train.py: stopped: {what}; the files in {cfg['out']} are whole" + (
             f" (checkpoint.pt keeps epoch {kept}): free some space, then resume with: "
             f"python train.py --resume {cfg['out']}" if kept is not None else
             ": free some space, then start again (the same command will do)"), file=sys.stderr)

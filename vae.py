@@ -47,41 +47,54 @@ def mlp_decoder(image_shape, hidden, latent_dim, act="relu", batchnorm=False):
 
 
 def conv_kernels(image_shape):
-    """Kernel sizes of the three stride-2 convolutions, chosen so the code map is 4x4.
+    """Kernel sizes of the stride-2 convolutions that take the image to a 4x4 map.
 
-    32x32 (the CIFAR-10 regularization tutorial's): 4, 4, 4 gives 32 -> 16 -> 8 -> 4 and back exactly.
+    Square sizes 4 * 2^k (16, 32, 64, 128, ...): k convolutions of kernel 4, each halving the
+    side exactly (32 -> 16 -> 8 -> 4, the CIFAR-10 regularization tutorial's).
     28x28: 4, 4, 3 gives 28 -> 14 -> 7 -> 4; the decoder mirrors it (3, 4, 4 transposed)
     to 4 -> 7 -> 14 -> 28, so the output is exactly 28x28 with no padding or cropping.
     """
-    if tuple(image_shape[-2:]) == (32, 32):
-        return (4, 4, 4)
-    if tuple(image_shape[-2:]) == (28, 28):
+    h, w = image_shape[-2:]
+    if (h, w) == (28, 28):
         return (4, 4, 3)
-    raise ValueError(f"image_shape={tuple(image_shape)}: the conv arch takes 28x28 and 32x32 "
-                     f"images; use arch='mlp' for other sizes")
+    stages = max(0, round(math.log2(h / 4)))
+    if h != w or h < 16 or h != 4 * 2 ** stages:
+        raise ValueError(f"image_shape={tuple(image_shape)}: the conv arch takes square images "
+                         f"of 28 or 4 * 2^k pixels (16, 32, 64, 128, ...); resize them with "
+                         f"--image-size, or use arch='mlp'")
+    return (4,) * stages
+
+
+def conv_widths(kernels, first=32):
+    """Channels of the stride-2 stages, doubling from `first` (32-64-128 for three)."""
+    return [first * 2 ** i for i in range(len(kernels))]
 
 
 def conv_encoder(image_shape, out_dim, act="relu", dropout=0.0, batchnorm=True):
-    """Three stride-2 convolutions 32-64-128, each with (BatchNorm), act, (Dropout)."""
+    """Stride-2 convolutions 32-64-128(-256...) down to 4x4, each with (BatchNorm), act,
+    (Dropout); then a linear layer."""
+    kernels = conv_kernels(image_shape)
     layers, channels = [], image_shape[0]
-    for width, k in zip((32, 64, 128), conv_kernels(image_shape)):
+    for width, k in zip(conv_widths(kernels), kernels):
         layers += [nn.Conv2d(channels, width, k, stride=2, padding=1)]
         layers += [nn.BatchNorm2d(width)] if batchnorm else []
         layers += [ACTIVATIONS[act]()]
         layers += [nn.Dropout(dropout)] if dropout > 0 else []
         channels = width
-    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(128 * 4 * 4, out_dim))
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(channels * 4 * 4, out_dim))
 
 
 def conv_decoder(image_shape, latent_dim, act="relu", batchnorm=True):
-    """Linear back to 128x4x4, then transposed convolutions 128-64-32-channels."""
-    k1, k2, k3 = reversed(conv_kernels(image_shape))
-    layers = [nn.Linear(latent_dim, 128 * 4 * 4), nn.Unflatten(1, (128, 4, 4))]
-    for c_in, c_out, k in ((128, 64, k1), (64, 32, k2)):
-        layers += [nn.ConvTranspose2d(c_in, c_out, k, stride=2, padding=1)]
-        layers += [nn.BatchNorm2d(c_out)] if batchnorm else []
-        layers += [ACTIVATIONS[act]()]
-    layers += [nn.ConvTranspose2d(32, image_shape[0], k3, stride=2, padding=1)]
+    """Linear to the encoder's last map (128x4x4 for three stages), then transposed
+    convolutions mirroring the encoder, the last one to the image's channels."""
+    kernels = conv_kernels(image_shape)
+    widths = conv_widths(kernels)[::-1] + [image_shape[0]]  # e.g. 128, 64, 32, C
+    layers = [nn.Linear(latent_dim, widths[0] * 4 * 4), nn.Unflatten(1, (widths[0], 4, 4))]
+    for i, k in enumerate(reversed(kernels)):
+        layers += [nn.ConvTranspose2d(widths[i], widths[i + 1], k, stride=2, padding=1)]
+        if i < len(kernels) - 1:
+            layers += [nn.BatchNorm2d(widths[i + 1])] if batchnorm else []
+            layers += [ACTIVATIONS[act]()]
     return nn.Sequential(*layers)
 
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 import losses
-from vae import ACTIVATIONS, VAE, conv_kernels, positive
+from vae import ACTIVATIONS, VAE, conv_kernels, conv_widths, positive
 
 
 def mlp_networks(image_shape, latent_dim, hidden, act="relu", dropout=0.0, batchnorm=True):
@@ -57,29 +57,32 @@ def conv_networks(image_shape, latent_dim, act="relu", dropout=0.0, batchnorm=Tr
                    the last one without BN (the output activation comes after it)
     discriminator  convolutions with LeakyReLU 0.2 and BN on all but the first, then a
                    linear layer to one logit
-    Kernels 4, 4, 4 take 32x32 to 4x4 exactly; 4, 4, 3 take 28 -> 14 -> 7 -> 4, and the
-    decoder mirrors them (3, 4, 4) back to 28.
+    Channels 64-128-256 (one more doubling per stage above 32x32); vae.conv_kernels gives
+    the kernels (4, 4, 4 take 32x32 to 4x4; 4, 4, 3 take 28 -> 14 -> 7 -> 4), and the
+    decoder mirrors them back.
     """
     channels, kernels = image_shape[0], conv_kernels(image_shape)
+    widths = conv_widths(kernels, first=64)  # 64-128-256 for 28x28 and 32x32
+    last = widths[-1]
     bn2 = (lambda n: [nn.BatchNorm2d(n)]) if batchnorm else (lambda n: [])
     enc, c_in = [], channels
-    for width, k in zip((64, 128, 256), kernels):
+    for width, k in zip(widths, kernels):
         enc += [nn.Conv2d(c_in, width, k, stride=2, padding=1), *bn2(width), ACTIVATIONS[act]()]
         enc += [nn.Dropout(dropout)] if dropout > 0 else []
         c_in = width
-    enc += [nn.Flatten(), nn.Linear(256 * 4 * 4, 2 * latent_dim)]
-    dec = [nn.Linear(latent_dim, 256 * 4 * 4)]
-    dec += [nn.BatchNorm1d(256 * 4 * 4)] if batchnorm else []
-    dec += [nn.ReLU(), nn.Unflatten(1, (256, 4, 4))]
-    for c_in, c_out, k in ((256, 128, kernels[2]), (128, 64, kernels[1])):
+    enc += [nn.Flatten(), nn.Linear(last * 4 * 4, 2 * latent_dim)]
+    dec = [nn.Linear(latent_dim, last * 4 * 4)]
+    dec += [nn.BatchNorm1d(last * 4 * 4)] if batchnorm else []
+    dec += [nn.ReLU(), nn.Unflatten(1, (last, 4, 4))]
+    for c_in, c_out, k in zip(widths[:0:-1], widths[-2::-1], kernels[:0:-1]):
         dec += [nn.ConvTranspose2d(c_in, c_out, k, stride=2, padding=1), *bn2(c_out), nn.ReLU()]
-    dec += [nn.ConvTranspose2d(64, channels, kernels[0], stride=2, padding=1)]
+    dec += [nn.ConvTranspose2d(widths[0], channels, kernels[0], stride=2, padding=1)]
     disc, c_in = nn.ModuleList(), channels
-    for i, (width, k) in enumerate(zip((64, 128, 256), kernels)):
+    for i, (width, k) in enumerate(zip(widths, kernels)):
         disc.append(nn.Sequential(nn.Conv2d(c_in, width, k, stride=2, padding=1),
                                   *(bn2(width) if i > 0 else []), nn.LeakyReLU(0.2)))
         c_in = width
-    head = nn.Sequential(nn.Flatten(), nn.Linear(256 * 4 * 4, 1))
+    head = nn.Sequential(nn.Flatten(), nn.Linear(last * 4 * 4, 1))
     return nn.Sequential(*enc), nn.Sequential(*dec), disc, head
 
 

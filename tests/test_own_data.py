@@ -1,0 +1,175 @@
+"""Your own images: npz arrays and folders of image files, resized and converted, with a
+decode cache; and the conv networks at any supported size."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import data
+import train
+import vae
+import vaegan
+
+SMALL = ["--batch-size", "8", "--latent-dim", "4", "--log-interval", "1000", "--epochs", "1"]
+
+
+def one_line(err, *words):
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and all(w in lines[0] for w in words), (words, err)
+
+
+def pixels(n, h, w, c=None, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, h, w) + ((c,) if c else ()), dtype=np.uint8)
+
+
+def write_folder(root, layout, sizes=((20, 24),), mode="RGB"):
+    """Images as PNG and JPEG files. layout: "classes" (root/<class>/), "flat", or "splits"
+    (root/train/<class>/ and root/test/<class>/). Returns {file: pixels} of the PNGs."""
+    rng, exact = np.random.default_rng(1), {}
+    folders = {"classes": ["cat", "dog"], "flat": [""],
+               "splits": ["train/cat", "train/dog", "test/cat", "test/dog"]}[layout]
+    for folder in folders:
+        os.makedirs(os.path.join(root, folder), exist_ok=True)
+        for i in range(6 if "test" not in folder else 2):
+            h, w = sizes[i % len(sizes)]
+            a = rng.integers(0, 256, (h, w, 3) if mode == "RGB" else (h, w), dtype=np.uint8)
+            name = os.path.join(root, folder, f"{i}.{'png' if i % 2 else 'jpg'}")
+            Image.fromarray(a, mode).save(name)
+            exact[name] = a
+    return exact
+
+
+@pytest.mark.parametrize("layout", ["test arrays", "held out", "two files"])
+@pytest.mark.parametrize("channels", [None, 3])
+def test_npz_loads_in_each_layout(tmp_path, layout, channels):
+    x, y = pixels(30, 8, 8, channels), np.arange(30) % 3
+    xt, yt = pixels(5, 8, 8, channels, seed=1), np.arange(5) % 3
+    path = str(tmp_path / "a.npz")
+    if layout == "test arrays":
+        np.savez(path, x=x, y=y, x_test=xt, y_test=yt)
+    elif layout == "held out":
+        np.savez(path, x=x, y=y)
+    else:
+        np.savez(path, x=x, y=y)
+        np.savez(str(tmp_path / "b.npz"), x=xt, y=yt)
+        path += "," + str(tmp_path / "b.npz")
+    shape, classes = data.describe(f"npz:{path}")
+    assert shape == (channels or 1, 8, 8) and classes == ["0", "1", "2"]
+    splits = data.load(f"npz:{path}")
+    (a, la), (b, lb) = splits["train"], splits["test"]
+    chw = lambda v: torch.from_numpy(v).reshape(*v.shape[:3], -1).permute(0, 3, 1, 2)  # noqa: E731
+    if layout == "held out":  # a fixed 20%: 6 test images, the rest training, none lost
+        assert len(b) == 6 and len(a) == 24
+        both = torch.cat([a, b]).flatten(1)
+        assert sorted(map(tuple, both.tolist())) == sorted(map(tuple, chw(x).flatten(1).tolist()))
+    else:
+        assert torch.equal(a, chw(x)) and torch.equal(b, chw(xt))
+        assert la.tolist() == y.tolist() and lb.tolist() == yt.tolist()
+
+
+@pytest.mark.parametrize("arrays,words", [
+    ({"images": pixels(4, 8, 8)}, ["has no array 'x'", "images"]),
+    ({"x": pixels(4, 8, 8).astype(np.float32)}, ["x is float32", "uint8"]),
+    ({"x": pixels(4, 8, 8, 4)}, ["C 1 or 3"]),
+    ({"x": pixels(4, 8, 8), "y": np.arange(3)}, ["y is int64 of shape (3,)", "one integer label"]),
+])
+def test_a_bad_npz_is_refused_in_one_line_before_any_work(tmp_path, capsys, arrays, words):
+    path = str(tmp_path / "bad.npz")
+    np.savez(path, **arrays)
+    out = str(tmp_path / "run")
+    assert train.main(["--dataset", f"npz:{path}", "--out", out, *SMALL]) == 2
+    one_line(capsys.readouterr().err, *words)
+    assert not os.path.exists(out)
+
+
+def test_a_folder_of_class_subfolders_gives_labels_names_and_one_size(tmp_path):
+    root = str(tmp_path / "pics")
+    exact = write_folder(root, "classes", sizes=((20, 24), (30, 16)))
+    assert data.describe(f"folder:{root}", 16) == ((3, 16, 16), ["cat", "dog"])
+    splits = data.load(f"folder:{root}", size=16)
+    (x, y), (xt, yt) = splits["train"], splits["test"]
+    assert x.shape[1:] == (3, 16, 16) and len(x) + len(xt) == 12
+    assert sorted(y.tolist() + yt.tolist()) == [0] * 6 + [1] * 6
+    png = next(f for f in exact if f.endswith("1.png"))  # 30x16 -> 16 wide, centre 16 rows
+    want = data.fit(torch.from_numpy(exact[png]).permute(2, 0, 1)[None], 16)[0]
+    assert any(torch.equal(img, want) for img in torch.cat([x, xt]))
+
+
+def test_a_folder_with_train_and_test_and_a_flat_grey_folder(tmp_path):
+    root = str(tmp_path / "split")
+    write_folder(root, "splits")
+    splits = data.load(f"folder:{root}")
+    assert len(splits["train"][0]) == 12 and len(splits["test"][0]) == 4
+    assert splits["test"][1].tolist() == [0, 0, 1, 1]
+    flat = str(tmp_path / "flat")
+    write_folder(flat, "flat", mode="L")
+    assert data.describe(f"folder:{flat}") == ((1, 20, 24), None)
+    assert data.load(f"folder:{flat}", channels=3)["train"][0].shape[1:] == (3, 20, 24)
+
+
+@pytest.mark.parametrize("damage,words", [
+    ("sizes", ["pass --image-size"]), ("corrupt", ["3.png cannot be decoded"]),
+    ("empty", ["holds no images"]), ("missing", ["not found"]),
+])
+def test_a_bad_folder_is_refused_in_one_line(tmp_path, capsys, damage, words):
+    root = str(tmp_path / "pics")
+    write_folder(root, "flat", sizes=((20, 24), (24, 20)) if damage == "sizes" else ((20, 24),))
+    if damage == "corrupt":
+        open(os.path.join(root, "3.png"), "wb").write(b"\x89PNG not really")
+    if damage == "empty":
+        for name in os.listdir(root):
+            os.remove(os.path.join(root, name))
+    if damage == "missing":
+        root += "-nowhere"
+    out = str(tmp_path / "run")
+    assert train.main(["--dataset", f"folder:{root}", "--out", out, *SMALL]) == 2
+    one_line(capsys.readouterr().err, *words)
+    assert not os.path.exists(out)
+
+
+def test_the_decode_cache_is_reused_and_rebuilt_when_a_file_changes(tmp_path, monkeypatch):
+    root = str(tmp_path / "pics")
+    exact = write_folder(root, "classes")
+    first = data.load(f"folder:{root}")
+    calls = []
+    real = data.decode
+    monkeypatch.setattr(data, "decode", lambda *a: (calls.append(a[0]), real(*a))[1])
+    again = data.load(f"folder:{root}")
+    assert calls == [] and all(torch.equal(first[s][0], again[s][0]) for s in first)
+    png = next(iter(f for f in exact if f.endswith(".png")))
+    Image.fromarray(255 - exact[png]).save(png)  # same name and size, new content and time
+    os.utime(png, ns=(1, 1))
+    changed = data.load(f"folder:{root}")
+    assert len(calls) == 12
+    assert not all(torch.equal(first[s][0], changed[s][0]) for s in first)
+    assert data.load(f"folder:{root}", size=16)["train"][0].shape[-1] == 16  # options: own cache
+
+
+@pytest.mark.parametrize("cls", [vae.VAE, vaegan.VAEGAN])
+@pytest.mark.parametrize("side", [16, 64, 128])
+def test_conv_networks_take_any_side_of_4_times_a_power_of_two(cls, side):
+    model = cls((3, side, side), arch="conv", latent_dim=4)
+    x = torch.rand(2, 3, side, side)
+    assert model.reconstruct(x).shape == x.shape
+    assert model.generate(torch.zeros(2, 4)).shape == x.shape
+    assert len(vae.conv_kernels((3, side, side))) == {16: 2, 64: 4, 128: 5}[side]
+
+
+def test_conv_refuses_a_side_it_cannot_halve_to_4_and_names_the_flag(tmp_path, capsys):
+    assert train.main(["--arch", "conv", "--image-size", "48", "--out", str(tmp_path / "r"),
+                       "--data-root", str(tmp_path / "none"), *SMALL]) == 2
+    one_line(capsys.readouterr().err, "4 * 2^k", "--image-size", "--arch mlp")
+
+
+@pytest.mark.parametrize("model", ["vae", "vaegan"])
+def test_a_conv_model_trains_on_a_64_pixel_folder_end_to_end(tmp_path, capsys, model):
+    root, out = str(tmp_path / "pics"), str(tmp_path / "run")
+    write_folder(root, "classes", sizes=((70, 80), (64, 64)))
+    assert train.main(["--model", model, "--dataset", f"folder:{root}", "--image-size", "64",
+                       "--arch", "conv", "--out", out, *SMALL]) == 0
+    cfg = json.load(open(os.path.join(out, "config.json")))
+    assert cfg["image_shape"] == [3, 64, 64] and cfg["classes"] == ["cat", "dog"]
+    assert Image.open(os.path.join(out, "sample_1.png")).size[0] > 64 * 4
