@@ -268,6 +268,20 @@ def held_out(images, labels, fraction=TEST_FRACTION):
     return {"train": (images[train], labels[train]), "test": (images[test], labels[test])}
 
 
+def split_off(images, labels, size, seed=1):
+    """(train, validation): `size` images (a count, or a fraction of the split when below 1)
+    drawn with a fixed seed, whatever --seed, so every run of a comparison holds out the same."""
+    n = len(images)
+    count = round(size * n) if size < 1 else int(size)
+    if not 1 <= count < n:
+        raise DataError(f"--val-split {size} holds out {count} of the {n} training images; "
+                        f"give a count in [1, {n - 1}] or a fraction in (0, 1)")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(images.device)
+    val, train = order[:count].sort().values, order[count:].sort().values
+    return ((images.index_select(0, train), labels.index_select(0, train)),
+            (images.index_select(0, val), labels.index_select(0, val)))
+
+
 def npz_arrays(path):
     """{name: (shape, dtype)} of the arrays in an .npz file, read from their headers only."""
     if not os.path.isfile(path):

@@ -123,6 +123,10 @@ def load_run(run_dir, weights="last", partial=False, quiet=True):
     if not logged and not quiet:
         print(f"{run_dir}: its last weights are from step {ckpt['mid_epoch']['step']} of epoch "
               f"{epoch + 1}; the logged losses are epoch {epoch}'s")
+    if weights == "best" and not cfg["val_split"]:
+        raise ValueError(f"{run_dir} has no validation split (--val-split), so no best.pt: "
+                         f"choosing weights on the test split would be model selection on the "
+                         f"test set; train with --val-split 0.1 (say) to have one")
     if weights == "best":
         ckpt = runs.load_checkpoint(os.path.join(run_dir, "best.pt"))
     model = models.from_config(cfg)
@@ -226,7 +230,8 @@ def draw(model, cfg, split, m, codes, history, name, out, args):
     figures.reconstructions(clean[:n], {name: recon[:n]}, path("reconstructions.png"))
     if cfg["noise"]:
         figures.denoising(data.to_unit(x, cfg["output"])[:n], recon[:n], clean[:n], path("denoising.png"))
-    figures.latent_scatter(codes, split[1], path("latent.png"), f"{name}: test codes")
+    figures.latent_scatter(codes, split[1], path("latent.png"), f"{name}: test codes",
+                           cfg.get("classes") or data.CLASSES.get(cfg["dataset"]))
     variational = model.variational
     pairs = min(4, x.shape[0] // 2)
     figures.interpolations(model, x[:pairs], x[-pairs:], n, path("interpolation.png"), variational,

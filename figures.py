@@ -95,8 +95,10 @@ def samples(model, n, path, title, generator=None, classes=None):
     image_rows(list(images.split(n)), list(classes) if classes else [""] * n, path, title)
 
 
-def latent_scatter(codes, labels, path, title):
-    """Test codes coloured by label: the two dimensions when the code is 2-D, else PCA."""
+def latent_scatter(codes, labels, path, title, classes=None):
+    """Test codes coloured by class, named in a legend (20 classes or fewer) or on a colour
+    bar (more); one colour when the data have no labels (classes None). The two dimensions
+    when the code is 2-D, else the first two principal components."""
     codes, labels = codes.detach().float().cpu(), labels.cpu()
     if codes.shape[1] == 2:
         xy, axes = codes, ("z1", "z2")
@@ -110,9 +112,19 @@ def latent_scatter(codes, labels, path, title):
     xy, labels = xy[order], labels[order]  # drawn in a random order: no class hides the others
     fig = figure(640, 560)
     ax = fig.add_axes([0.11, 0.1, 0.72, 0.82])
-    points = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10", s=3, vmin=-0.5, vmax=9.5,
-                        rasterized=True)
-    fig.colorbar(points, cax=fig.add_axes([0.86, 0.1, 0.03, 0.82]), ticks=range(10), label="label")
+    k = len(classes) if classes else 0
+    if k == 0:
+        ax.scatter(xy[:, 0], xy[:, 1], s=3, color="tab:blue", rasterized=True)
+    elif k <= 20:  # one distinct colour per class, named
+        colours = plt.get_cmap("tab10" if k <= 10 else "tab20")
+        for c, name in enumerate(classes):
+            mine = labels == c
+            ax.scatter(xy[mine, 0], xy[mine, 1], s=3, color=colours(c), label=name, rasterized=True)
+        ax.set_position([0.11, 0.1, 0.68, 0.82])  # room on the right for the names
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, markerscale=3, frameon=False)
+    else:  # too many classes to tell apart by colour: a continuous scale of class numbers
+        points = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="viridis", s=3, rasterized=True)
+        fig.colorbar(points, cax=fig.add_axes([0.86, 0.1, 0.03, 0.82]), label="class number")
     ax.set_xlabel(axes[0])
     ax.set_ylabel(axes[1])
     ax.set_title(title, fontsize=10)

@@ -24,12 +24,26 @@ RESUME_SAFE = {"epochs", "device", "log_interval", "data_root", "download", "res
                "compile", "channels_last", "data_budget"}
 
 
-ADDED = {"image_size": None, "channels": None}  # run-level flags added after format 2
+ADDED = {"image_size": None, "channels": None, "val_split": 0}  # run-level flags added after format 2
 
 
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2, instead of usage + error
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def split_size(text):
+    """--val-split: a count of images (0, 5000) or a fraction in (0, 1) (0.1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if 0 < value < 1:
+        return value
+    if 0 <= value < 2**63 and value == int(value):
+        return int(value)
+    raise argparse.ArgumentTypeError(f"{text!r}: give a count of images (5000) or a fraction "
+                                     f"in (0, 1) (0.1)")
 
 
 def widths(text):
@@ -83,6 +97,9 @@ def build_parser():
     a("--data-root", default="./data", help="folder holding the datasets (torchvision layout)")
     a("--no-download", dest="download", action="store_false",
       help="never download; fail with a message if the files are missing")
+    a("--val-split", type=split_size, default=0, help="hold out this many training images "
+      "(or this fraction, below 1) as a validation split, the same in every run: best.pt is "
+      "chosen on it (0: none, and no best.pt; the test split is never used to choose)")
     a("--weight-decay", type=float, default=0.0, help="L2 penalty, as Adam's weight_decay")
     a("--l1", type=float, default=0.0, help="L1 weight penalty: adds L1 * sum|w| to the loss")
     a("--augment", action="store_true", help="--hflip and --crop together")
@@ -170,7 +187,7 @@ def saved_types(model):
     types, run_level = {}, defaults()
     for a in build_parser()._actions:
         if a.dest in run_level:
-            kind = bool if a.nargs == 0 else {int: int, float: float}.get(a.type, str)
+            kind = bool if a.nargs == 0 else {int: int, float: float, split_size: float}.get(a.type, str)
             types[a.dest] = (kind, a.default is None)
     cls = models.MODELS[model]
     for name, default in models.defaults(cls).items():

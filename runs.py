@@ -187,7 +187,7 @@ def save_checkpoint(obj, path):
 
 def catch_up(ckpt, run_dir):
     """Rewrite what a full disk may have left behind checkpoint.pt (which is written first):
-    history.csv short of its epochs, and best.pt older than a best last epoch."""
+    history.csv short of its epochs, and best.pt older than a best last epoch (validation)."""
     history, path = ckpt["history"], os.path.join(run_dir, "best.pt")
     if not history:
         return
@@ -199,14 +199,14 @@ def catch_up(ckpt, run_dir):
     if rows != len(history):
         write_history(history, run_dir)
     last = history[-1]
-    if ckpt["mid_epoch"] is None and last["test_loss"] <= ckpt["best_test_loss"]:
+    if ckpt["mid_epoch"] is None and "val_loss" in last and last["val_loss"] <= ckpt["best_val_loss"]:
         try:
             best_epoch = torch.load(path, map_location="cpu", weights_only=True)["epoch"]
         except Exception:
             best_epoch = -1
         if best_epoch != last["epoch"]:
             atomic_save({"format": FORMAT, "model": ckpt["model"], "config": ckpt["config"],
-                         "epoch": last["epoch"], "test_loss": last["test_loss"]}, path)
+                         "epoch": last["epoch"], "val_loss": last["val_loss"]}, path)
 
 
 def remove_temporaries(run_dir):
@@ -257,7 +257,7 @@ def checkpoint(model, opt, sched, epoch, cfg, history, best, mid_epoch=None, rng
     return {"format": FORMAT, "model": model.state_dict(), "epoch": epoch, "mid_epoch": mid_epoch,
             "optimizer": {name: o.state_dict() for name, o in opt.items()},
             "scheduler": {name: s.state_dict() for name, s in sched.items()},
-            "config": cfg, "history": history, "best_test_loss": best,
+            "config": cfg, "history": history, "best_val_loss": best,
             "rng": {"torch": rng[0]["torch"],  # one CUDA state per process, [] on CPUs
                     "cuda": [r["cuda"] for r in rng if r["cuda"] is not None],
                     **({"ranks": [r["torch"] for r in rng]} if len(rng) > 1 else {})}}
@@ -265,7 +265,7 @@ def checkpoint(model, opt, sched, epoch, cfg, history, best, mid_epoch=None, rng
 
 def restore(ckpt, model, opt, sched, cfg, device):
     """Load a checkpoint into the model, optimizers and schedulers, and this process's random
-    generators; returns (history, first epoch to run, best test loss, mid_epoch or None)."""
+    generators; returns (history, first epoch to run, best validation loss, mid_epoch or None)."""
     rank, processes, _ = parallel.world()
     model.load_state_dict(ckpt["model"])
     for name in opt:
@@ -279,7 +279,7 @@ def restore(ckpt, model, opt, sched, cfg, device):
     if mid_epoch is not None:
         mid_epoch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in mid_epoch.items()}
     restore_rng(ckpt["rng"], rank, processes, device, cfg["seed"] + rank + 10007 * start)
-    return ckpt["history"], start, ckpt["best_test_loss"], mid_epoch
+    return ckpt["history"], start, ckpt.get("best_val_loss", float("inf")), mid_epoch
 
 
 def check_pair(ckpt, cfg, path, ignore=()):

@@ -250,6 +250,11 @@ def run(cfg, ckpt=None, signals=None):
                   f"{budget / 2**20:.0f} MB budget: kept in host memory"
                   f"{' (pinned)' if images.is_pinned() else ''}, copied a batch at a time")
     check_data(cfg, ckpt, data.identity(splits))
+    if cfg["val_split"]:  # held out of the training split; best.pt is chosen on it
+        splits["train"], splits["val"] = data.split_off(*splits["train"], cfg["val_split"])
+        copy_to["val"] = copy_to["train"]
+        print(f"Data: {len(splits['val'][0])} training images held out for validation "
+              f"(--val-split {cfg['val_split']}); {len(splits['train'][0])} left for training")
     noise = data.parse_noise(cfg["noise"])
     model = models.from_config(cfg).to(device)
     print(f"Model: {type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} parameters")
@@ -283,24 +288,30 @@ def run(cfg, ckpt=None, signals=None):
             raise
         mid_epoch, t0 = None, time.perf_counter()
         test = metrics.test_loss(model, splits["test"], cfg, noise, copy_to["test"])
+        val = metrics.test_loss(model, splits["val"], cfg, noise, copy_to["val"]) if (
+            "val" in splits) else {}
         seconds += time.perf_counter() - t0
         lr = next(iter(opt.values())).param_groups[0]["lr"]
         for s in sched.values():
             s.step()
         print(f"====> Epoch: {epoch} Average loss: {train['loss']:.4f} "
               f"({epoch_line(train, weights)}) {seconds:.1f}s")
+        if val:
+            print(f"====> Validation loss: {val['loss']:.4f} ({epoch_line(val, {})})")
         print(f"====> Test set loss: {test['loss']:.4f} ({epoch_line(test, {})})", flush=True)
         history.append({"epoch": epoch, **{f"train_{k}": v for k, v in train.items()},
+                        **{f"val_{k}": v for k, v in val.items()},
                         **{f"test_{k}": v for k, v in test.items()},
                         "seconds": round(seconds, 3), "lr": lr})
-        improved, best = test["loss"] < best, min(best, test["loss"])
+        improved = bool(val) and val["loss"] < best  # chosen on validation, never on test
+        best = min(best, val["loss"]) if val else best
         save(state(epoch), "checkpoint.pt")  # first: no other file runs ahead of it
         if writer:
             runs.write_history(history, cfg["out"])
             if improved:
                 runs.atomic_save({"format": runs.FORMAT, "model": model.state_dict(),
                                   "config": cfg, "epoch": epoch,
-                                  "test_loss": best}, os.path.join(cfg["out"], "best.pt"))
+                                  "val_loss": best}, os.path.join(cfg["out"], "best.pt"))
             save_figures(model, splits["test"], cfg, noise, epoch, z, copy_to["test"])
         if parallel.any_rank(signals.received) and epoch < cfg["epochs"]:
             stop = runs.Stop(signals.received or signal.SIGTERM)

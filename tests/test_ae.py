@@ -127,7 +127,7 @@ def test_denoising_test_corruption_is_the_same_across_runs(tiny_data, tmp_path):
     assert read_history(tmp_path / "a")[0]["test_loss"] == read_history(tmp_path / "b")[0]["test_loss"]
     cfg = runs.load_config(str(tmp_path / "a"))
     model = models.from_config(cfg)
-    model.load_state_dict(torch.load(tmp_path / "a" / "best.pt", weights_only=True)["model"])
+    model.load_state_dict(torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["model"])
     # the clean-target loss differs from what a noise-free test split would give
     splits = data.load("mnist", tiny_data, "cpu", download=False)
     noisy = metrics.test_loss(model, splits["test"], cfg, data.parse_noise("mask:0.3"))

@@ -264,14 +264,25 @@ def test_bad_runs_and_flags_give_one_line_errors(tiny_data, tmp_path, capsys):
     assert json.load(open(os.path.join(unfinished, "metrics.json")))["epoch"] == 1
 
 
-def test_best_weights_are_evaluated_with_their_own_epoch(tiny_data, tmp_path):
-    run = make_run(tiny_data, tmp_path / "run", epochs="3")
+def test_best_weights_are_chosen_on_validation_and_evaluated_with_their_own_epoch(tiny_data,
+                                                                                 tmp_path, capsys):
+    run = make_run(tiny_data, tmp_path / "run", "--val-split", "0.2", "--lr", "0.02", epochs="4")
     assert evaluate.main([run, "--weights", "best", "--iw-samples", "0", "--no-figures"]) == 0
     m = json.load(open(os.path.join(run, "metrics_best.json")))
     best = torch.load(os.path.join(run, "best.pt"), weights_only=True)
+    rows = evaluate.read_history(run, None)
+    by_val = min(rows, key=lambda r: float(r["val_loss"]))
+    assert best["epoch"] == int(by_val["epoch"]) and best["val_loss"] == pytest.approx(
+        float(by_val["val_loss"]))
     assert m["epoch"] == best["epoch"] and m["weights"] == "best"
-    assert m["history_test_loss"] == pytest.approx(min(
-        float(r["test_loss"]) for r in evaluate.read_history(run, None)))
+    assert m["history_test_loss"] == pytest.approx(float(by_val["test_loss"]))
+    cfg = json.load(open(os.path.join(run, "config.json")))
+    assert cfg["val_split"] == 0.2
+    plain = make_run(tiny_data, tmp_path / "plain")  # no validation split: no best.pt at all
+    capsys.readouterr()
+    assert not os.path.exists(os.path.join(plain, "best.pt"))
+    assert evaluate.main([plain, "--weights", "best", "--no-figures"]) == 2
+    assert "no validation split" in capsys.readouterr().err
     assert not os.path.exists(os.path.join(run, "metrics.json"))  # the last epoch's stays apart
 
 

@@ -238,7 +238,7 @@ def test_a_full_disk_says_so_and_no_file_runs_ahead_of_the_checkpoint(tiny_data,
                 from OSError(errno.ENOSPC, "No space left on device")
         return real(obj, f, *a, **k)
     monkeypatch.setattr(torch, "save", save)
-    assert train.main(args_for(tiny_data, out, "--epochs", "3")) == 1
+    assert train.main(args_for(tiny_data, out, "--epochs", "3", "--val-split", "12")) == 1
     line = one_line(capsys.readouterr().err, "no space left on device", "checkpoint.pt",
                     "keeps epoch 1", f"--resume {out}")
     assert line.startswith("train.py: stopped:")
@@ -263,13 +263,13 @@ def test_a_full_disk_after_the_checkpoint_is_caught_up_on_resume(tiny_data, tmp_
         return real_open(path, *a, **k)
     with monkeypatch.context() as m:
         m.setattr(builtins, "open", full)
-        assert train.main(args_for(tiny_data, out, "--epochs", "2")) == 1
+        assert train.main(args_for(tiny_data, out, "--epochs", "2", "--val-split", "12")) == 1
     one_line(capsys.readouterr().err, "no space left on device", fails, "keeps epoch 2")
     assert train.main(["--resume", out]) == 0  # finished: nothing to train, files caught up
     assert "nothing to do" in capsys.readouterr().out
     assert open(os.path.join(out, "history.csv")).read().count("\n") == 3
     best = torch.load(os.path.join(out, "best.pt"), weights_only=True)
-    assert best["epoch"] == 2  # the test loss falls every epoch on these data
+    assert best["epoch"] == 2  # the validation loss falls every epoch on these data
 
 
 def test_a_signal_ignored_on_purpose_stays_ignored(tiny_data, tmp_path, monkeypatch):

@@ -173,3 +173,17 @@ def test_a_conv_model_trains_on_a_64_pixel_folder_end_to_end(tmp_path, capsys, m
     cfg = json.load(open(os.path.join(out, "config.json")))
     assert cfg["image_shape"] == [3, 64, 64] and cfg["classes"] == ["cat", "dog"]
     assert Image.open(os.path.join(out, "sample_1.png")).size[0] > 64 * 4
+
+
+@pytest.mark.parametrize("classes,legend", [(["T-shirt/top", "Trouser", "Bag"], True),
+                                            ([str(k) for k in range(40)], False), (None, False)])
+def test_latent_plots_name_the_classes_a_dataset_has(tmp_path, monkeypatch, classes, legend):
+    import figures
+    drawn = {}
+    monkeypatch.setattr(figures, "save", lambda fig, path: drawn.update(fig=fig))
+    k = len(classes) if classes else 1
+    figures.latent_scatter(torch.randn(120, 3), torch.arange(120) % k, "x.png", "codes", classes)
+    ax = drawn["fig"].axes[0]
+    names = [t.get_text() for t in ax.get_legend().get_texts()] if ax.get_legend() else []
+    assert names == (classes if legend else [])
+    assert len(drawn["fig"].axes) == (2 if classes and not legend else 1)  # a colour bar for 40

@@ -343,8 +343,9 @@ def test_a_lock_left_by_a_killed_process_does_not_block(tmp_path):
 def test_a_checkpoint_that_is_not_this_runs_is_refused_in_one_line(tiny_data, tmp_path, capsys,
                                                                     swap):
     run, other = str(tmp_path / "run"), str(tmp_path / "other")
-    assert train.main(["--data-root", tiny_data, "--epochs", "1", "--out", run]) == 0
-    assert train.main(["--data-root", tiny_data, "--epochs", "1", "--seed", "2", "--out", other]) == 0
+    assert train.main(["--data-root", tiny_data, "--epochs", "1", "--val-split", "10", "--out", run]) == 0
+    assert train.main(["--data-root", tiny_data, "--epochs", "1", "--val-split", "10", "--seed", "2",
+                       "--out", other]) == 0
     path = os.path.join(run, "checkpoint.pt")
     if swap == "best.pt":
         shutil.copyfile(os.path.join(run, "best.pt"), path)
