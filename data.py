@@ -15,8 +15,10 @@ import json
 import math
 import os
 import pickle
+import shutil
 import struct
 import time
+import warnings
 import zipfile
 
 import numpy as np
@@ -62,9 +64,9 @@ def canonical_name(name):
             raise ValueError(f"--dataset {name}: give a path, e.g. {kind}:~/my_images")
         return f"{kind}:{','.join(os.path.expanduser(p) for p in path.split(','))}"
     name = ALIASES.get(name.lower(), name.lower())
-    if name not in DATASETS:
+    if name not in DATASETS and name != "celeba":
         raise ValueError(f"unknown dataset {name!r}; use mnist, fashion-mnist, cifar10, "
-                         f"npz:PATH or folder:PATH")
+                         f"celeba, npz:PATH or folder:PATH")
     return name
 
 
@@ -77,6 +79,8 @@ def describe(name, size=None, channels=None):
         shape, classes = npz_header(path)
     elif kind == "folder":
         shape, classes = folder_header(path)
+    elif name == "celeba":
+        shape, classes = (3, 64, 64), None  # after the centre crop and resize of read_celeba
     else:
         shape, classes = ((3, 32, 32) if name == "cifar10" else (1, 28, 28)), CLASSES[name]
     channels = channels or shape[0]
@@ -189,7 +193,8 @@ def corrupted_file(name, root, train):
 
 def load(name, root="./data", device="cpu", download=True, budget=float("inf"), size=None,
          channels=None):
-    """Both splits: {"train": (images, labels), "test": (images, labels)}, each on `device`
+    """Both splits: {"train": (images, labels), "test": (images, labels)} (and "val" for a
+    dataset with its own validation split: celeba), each on `device`
     when its images fit `budget` bytes, else left in host memory (pinned for a GPU), to be
     copied over a batch at a time: pass batches(..., device=device) for those.
     size, channels: --image-size and --channels (see fit)."""
@@ -199,6 +204,8 @@ def load(name, root="./data", device="cpu", download=True, budget=float("inf"), 
         read = read_npz(path)
     elif kind == "folder":
         read = read_folder(path, size, channels)
+    elif name == "celeba":
+        read = read_celeba(root, download, size, channels)  # with its own validation split
     else:
         read = {split: load_split(name, root, split == "train", download) for split in ("train", "test")}
         check_splits(name, root, read)
@@ -405,57 +412,114 @@ def folder_header(path):
         raise DataError(f"{first} cannot be read as an image ({first_words(e)})") from None
 
 
-def decode(file, channels, size):
-    """One image file as uint8 (C, H, W): grey (1) or RGB (3), fitted to size when given."""
+def decode(file, channels, size, crop=None):
+    """One image file as uint8 (C, H, W): grey (1) or RGB (3); its centre crop x crop first
+    when crop is given (CelebA's 148), then fitted to size when given."""
     try:
         with Image.open(file) as im:
             x = torch.from_numpy(np.array(im.convert("L" if channels == 1 else "RGB")))
     except Exception as e:
         raise DataError(f"{file} cannot be decoded ({first_words(e)}); delete or replace it") from None
     x = x.unsqueeze(0) if x.dim() == 2 else x.permute(2, 0, 1)
+    x = TF.center_crop(x, crop) if crop else x
     return fit(x.unsqueeze(0), size)[0]
 
 
-def read_folder(path, size=None, channels=None):
-    """{"train", "test"} of folder:PATH (see folder_files), every image decoded once into a
-    cache in PATH/.autoencoder-cache, keyed by the files' names, sizes and times and by
-    size and channels: later runs read the cache (seconds, not minutes)."""
-    files, classes = folder_files(path)
-    channels = channels or folder_header(path)[0][0]
-    key = hashlib.blake2b(json.dumps([size, channels, TEST_FRACTION, sorted(
+def decoded(files, folder, name, channels, size, crop=None):
+    """{split: (images, labels)} of files ({split: [(file, label or None)]}; split None:
+    held out as train and test), each file decoded once: the result is cached in
+    folder/.autoencoder-cache/<key>/, the key made of every file's name, size and time and of
+    the options, and read back from there the next time (seconds, not minutes). A cache
+    larger than half the host's memory is read through a memory map, not loaded whole."""
+    key = hashlib.blake2b(json.dumps([size, channels, crop, TEST_FRACTION, sorted(
         (split or "", f, os.stat(f).st_size, os.stat(f).st_mtime_ns, k)
         for split, fs in files.items() for f, k in fs)]).encode(), digest_size=8).hexdigest()
-    cache = os.path.join(path, CACHE, f"{key}.npz")
-    if os.path.isfile(cache):
-        with np.load(cache) as z:
-            return {split: (torch.from_numpy(z[f"{split}_x"]), torch.from_numpy(z[f"{split}_y"]))
-                    for split in ("train", "test")}
+    cache = os.path.join(folder, CACHE, key)
+    if os.path.isfile(os.path.join(cache, "complete")):
+        return read_cache(cache)
     out, t0, done, total = {}, time.perf_counter(), 0, sum(len(fs) for fs in files.values())
     for split, fs in files.items():
-        decoded = []
+        images = []
         for f, _ in fs:
-            decoded.append(decode(f, channels, size))
-            if decoded[-1].shape != decoded[0].shape:
-                raise DataError(f"{fs[0][0]} is {tuple(decoded[0].shape[1:])} and {f} "
-                                f"{tuple(decoded[-1].shape[1:])} (H, W): pass --image-size to "
+            images.append(decode(f, channels, size, crop))
+            if images[-1].shape != images[0].shape:
+                raise DataError(f"{fs[0][0]} is {tuple(images[0].shape[1:])} and {f} "
+                                f"{tuple(images[-1].shape[1:])} (H, W): pass --image-size to "
                                 f"resize every image to one size")
             done += 1
             if done % 1000 == 0 or done == total:
-                print(f"Decoding {path}: {done}/{total} images, "
+                print(f"Decoding {name}: {done}/{total} images, "
                       f"{done / (time.perf_counter() - t0):.0f} per second", flush=True)
-        labels = torch.tensor([k or 0 for _, k in fs], dtype=torch.long)
-        out[split] = torch.stack(decoded), labels
+        out[split] = torch.stack(images), torch.tensor([k or 0 for _, k in fs], dtype=torch.long)
     out = held_out(*out[None]) if None in out else out
-    try:
-        os.makedirs(os.path.dirname(cache), exist_ok=True)
-        arrays = {f"{s}_{n}": t.numpy() for s, (x, y) in out.items() for n, t in (("x", x), ("y", y))}
-        tmp = f"{cache}.tmp{os.getpid()}.npz"
-        np.savez(tmp, **arrays)
+    tmp = f"{cache}.tmp{os.getpid()}"
+    try:  # written whole into a temporary folder, then renamed: never half a cache
+        os.makedirs(tmp, exist_ok=True)
+        for split, (x, y) in out.items():
+            np.save(os.path.join(tmp, f"{split}_x.npy"), x.numpy())
+            np.save(os.path.join(tmp, f"{split}_y.npy"), y.numpy())
+        open(os.path.join(tmp, "complete"), "w").close()
         os.replace(tmp, cache)
     except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
         print(f"Note: could not write the cache {cache} ({first_words(e)}); the images will be "
               f"decoded again next time")
     return out
+
+
+def read_cache(cache):
+    names = sorted(n[:-6] for n in os.listdir(cache) if n.endswith("_x.npy"))
+    size = sum(os.path.getsize(os.path.join(cache, f"{n}_x.npy")) for n in names)
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
+    mmap = "r" if ram and size > ram / 2 else None
+    with warnings.catch_warnings():  # a memory map is read-only; batches only read it
+        warnings.simplefilter("ignore", UserWarning)
+        return {n: (torch.from_numpy(np.load(os.path.join(cache, f"{n}_x.npy"), mmap_mode=mmap)),
+                    torch.from_numpy(np.load(os.path.join(cache, f"{n}_y.npy"))))
+                for n in names}
+
+
+def read_folder(path, size=None, channels=None):
+    """{"train", "test"} of folder:PATH (see folder_files), decoded once (decoded)."""
+    files, _ = folder_files(path)
+    return decoded(files, path, path, channels or folder_header(path)[0][0], size)
+
+
+CELEBA_FILES = "img_align_celeba/ (the aligned JPEGs) and list_eval_partition.txt"
+
+
+def read_celeba(root, download, size=None, channels=None):
+    """{"train", "val", "test"} of CelebA's official partition, from its real layout:
+    root/celeba/img_align_celeba/*.jpg and root/celeba/list_eval_partition.txt ("000001.jpg 0"
+    lines; 0 train, 1 validation, 2 test). Each 178x218 image is cut to its centre 148x148 and
+    resized to 64x64 (--image-size), as the VAE literature does (PyTorch-VAE; Larsen et al.).
+    torchvision downloads the files where they are missing and there is a network."""
+    folder = os.path.join(root, "celeba")
+    images, partition = os.path.join(folder, "img_align_celeba"), os.path.join(folder, "list_eval_partition.txt")
+    if not (os.path.isdir(images) and os.path.isfile(partition)):
+        why = "download is off"
+        if download:
+            try:
+                with contextlib.redirect_stdout(io.StringIO()):
+                    torchvision.datasets.CelebA(root, split="all", target_type=[], download=True)
+            except Exception as e:
+                why = f"could not be downloaded ({first_words(e)})"
+        if not (os.path.isdir(images) and os.path.isfile(partition)):
+            raise DataError(f"celeba missing in {folder} and {why}; place {CELEBA_FILES} there "
+                            f"(README: offline use)")
+    files = {"train": [], "val": [], "test": []}
+    with open(partition) as f:
+        for number, line in enumerate(f, 1):
+            parts = line.split()
+            if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
+                raise DataError(f"{partition}, line {number}: {line.strip()[:60]!r} is not "
+                                f"'<file> <0, 1 or 2>'; place the official file there")
+            path = os.path.join(images, parts[0])
+            if not os.path.isfile(path):
+                raise DataError(f"{path} is listed in {partition} but missing; place the "
+                                f"official images there")
+            files[("train", "val", "test")[int(parts[1])]].append((path, None))
+    return decoded(files, folder, "celeba", channels or 3, size or 64, crop=148)
 
 
 def fits(images, budget):

@@ -237,6 +237,9 @@ def check(cfg, given):
         raise ValueError(f"--image-size must be in [8, 1024], got {cfg['image_size']}")
     if cfg["channels"] not in (None, 1, 3):
         raise ValueError(f"--channels must be 1 (grey) or 3 (colour), got {cfg['channels']}")
+    if cfg["val_split"] and cfg["dataset"] == "celeba":
+        raise ValueError("--val-split: celeba has its own validation split (its official "
+                         "partition), used for best.pt; drop --val-split")
     shape, classes = data.describe(cfg["dataset"], cfg["image_size"], cfg["channels"])
     cfg["image_shape"], cfg["classes"] = list(shape), classes
     cfg["num_classes"] = len(classes) if classes else None
