@@ -192,20 +192,20 @@ def corrupted_file(name, root, train):
 
 
 def load(name, root="./data", device="cpu", download=True, budget=float("inf"), size=None,
-         channels=None):
+         channels=None, skip_bad=False):
     """Both splits: {"train": (images, labels), "test": (images, labels)} (and "val" for a
     dataset with its own validation split: celeba), each on `device`
     when its images fit `budget` bytes, else left in host memory (pinned for a GPU), to be
     copied over a batch at a time: pass batches(..., device=device) for those.
-    size, channels: --image-size and --channels (see fit)."""
+    size, channels: --image-size and --channels (see fit); skip_bad: --skip-bad-images."""
     name = canonical_name(name)
     kind, _, path = name.partition(":")
     if kind == "npz":
         read = read_npz(path)
     elif kind == "folder":
-        read = read_folder(path, size, channels)
+        read = read_folder(path, size, channels, skip_bad)
     elif name == "celeba":
-        read = read_celeba(root, download, size, channels)  # with its own validation split
+        read = read_celeba(root, download, size, channels, skip_bad)  # with its own validation split
     else:
         read = {split: load_split(name, root, split == "train", download) for split in ("train", "test")}
         check_splits(name, root, read)
@@ -419,38 +419,56 @@ def decode(file, channels, size, crop=None):
         with Image.open(file) as im:
             x = torch.from_numpy(np.array(im.convert("L" if channels == 1 else "RGB")))
     except Exception as e:
-        raise DataError(f"{file} cannot be decoded ({first_words(e)}); delete or replace it") from None
+        raise DataError(f"{file} cannot be decoded ({first_words(e)}); delete or replace it, "
+                        f"or pass --skip-bad-images") from None
     x = x.unsqueeze(0) if x.dim() == 2 else x.permute(2, 0, 1)
     x = TF.center_crop(x, crop) if crop else x
     return fit(x.unsqueeze(0), size)[0]
 
 
-def decoded(files, folder, name, channels, size, crop=None):
+def decoded(files, folder, name, channels, size, crop=None, skip_bad=False):
     """{split: (images, labels)} of files ({split: [(file, label or None)]}; split None:
     held out as train and test), each file decoded once: the result is cached in
     folder/.autoencoder-cache/<key>/, the key made of every file's name, size and time and of
     the options, and read back from there the next time (seconds, not minutes). A cache
-    larger than half the host's memory is read through a memory map, not loaded whole."""
-    key = hashlib.blake2b(json.dumps([size, channels, crop, TEST_FRACTION, sorted(
+    larger than half the host's memory is read through a memory map, not loaded whole.
+    skip_bad: a file that does not decode is left out (and counted), not an error."""
+    key = hashlib.blake2b(json.dumps([size, channels, crop, skip_bad, TEST_FRACTION, sorted(
         (split or "", f, os.stat(f).st_size, os.stat(f).st_mtime_ns, k)
         for split, fs in files.items() for f, k in fs)]).encode(), digest_size=8).hexdigest()
     cache = os.path.join(folder, CACHE, key)
     if os.path.isfile(os.path.join(cache, "complete")):
         return read_cache(cache)
     out, t0, done, total = {}, time.perf_counter(), 0, sum(len(fs) for fs in files.values())
+    skipped, first = [], None
     for split, fs in files.items():
-        images = []
-        for f, _ in fs:
-            images.append(decode(f, channels, size, crop))
-            if images[-1].shape != images[0].shape:
-                raise DataError(f"{fs[0][0]} is {tuple(images[0].shape[1:])} and {f} "
-                                f"{tuple(images[-1].shape[1:])} (H, W): pass --image-size to "
-                                f"resize every image to one size")
+        images, labels = [], []
+        for f, k in fs:
             done += 1
+            try:
+                image = decode(f, channels, size, crop)
+            except DataError:
+                if not skip_bad:
+                    raise
+                skipped.append(f)
+                continue
+            if images and image.shape != images[0].shape:
+                raise DataError(f"{first} is {tuple(images[0].shape[1:])} and {f} "
+                                f"{tuple(image.shape[1:])} (H, W): pass --image-size to "
+                                f"resize every image to one size")
+            if not images:
+                first = f  # the file whose size the others must have
+            images.append(image)
+            labels.append(k or 0)
             if done % 1000 == 0 or done == total:
                 print(f"Decoding {name}: {done}/{total} images, "
                       f"{done / (time.perf_counter() - t0):.0f} per second", flush=True)
-        out[split] = torch.stack(images), torch.tensor([k or 0 for _, k in fs], dtype=torch.long)
+        if not images:
+            raise DataError(f"{name}: no image of the {split or 'whole'} split decodes")
+        out[split] = torch.stack(images), torch.tensor(labels, dtype=torch.long)
+    if skipped:
+        print(f"Skipped {len(skipped)} image(s) that do not decode (--skip-bad-images), the "
+              f"first {skipped[0]}")
     out = held_out(*out[None]) if None in out else out
     tmp = f"{cache}.tmp{os.getpid()}"
     try:  # written whole into a temporary folder, then renamed: never half a cache
@@ -479,16 +497,16 @@ def read_cache(cache):
                 for n in names}
 
 
-def read_folder(path, size=None, channels=None):
+def read_folder(path, size=None, channels=None, skip_bad=False):
     """{"train", "test"} of folder:PATH (see folder_files), decoded once (decoded)."""
     files, _ = folder_files(path)
-    return decoded(files, path, path, channels or folder_header(path)[0][0], size)
+    return decoded(files, path, path, channels or folder_header(path)[0][0], size, None, skip_bad)
 
 
 CELEBA_FILES = "img_align_celeba/ (the aligned JPEGs) and list_eval_partition.txt"
 
 
-def read_celeba(root, download, size=None, channels=None):
+def read_celeba(root, download, size=None, channels=None, skip_bad=False):
     """{"train", "val", "test"} of CelebA's official partition, from its real layout:
     root/celeba/img_align_celeba/*.jpg and root/celeba/list_eval_partition.txt ("000001.jpg 0"
     lines; 0 train, 1 validation, 2 test). Each 178x218 image is cut to its centre 148x148 and
@@ -519,7 +537,7 @@ def read_celeba(root, download, size=None, channels=None):
                 raise DataError(f"{path} is listed in {partition} but missing; place the "
                                 f"official images there")
             files[("train", "val", "test")[int(parts[1])]].append((path, None))
-    return decoded(files, folder, "celeba", channels or 3, size or 64, crop=148)
+    return decoded(files, folder, "celeba", channels or 3, size or 64, 148, skip_bad)
 
 
 def fits(images, budget):

@@ -365,7 +365,8 @@ def evaluate(dirs, names, out, device, args):
         key = (cfg["dataset"], args.data_root or cfg["data_root"], cfg["image_size"], cfg["channels"])
         if key not in splits:
             splits[key] = data.load(cfg["dataset"], key[1], device, args.download,
-                                    size=cfg["image_size"], channels=cfg["channels"])
+                                    size=cfg["image_size"], channels=cfg["channels"],
+                                    skip_bad=cfg["skip_bad_images"])
             identities[key] = data.identity(splits[key])
         if cfg.get("data") not in (None, identities[key]):
             print(f"{run_dir}: warning: the data under {key[1]} are not those it was trained "

@@ -24,7 +24,7 @@ RESUME_SAFE = {"epochs", "device", "log_interval", "data_root", "download", "res
                "compile", "channels_last", "data_budget"}
 
 
-ADDED = {"image_size": None, "channels": None, "val_split": 0}  # run-level flags added after format 2
+ADDED = {"image_size": None, "channels": None, "val_split": 0, "skip_bad_images": False}  # run-level flags added after format 2
 
 
 class Parser(argparse.ArgumentParser):
@@ -91,9 +91,11 @@ def build_parser():
     a("--dataset", default="mnist", help="mnist, fashion-mnist (or fashionmnist), cifar10, "
       "npz:FILE[,TEST_FILE] (arrays x, y) or folder:PATH (image files; class subfolders)")
     a("--image-size", type=int, default=None, help="resize (shorter side) and centre-crop "
-      "every image to SIZE x SIZE; the conv arch takes 28 or 16, 32, 64, 128, ...")
+      "every image to SIZE x SIZE (16 to 1024); the conv arch takes 28 or 16, 32, 64, 128, ...")
     a("--channels", type=int, default=None, help="1 (grey) or 3 (colour): convert the images "
       "(default: the dataset's own)")
+    a("--skip-bad-images", action="store_true", help="folder: and celeba: leave out image "
+      "files that do not decode (counted), instead of stopping")
     a("--data-root", default="./data", help="folder holding the datasets (torchvision layout)")
     a("--no-download", dest="download", action="store_false",
       help="never download; fail with a message if the files are missing")
@@ -233,8 +235,8 @@ def check(cfg, given):
     if cfg["model"] not in models.MODELS:
         raise ValueError(f"unknown --model {cfg['model']!r}; use {', '.join(models.MODELS)}")
     cfg["dataset"] = data.canonical_name(cfg["dataset"])
-    if cfg["image_size"] is not None and not 8 <= cfg["image_size"] <= 1024:
-        raise ValueError(f"--image-size must be in [8, 1024], got {cfg['image_size']}")
+    if cfg["image_size"] is not None and not 16 <= cfg["image_size"] <= 1024:
+        raise ValueError(f"--image-size must be in [16, 1024], got {cfg['image_size']}")
     if cfg["channels"] not in (None, 1, 3):
         raise ValueError(f"--channels must be 1 (grey) or 3 (colour), got {cfg['channels']}")
     if cfg["val_split"] and cfg["dataset"] == "celeba":

@@ -241,7 +241,7 @@ def run(cfg, ckpt=None, signals=None):
     torch.manual_seed(cfg["seed"] + rank)  # each process its own z, dropout and noise draws
     budget = parallel.data_budget(cfg, device)
     splits = data.load(cfg["dataset"], cfg["data_root"], device, cfg["download"], budget,
-                       cfg["image_size"], cfg["channels"])
+                       cfg["image_size"], cfg["channels"], cfg["skip_bad_images"])
     copy_to = {name: None if data.fits(images, budget) else device
                for name, (images, _) in splits.items()}
     for name, (images, _) in splits.items():

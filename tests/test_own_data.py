@@ -240,3 +240,40 @@ def test_celeba_missing_offline_says_which_files_to_place_where(tmp_path, capsys
     one_line(capsys.readouterr().err, os.path.join(str(tmp_path), "celeba"), "img_align_celeba/",
              "list_eval_partition.txt", "could not be downloaded")
     assert not os.path.exists(out)
+
+
+def test_skip_bad_images_leaves_out_and_counts_what_does_not_decode(tmp_path, capsys):
+    root = str(tmp_path / "pics")
+    write_folder(root, "classes")
+    open(os.path.join(root, "dog", "3.png"), "wb").write(b"not an image")
+    with pytest.raises(data.DataError, match="3.png cannot be decoded.*--skip-bad-images"):
+        data.load(f"folder:{root}")
+    splits = data.load(f"folder:{root}", skip_bad=True)
+    assert sum(len(x) for x, _ in splits.values()) == 11
+    labels = torch.cat([y for _, y in splits.values()]).tolist()
+    assert sorted(labels) == [0] * 6 + [1] * 5  # the dog's label went with its image
+    assert "Skipped 1 image(s)" in capsys.readouterr().out
+
+
+def test_a_large_cache_is_read_through_a_memory_map(tmp_path, monkeypatch):
+    root = str(tmp_path / "pics")
+    write_folder(root, "classes")
+    first = data.load(f"folder:{root}")
+    modes, real = [], np.load
+    monkeypatch.setattr(np, "load", lambda *a, **k: (modes.append(k.get("mmap_mode")), real(*a, **k))[1])
+    data.load(f"folder:{root}")
+    assert set(modes) == {None}  # small: loaded whole
+    modes.clear()
+    monkeypatch.setattr(os, "sysconf", lambda name: 1 if name == "SC_PAGE_SIZE" else 1000)
+    mapped = data.load(f"folder:{root}")  # "1000 bytes of memory"
+    assert "r" in modes and all(torch.equal(first[s][0], mapped[s][0]) for s in first)
+    x, y = mapped["train"]
+    batch = next(data.batches(x, y, 4, shuffle=True))  # training reads it like any tensor
+    assert batch[0].shape == (4, 3, 20, 24)
+
+
+def test_a_validation_split_as_large_as_the_training_split_is_refused(tiny_data, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert train.main(["--data-root", tiny_data, "--val-split", "60", "--out", out, *SMALL]) == 2
+    one_line(capsys.readouterr().err, "--val-split 60", "60 training images")
+    assert not os.path.exists(out)
