@@ -20,6 +20,7 @@ import struct
 import time
 import warnings
 import zipfile
+import zlib
 
 import numpy as np
 import torch
@@ -51,6 +52,7 @@ TEST_NOISE_SEED = 0  # the test split's corruption is the same in every run, wha
 
 SOURCES = ("npz", "folder")  # --dataset KIND:PATH, read by read_npz and read_folder
 TEST_FRACTION = 0.2  # held out as the test split (seed 0) when a source has none
+MAX_CLASSES = 10000
 
 
 class DataError(ValueError):
@@ -192,12 +194,14 @@ def corrupted_file(name, root, train):
 
 
 def load(name, root="./data", device="cpu", download=True, budget=float("inf"), size=None,
-         channels=None, skip_bad=False):
+         channels=None, skip_bad=False, val_split=0):
     """Both splits: {"train": (images, labels), "test": (images, labels)} (and "val" for a
     dataset with its own validation split: celeba), each on `device`
     when its images fit `budget` bytes, else left in host memory (pinned for a GPU), to be
     copied over a batch at a time: pass batches(..., device=device) for those.
-    size, channels: --image-size and --channels (see fit); skip_bad: --skip-bad-images."""
+    size, channels: --image-size and --channels (see fit); skip_bad: --skip-bad-images;
+    val_split: --val-split, held out of the training split here (split_off), before the
+    splits are placed."""
     name = canonical_name(name)
     kind, _, path = name.partition(":")
     if kind == "npz":
@@ -210,6 +214,8 @@ def load(name, root="./data", device="cpu", download=True, budget=float("inf"), 
         read = {split: load_split(name, root, split == "train", download) for split in ("train", "test")}
         check_splits(name, root, read)
     read = {split: (fit(images, size, channels), labels) for split, (images, labels) in read.items()}
+    if val_split and "val" not in read:
+        read["train"], read["val"] = split_off(*read["train"], val_split)
     splits = {}
     for split, (images, labels) in read.items():
         if fits(images, budget):
@@ -342,8 +348,12 @@ def npz_header(spec):
         raise DataError(f"npz:{spec}: some splits have labels (y) and some not; give all or none")
     if not all(labelled):
         return shape, None
-    top = max(int(np.load(p)[k].max(initial=0)) for p in spec.split(",")
-              for k in ("y", "y_test") if k in npz_arrays(p))
+    labels = [np.load(p)[k] for p in spec.split(",") for k in ("y", "y_test") if k in npz_arrays(p)]
+    low, top = min(int(y.min(initial=0)) for y in labels), max(int(y.max(initial=0)) for y in labels)
+    if low < 0 or top >= MAX_CLASSES:
+        raise DataError(f"npz:{spec}: labels run from {low} to {top}; they must be class "
+                        f"numbers 0..K-1 (K at most {MAX_CLASSES}): renumber them, e.g. with "
+                        f"numpy.unique(y, return_inverse=True)")
     return shape, [str(k) for k in range(top + 1)]
 
 
@@ -354,18 +364,27 @@ def read_npz(spec):
     if len(paths) > 2:
         raise DataError(f"npz:{spec}: give one file, or two (training, test) separated by a comma")
     npz_header(spec)
-    tensors = lambda z, xk, yk: (  # noqa: E731
-        torch.from_numpy(z[xk]).reshape(*z[xk].shape[:3], -1).permute(0, 3, 1, 2).contiguous(),
-        torch.from_numpy(z[yk].astype(np.int64)) if yk in z.files else torch.zeros(len(z[xk]), dtype=torch.long))
-    first = np.load(paths[0])
-    if len(paths) == 2:
-        return {"train": tensors(first, "x", "y"), "test": tensors(np.load(paths[1]), "x", "y")}
-    if "x_test" in first.files:
-        return {"train": tensors(first, "x", "y"), "test": tensors(first, "x_test", "y_test")}
-    return held_out(*tensors(first, "x", "y"))
+    splits = {}
+    for path, split, xk, yk in ((paths[0], "train", "x", "y"), (paths[-1], "test", "x", "y"),
+                                (paths[0], "test", "x_test", "y_test")):
+        if split in splits or (len(paths) == 1 and xk == "x" and split == "test"):
+            continue  # one file: its test split is x_test, or held out below
+        try:
+            with np.load(path) as z:
+                if xk not in z.files:
+                    continue
+                x, y = z[xk], z[yk] if yk in z.files else np.zeros(len(z[xk]), np.int64)
+        except (zipfile.BadZipFile, ValueError, OSError, zlib.error) as e:
+            raise DataError(f"{path}: {xk} cannot be read ({first_words(e)}); write the file "
+                            f"again with numpy.savez") from None
+        x = x[..., None] if x.ndim == 3 else x  # (N, H, W) -> (N, H, W, 1)
+        splits[split] = (torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(),
+                         torch.from_numpy(y.astype(np.int64)))
+    return splits if "test" in splits else held_out(*splits["train"])
 
 
 IMAGE_TYPES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L")  # Pillow's grey modes
 CACHE = ".autoencoder-cache"  # folder:PATH's decoded images, in PATH/.autoencoder-cache/
 
 
@@ -375,41 +394,63 @@ def folder_files(path):
     give its classes (torchvision's ImageFolder layout), else its images are unlabelled."""
     if not os.path.isdir(path):
         raise DataError(f"folder {path} not found; pass --dataset folder:PATH of a folder of images")
-    subdirs = lambda d: sorted(n for n in os.listdir(d) if not n.startswith(".")  # noqa: E731
-                               and os.path.isdir(os.path.join(d, n)))
-    images = lambda d: sorted(os.path.join(d, n) for n in os.listdir(d)  # noqa: E731
-                              if n.lower().endswith(IMAGE_TYPES) and not n.startswith("."))
     parts = {"train": os.path.join(path, "train"), "test": os.path.join(path, "test")}
     if not all(os.path.isdir(p) for p in parts.values()):
         parts = {None: path}
-    classes = subdirs(parts.get("train", path))
+    classes = subfolders(parts.get("train", path))
     files = {}
     for split, root in parts.items():
+        extra = set(subfolders(root)) - set(classes)
+        if extra:
+            raise DataError(f"{root}: class folder {sorted(extra)[0]} is not among the "
+                            f"training classes ({', '.join(classes)})")
         if classes:
             files[split] = [(f, k) for k, c in enumerate(classes)
-                            for f in (images(os.path.join(root, c)) if os.path.isdir(os.path.join(root, c)) else [])]
-            extra = set(subdirs(root)) - set(classes)
-            if extra:
-                raise DataError(f"{root}: class folder {sorted(extra)[0]} is not among the "
-                                f"training classes ({', '.join(classes)})")
+                            for f in image_files(os.path.join(root, c))]
         else:
-            files[split] = [(f, None) for f in images(root)]
+            files[split] = [(f, None) for f in image_files(root)]
         if not files[split]:
             raise DataError(f"{root} holds no images ({', '.join(IMAGE_TYPES)}"
                             f"{', in class subfolders' if classes else ''})")
     return files, classes or None
 
 
+def listing(folder):
+    """The names in folder ([] if it does not exist); DataError when it cannot be listed."""
+    try:
+        return sorted(n for n in os.listdir(folder) if not n.startswith(".")) if os.path.isdir(folder) else []
+    except PermissionError:
+        raise DataError(f"{folder}: permission denied; make it readable (chmod -R u+rX)") from None
+
+
+def subfolders(folder):
+    return [n for n in listing(folder) if os.path.isdir(os.path.join(folder, n))]
+
+
+def image_files(folder):
+    """The image files of a folder (a broken link is no file)."""
+    return [os.path.join(folder, n) for n in listing(folder)
+            if n.lower().endswith(IMAGE_TYPES) and os.path.isfile(os.path.join(folder, n))]
+
+
 def folder_header(path):
     """(C, H, W) of folder:PATH's first image (read from its header alone) and the class names."""
     files, classes = folder_files(path)
-    first = next(iter(files.values()))[0][0]
-    try:
-        with Image.open(first) as im:
-            grey = im.mode in ("1", "L", "LA", "I", "I;16", "F")
-            return (1 if grey else 3, im.height, im.width), classes
-    except Exception as e:
-        raise DataError(f"{first} cannot be read as an image ({first_words(e)})") from None
+    every = [f for fs in files.values() for f, _ in fs]
+    sample = every[::max(1, len(every) // 100)]  # up to 100 headers, spread over the folder
+    modes, size = [], None
+    for f in sample:
+        try:
+            with Image.open(f) as im:
+                modes.append(im.mode)
+                size = size or (im.height, im.width)  # the first image's
+        except Exception:  # decoding names it later (or --skip-bad-images leaves it out)
+            continue
+    if not modes:
+        raise DataError(f"no image of {path} can be read (the first: {sample[0]}); place "
+                        f"image files there")
+    grey = all(m in GREY_MODES for m in modes)  # one colour image: the folder is in colour
+    return (1 if grey else 3, *size), classes
 
 
 def decode(file, channels, size, crop=None):
@@ -417,6 +458,8 @@ def decode(file, channels, size, crop=None):
     when crop is given (CelebA's 148), then fitted to size when given."""
     try:
         with Image.open(file) as im:
+            if im.mode.startswith("I"):  # 16-bit grey (PNG, TIFF): keep the 8 high bits
+                im = Image.fromarray((np.asarray(im, dtype=np.int64) >> 8).clip(0, 255).astype(np.uint8))
             x = torch.from_numpy(np.array(im.convert("L" if channels == 1 else "RGB")))
     except Exception as e:
         raise DataError(f"{file} cannot be decoded ({first_words(e)}); delete or replace it, "
@@ -478,8 +521,10 @@ def decoded(files, folder, name, channels, size, crop=None, skip_bad=False):
             np.save(os.path.join(tmp, f"{split}_y.npy"), y.numpy())
         open(os.path.join(tmp, "complete"), "w").close()
         os.replace(tmp, cache)
-    except OSError as e:
+    except BaseException as e:  # Ctrl-C too: never leave a half-written cache behind
         shutil.rmtree(tmp, ignore_errors=True)
+        if not isinstance(e, OSError):
+            raise
         print(f"Note: could not write the cache {cache} ({first_words(e)}); the images will be "
               f"decoded again next time")
     return out

@@ -77,7 +77,8 @@ def build_parser():
     a("--chunk", type=int, default=1024, help="images x samples decoded at once (bounds memory)")
     a("--n", type=int, default=10, help="images per figure row (samples: an n x n grid)")
     a("--seed", type=int, default=0, help="seeds every sample drawn in evaluation")
-    a("--weights", default="last", help="last (checkpoint.pt) or best (best.pt, lowest test loss)")
+    a("--weights", default="last", help="last (checkpoint.pt) or best (best.pt, lowest "
+      "validation loss; runs with a validation split)")
     a("--partial", action="store_true", help="evaluate a run that has not finished its epochs")
     a("--data-root", default=None, help="dataset folder (default: the run's own --data-root)")
     a("--no-download", dest="download", action="store_false", help="never download datasets")
@@ -123,10 +124,10 @@ def load_run(run_dir, weights="last", partial=False, quiet=True):
     if not logged and not quiet:
         print(f"{run_dir}: its last weights are from step {ckpt['mid_epoch']['step']} of epoch "
               f"{epoch + 1}; the logged losses are epoch {epoch}'s")
-    if weights == "best" and not cfg["val_split"]:
-        raise ValueError(f"{run_dir} has no validation split (--val-split), so no best.pt: "
-                         f"choosing weights on the test split would be model selection on the "
-                         f"test set; train with --val-split 0.1 (say) to have one")
+    if weights == "best" and not (cfg["val_split"] or cfg["dataset"] == "celeba"):
+        raise ValueError(f"{run_dir} has no validation split (--val-split): its weights are "
+                         f"not chosen (a best.pt of an older version was chosen on the test "
+                         f"split); train with --val-split 0.1 (say) to have best weights")
     if weights == "best":
         ckpt = runs.load_checkpoint(os.path.join(run_dir, "best.pt"))
     model = models.from_config(cfg)
@@ -362,11 +363,12 @@ def evaluate(dirs, names, out, device, args):
     splits, identities, rows, recons, histories, kls = {}, {}, [], {}, {}, {}
     for name, run_dir in zip(names, dirs):
         cfg, model, history, epoch, logged = load_run(run_dir, args.weights, args.partial, False)
-        key = (cfg["dataset"], args.data_root or cfg["data_root"], cfg["image_size"], cfg["channels"])
+        key = (cfg["dataset"], args.data_root or cfg["data_root"], cfg["image_size"],
+               cfg["channels"], cfg["val_split"])
         if key not in splits:
             splits[key] = data.load(cfg["dataset"], key[1], device, args.download,
                                     size=cfg["image_size"], channels=cfg["channels"],
-                                    skip_bad=cfg["skip_bad_images"])
+                                    skip_bad=cfg["skip_bad_images"], val_split=cfg["val_split"])
             identities[key] = data.identity(splits[key])
         if cfg.get("data") not in (None, identities[key]):
             print(f"{run_dir}: warning: the data under {key[1]} are not those it was trained "

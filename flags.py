@@ -88,7 +88,7 @@ def build_parser():
                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
     a("--model", default="vae", help=f"model family: {', '.join(models.MODELS)} (models.py)")
-    a("--dataset", default="mnist", help="mnist, fashion-mnist (or fashionmnist), cifar10, "
+    a("--dataset", default="mnist", help="mnist, fashion-mnist (or fashionmnist), cifar10, celeba, "
       "npz:FILE[,TEST_FILE] (arrays x, y) or folder:PATH (image files; class subfolders)")
     a("--image-size", type=int, default=None, help="resize (shorter side) and centre-crop "
       "every image to SIZE x SIZE (16 to 1024); the conv arch takes 28 or 16, 32, 64, 128, ...")
@@ -331,7 +331,9 @@ def resolve(argv):
         cfg["resume_commands"] = cfg.get("resume_commands", []) + [shlex.join(["train.py"] + argv)]
         check(cfg, set())
         ckpt = runs.load_checkpoint(ckpt_path)
-        runs.check_pair(ckpt, cfg, ckpt_path, ignore=RESUME_SAFE)
+        for key, value in ADDED.items():  # a checkpoint of an older version lacks them too
+            ckpt["config"].setdefault(key, value)
+        runs.check_pair(ckpt, cfg, ckpt_path, ignore=RESUME_SAFE | {"classes"})  # derived
         done = ckpt["epoch"] + (ckpt["mid_epoch"] is not None)  # an unfinished epoch counts
         if cfg["epochs"] < done:
             raise ValueError(f"--epochs {cfg['epochs']} is below the {done} epoch(s) "

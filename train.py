@@ -241,7 +241,7 @@ def run(cfg, ckpt=None, signals=None):
     torch.manual_seed(cfg["seed"] + rank)  # each process its own z, dropout and noise draws
     budget = parallel.data_budget(cfg, device)
     splits = data.load(cfg["dataset"], cfg["data_root"], device, cfg["download"], budget,
-                       cfg["image_size"], cfg["channels"], cfg["skip_bad_images"])
+                       cfg["image_size"], cfg["channels"], cfg["skip_bad_images"], cfg["val_split"])
     copy_to = {name: None if data.fits(images, budget) else device
                for name, (images, _) in splits.items()}
     for name, (images, _) in splits.items():
@@ -250,11 +250,9 @@ def run(cfg, ckpt=None, signals=None):
                   f"{budget / 2**20:.0f} MB budget: kept in host memory"
                   f"{' (pinned)' if images.is_pinned() else ''}, copied a batch at a time")
     check_data(cfg, ckpt, data.identity(splits))
-    if cfg["val_split"]:  # held out of the training split; best.pt is chosen on it
-        splits["train"], splits["val"] = data.split_off(*splits["train"], cfg["val_split"])
-        copy_to["val"] = copy_to["train"]
-        print(f"Data: {len(splits['val'][0])} training images held out for validation "
-              f"(--val-split {cfg['val_split']}); {len(splits['train'][0])} left for training")
+    if "val" in splits:  # --val-split's, or the dataset's own (celeba): best.pt is chosen on it
+        print(f"Data: {len(splits['train'][0])} training, {len(splits['val'][0])} validation "
+              f"and {len(splits['test'][0])} test images")
     noise = data.parse_noise(cfg["noise"])
     model = models.from_config(cfg).to(device)
     print(f"Model: {type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} parameters")

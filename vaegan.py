@@ -74,8 +74,9 @@ def conv_networks(image_shape, latent_dim, act="relu", dropout=0.0, batchnorm=Tr
     dec = [nn.Linear(latent_dim, last * 4 * 4)]
     dec += [nn.BatchNorm1d(last * 4 * 4)] if batchnorm else []
     dec += [nn.ReLU(), nn.Unflatten(1, (last, 4, 4))]
-    for c_in, c_out, k in zip(widths[:0:-1], widths[-2::-1], kernels[:0:-1]):
-        dec += [nn.ConvTranspose2d(c_in, c_out, k, stride=2, padding=1), *bn2(c_out), nn.ReLU()]
+    for i in reversed(range(1, len(widths))):  # back up the encoder's stages but the first
+        dec += [nn.ConvTranspose2d(widths[i], widths[i - 1], kernels[i], stride=2, padding=1),
+                *bn2(widths[i - 1]), nn.ReLU()]
     dec += [nn.ConvTranspose2d(widths[0], channels, kernels[0], stride=2, padding=1)]
     disc, c_in = nn.ModuleList(), channels
     for i, (width, k) in enumerate(zip(widths, kernels)):

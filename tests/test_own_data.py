@@ -277,3 +277,100 @@ def test_a_validation_split_as_large_as_the_training_split_is_refused(tiny_data,
     assert train.main(["--data-root", tiny_data, "--val-split", "60", "--out", out, *SMALL]) == 2
     one_line(capsys.readouterr().err, "--val-split 60", "60 training images")
     assert not os.path.exists(out)
+
+
+def labels_by_png(splits, exact, size=None):
+    """{png file: the label loaded with its pixels} for the lossless files of write_folder."""
+    images = torch.cat([x for x, _ in splits.values()])
+    labels = torch.cat([y for _, y in splits.values()])
+    found = {}
+    for name, a in exact.items():
+        if name.endswith(".png"):
+            want = data.fit(torch.from_numpy(a).permute(2, 0, 1)[None], size)[0]
+            hits = [i for i in range(len(images)) if torch.equal(images[i], want)]
+            assert len(hits) == 1, name
+            found[name] = labels[hits[0]].item()
+    return found
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_each_image_keeps_its_own_folders_label(tmp_path, skip):
+    root = str(tmp_path / "pics")
+    exact = write_folder(root, "classes")
+    if skip:
+        bad = os.path.join(root, "cat", "0.jpg")  # the first file: every later label shifts if misaligned
+        open(bad, "wb").write(b"broken")
+        del exact[bad]
+    found = labels_by_png(data.load(f"folder:{root}", skip_bad=skip), exact)
+    assert found and all(label == ("dog" in name) for name, label in found.items())
+
+
+def test_old_runs_without_the_new_keys_still_resume_and_evaluate(tiny_data, tmp_path):
+    import evaluate
+    out = str(tmp_path / "run")
+    assert train.main(["--data-root", tiny_data, "--out", out, *SMALL]) == 0
+    new = ["classes", "val_split", "skip_bad_images", "image_size", "channels", "data"]
+    path = os.path.join(out, "config.json")
+    cfg = json.load(open(path))
+    json.dump({k: v for k, v in cfg.items() if k not in new}, open(path, "w"))
+    ckpt = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
+    ckpt["config"] = {k: v for k, v in ckpt["config"].items() if k not in new}
+    torch.save(ckpt, os.path.join(out, "checkpoint.pt"))
+    assert train.main(["--resume", out, "--epochs", "2"]) == 0
+    assert evaluate.main([out, "--no-figures", "--iw-samples", "0"]) == 0
+
+
+def test_celeba_best_weights_are_evaluated(tmp_path):
+    import evaluate
+    root, out = str(tmp_path / "data"), str(tmp_path / "run")
+    write_celeba(root)
+    assert train.main(["--dataset", "celeba", "--data-root", root, "--image-size", "16",
+                       "--out", out, *SMALL]) == 0
+    assert evaluate.main([out, "--weights", "best", "--no-figures", "--iw-samples", "0"]) == 0
+
+
+def test_sixteen_bit_grey_keeps_its_high_bits_and_one_colour_file_makes_a_colour_folder(tmp_path):
+    root = str(tmp_path / "pics")
+    os.makedirs(root)
+    deep = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)  # up to 63,000 of 65,535
+    Image.fromarray(deep).save(os.path.join(root, "a.png"))
+    for i in range(3):
+        Image.fromarray(pixels(1, 8, 8, seed=i)[0], "L").save(os.path.join(root, f"b{i}.png"))
+    assert data.describe(f"folder:{root}")[0] == (1, 8, 8)
+    x = data.decode(os.path.join(root, "a.png"), 1, None)
+    assert torch.equal(x[0], torch.from_numpy((deep >> 8).astype(np.uint8)))
+    Image.fromarray(pixels(1, 8, 8, 3)[0]).save(os.path.join(root, "c.png"))
+    assert data.describe(f"folder:{root}")[0] == (3, 8, 8)
+    os.symlink(os.path.join(root, "gone.png"), os.path.join(root, "d.png"))  # a broken link
+    assert sum(len(x) for x, _ in data.load(f"folder:{root}").values()) == 5
+
+
+@pytest.mark.parametrize("y,words", [(np.array([0, -1, 2, 1]), ["from -1 to 2"]),
+                                     (np.array([0, 1, 2, 10**6]), ["to 1000000", "unique"])])
+def test_npz_labels_must_be_class_numbers(tmp_path, capsys, y, words):
+    path = str(tmp_path / "a.npz")
+    np.savez(path, x=pixels(4, 8, 8), y=y)
+    assert train.main(["--dataset", f"npz:{path}", "--out", str(tmp_path / "r"), *SMALL]) == 2
+    one_line(capsys.readouterr().err, *words)
+
+
+def test_a_damaged_npz_payload_is_one_line(tmp_path, capsys):
+    path = str(tmp_path / "a.npz")
+    np.savez_compressed(path, x=pixels(200, 8, 8), y=np.arange(200) % 3)
+    raw = bytearray(open(path, "rb").read())
+    raw[300:340] = b"\0" * 40  # inside x's compressed bytes; the headers stay whole
+    open(path, "wb").write(bytes(raw))
+    code = train.main(["--dataset", f"npz:{path}", "--out", str(tmp_path / "r"), *SMALL])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    one_line(err, "a.npz")
+
+
+def test_28_and_32_pixel_conv_networks_are_those_of_before():
+    """The parameter counts of the conv networks before any size was allowed (2026-11-21)."""
+    import ae
+    counts = {(cls.__name__, shape): sum(p.numel() for p in cls(shape, arch="conv").parameters())
+              for cls in (vae.VAE, vaegan.VAEGAN, ae.AE) for shape in ((1, 28, 28), (3, 32, 32))}
+    assert counts == {("VAE", (1, 28, 28)): 339945, ("VAE", (3, 32, 32)): 456683,
+                      ("VAEGAN", (1, 28, 28)): 1546346, ("VAEGAN", (3, 32, 32)): 2240620,
+                      ("AE", (1, 28, 28)): 298965, ("AE", (3, 32, 32)): 415703}
