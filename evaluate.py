@@ -285,6 +285,75 @@ def cell(m, key, digits):
     return f"{m[key]:.{digits}f}" + ("*" if bernoulli else "")
 
 
+NOT_SETTINGS = {"seed", "out", "command", "resume_commands", "resume", "data", "device",
+                "log_interval", "compile", "channels_last", "data_budget", "download",
+                "data_root", "classes"}  # runs that differ only in these form one group
+GROUPED = [("test_loss", "test loss", 2), ("nelbo", "NELBO", 2), ("nll_iw", "NLL (IW)", 2),
+           ("mse", "MSE", 4), ("psnr", "PSNR dB", 2), ("active_units", "AU", 1),
+           ("probe_accuracy", "probe acc", 3)]
+COMPARED = ("test_loss", "nll_iw", "mse")  # the differences group_table tests
+
+
+def groups(rows, configs):
+    """{setting: [run names]} for runs whose configs differ only in the seed (and
+    NOT_SETTINGS); a setting is ((key, value), ...) of the config keys that differ between
+    the groups."""
+    settings = {name: {k: json.dumps(v) for k, v in configs[name].items() if k not in NOT_SETTINGS}
+                for name, _ in rows}
+    keys = sorted({k for c in settings.values() for k in c})
+    varying = [k for k in keys if len({c.get(k) for c in settings.values()}) > 1]
+    by_setting = {}
+    for name, _ in rows:
+        by_setting.setdefault(tuple((k, settings[name].get(k, "-")) for k in varying), []).append(name)
+    return by_setting
+
+
+def label(setting, only=None):
+    """'dropout=0.3, beta=4' of a setting (its keys in `only`, when given)."""
+    return ", ".join(f"{k}={v}" for k, v in setting if only is None or k in only) or "all runs"
+
+
+def group_table(rows, configs):
+    """Each group's metrics as mean +- std over its seeds, with n; then, for two groups that
+    differ in one setting, the difference of each metric with its 95% confidence interval
+    and Welch's t-test p-value. Empty when no group has two runs."""
+    found = dict(rows)
+    by_setting = {setting: [found[n] for n in names] for setting, names in groups(rows, configs).items()}
+    if all(len(ms) < 2 for ms in by_setting.values()):
+        return ""
+    cols = [c for c in GROUPED if any(c[0] in m for _, m in rows)]
+    lines = ["| setting | n | " + " | ".join(c[1] for c in cols) + " |",
+             "|" + "---|" * (len(cols) + 2)]
+    for setting, ms in by_setting.items():
+        cells = []
+        for key, _, digits in cols:
+            values = [m[key] for m in ms if key in m]
+            mean, std = metrics.mean_std(values) if values else (0, 0)
+            cells.append(f"{mean:.{digits}f} ± {std:.{digits}f}" if values else "-")
+        lines.append(f"| {label(setting)} | {len(ms)} | " + " | ".join(cells) + " |")
+    lines.append("\nMean ± standard deviation over each group's seeds (n runs).")
+    settings = list(by_setting)
+    for i, a in enumerate(settings):
+        for b in settings[i + 1:]:
+            differ = [k for (k, x), (_, y) in zip(a, b) if x != y]
+            if len(differ) != 1:
+                continue
+            rest = [k for k, _ in a if k not in differ]
+            where = f" (at {label(a, rest)})" if rest else ""
+            for key, name, digits in cols:
+                if key not in COMPARED:
+                    continue
+                va = [m[key] for m in by_setting[b] if key in m]
+                vb = [m[key] for m in by_setting[a] if key in m]
+                if len(va) < 2 or len(vb) < 2:
+                    continue
+                diff, (low, high), p, _ = metrics.welch(va, vb)
+                lines.append(f"- {name}, {label(b, differ)} minus {label(a, differ)}{where}: "
+                             f"{diff:+.{digits}f} (95% CI {low:+.{digits}f} to {high:+.{digits}f}; "
+                             f"Welch's t-test p = {p:.2g}, n = {len(va)} and {len(vb)})")
+    return "\n".join(lines)
+
+
 def table(rows):
     """A markdown table, one row per run, the columns any run has."""
     cols = [c for c in COLUMNS if any(c[0] in m for _, m in rows)]
@@ -295,6 +364,10 @@ def table(rows):
         cells = [name, m["model"], str(m["epoch"])]
         cells += [cell(m, key, digits) for key, _, digits in cols]
         lines.append("| " + " | ".join(cells) + " |")
+    if len({m["model"] for _, m in rows}) > 1:
+        lines.append("\nThe test loss is each model's own quantity: a negative ELBO with z "
+                     "sampled once (vae, cvae), the reconstruction term (ae), the reconstruction "
+                     "with z = mu plus KL, not a bound (vaegan); compare models on NELBO or MSE.")
     if any(m.get("likelihood") == "bce" and "nll_iw" in m for _, m in rows):
         lines.append("\n\\* bce (Bernoulli) decoder: a cross-entropy on grey levels, not a "
                      "likelihood of the pixel values; compare it with other bce runs only.")
@@ -360,7 +433,7 @@ def main(argv=None):
 def evaluate(dirs, names, out, device, args):
     """Measure each run in turn (one model in memory at a time), write its metrics.json and
     figures; then the comparison figures and the table."""
-    splits, identities, rows, recons, histories, kls = {}, {}, [], {}, {}, {}
+    splits, identities, rows, recons, histories, kls, configs = {}, {}, [], {}, {}, {}, {}
     for name, run_dir in zip(names, dirs):
         cfg, model, history, epoch, logged = load_run(run_dir, args.weights, args.partial, False)
         key = (cfg["dataset"], args.data_root or cfg["data_root"], cfg["image_size"],
@@ -385,6 +458,7 @@ def evaluate(dirs, names, out, device, args):
         name_json = "metrics.json" if args.weights == "last" else "metrics_best.json"
         runs.atomic_save(json.dumps(m, indent=2) + "\n", os.path.join(run_dir, name_json))
         rows.append((name, m))
+        configs[name] = cfg
         histories[name], kls[name] = read_history(run_dir, history), m.get("kl_per_dim")
         if args.figures:
             folder = out if len(dirs) == 1 else os.path.join(out, name)
@@ -401,7 +475,13 @@ def evaluate(dirs, names, out, device, args):
         figures.loss_curves(histories, os.path.join(out, "loss_curves.png"))
         if any(kl is not None for kl in kls.values()):
             figures.kl_bars({k: v for k, v in kls.items() if v is not None}, os.path.join(out, "kl_per_dim.png"))
+        grouped = groups(rows, configs)
+        if any(len(names) > 1 for names in grouped.values()):  # a mean line and a band per group
+            figures.loss_curves(histories, os.path.join(out, "loss_curves_groups.png"),
+                                groups={label(s): names for s, names in grouped.items()})
     text = table(rows)
+    grouped = group_table(rows, configs)
+    text += f"\n\n{grouped}" if grouped else ""
     runs.atomic_save(text + "\n", os.path.join(out, "table.md"))
     print(text)
 

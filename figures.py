@@ -196,25 +196,38 @@ def history_terms(histories):
     return terms
 
 
-def loss_curves(histories, path, terms=None):
-    """One panel per term (loss, recon, kl, ...): train solid, test dashed, one colour per run.
+def loss_curves(histories, path, terms=None, groups=None):
+    """One panel per term (loss, recon, kl, ...): train solid, test dashed, one colour per run,
+    or per group: groups {label: [run names]} draws each group's mean over its runs, with a
+    band of one standard deviation (at the epochs every run of the group has).
 
     histories: {name: rows of history.csv as dicts}. Panels: 3 per row, 400 x 300 px each.
     """
     terms = terms or history_terms(histories)
+    groups = groups or {name: [name] for name in histories}
     cols = min(3, len(terms))
     nrows = math.ceil(len(terms) / cols)
     fig = figure(400 * cols, 300 * nrows)
     colours = plt.get_cmap("tab10")
     for i, term in enumerate(terms):
         ax = fig.add_subplot(nrows, cols, i + 1)
-        for j, (name, rows) in enumerate(histories.items()):
+        for j, (name, members) in enumerate(groups.items()):
             for split, style in (("train_", "-"), ("test_", "--")):
-                points = [(float(r["epoch"]), float(r[split + term])) for r in rows
-                          if r.get(split + term) not in (None, "")]
-                if points:
-                    ax.plot(*zip(*points), style, color=colours(j % 10), marker=".",
-                            label=f"{short(name)} {split[:-1]}")
+                by_epoch = {}
+                for member in members:
+                    for r in histories[member]:
+                        if r.get(split + term) not in (None, ""):
+                            by_epoch.setdefault(float(r["epoch"]), []).append(float(r[split + term]))
+                epochs = sorted(e for e, v in by_epoch.items() if len(v) == len(members))
+                if not epochs:
+                    continue
+                mean = torch.tensor([sum(by_epoch[e]) / len(members) for e in epochs])
+                n = f" (mean of {len(members)})" if len(members) > 1 else ""
+                ax.plot(epochs, mean, style, color=colours(j % 10), marker=".",
+                        label=f"{short(name, 45 if n else 22)} {split[:-1]}{n}")
+                if len(members) > 1:
+                    std = torch.tensor([torch.tensor(by_epoch[e]).std().item() for e in epochs])
+                    ax.fill_between(epochs, mean - std, mean + std, color=colours(j % 10), alpha=0.15)
         ax.set_title(term, fontsize=10)
         ax.set_xlabel("epoch")
         ax.set_ylabel("fraction" if term.startswith("acc_") else

@@ -167,3 +167,56 @@ def classifier_accuracy(net, images, labels):
     hits = sum((net(x).argmax(1) == y).sum().item()
                for x, y in zip(images.split(1000), labels.split(1000)))
     return hits / len(labels)
+
+
+def mean_std(values):
+    """(mean, sample standard deviation; 0 for one value) of a list of numbers."""
+    n, mean = len(values), sum(values) / len(values)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+
+
+def welch(a, b, level=0.95):
+    """Welch's t-test (unequal variances) of mean(a) - mean(b), for two lists of two or more
+    numbers: (difference, its `level` confidence interval (low, high), two-sided p, degrees
+    of freedom, Welch-Satterthwaite)."""
+    (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
+    va, vb = sa ** 2 / len(a), sb ** 2 / len(b)
+    diff, se = ma - mb, math.sqrt(va + vb)
+    if se == 0:  # no spread at all: the difference is exact
+        return diff, (diff, diff), float(diff == 0), float("inf")
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    p_of = lambda t: betainc(df / 2, 0.5, df / (df + t * t))  # noqa: E731 (two-sided p of |t|)
+    low, high = 0.0, 1e3  # the t whose p is 1 - level, by bisection (p falls as t grows)
+    for _ in range(200):
+        mid = (low + high) / 2
+        low, high = (mid, high) if p_of(mid) > 1 - level else (low, mid)
+    return diff, (diff - high * se, diff + high * se), p_of(diff / se), df
+
+
+def betainc(a, b, x):
+    """The regularized incomplete beta function I_x(a, b), by its continued fraction
+    (Lentz's method, as in Numerical Recipes); the t distribution's tail is I_{df/(df+t^2)}(df/2, 1/2)."""
+    if x <= 0 or x >= 1:
+        return float(x >= 1)
+    if x > (a + 1) / (a + b + 2):  # the fraction converges fast on this side only
+        return 1 - betainc(b, a, 1 - x)
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+                     + a * math.log(x) + b * math.log1p(-x)) / a
+    tiny, c, d = 1e-300, 1.0, 0.0
+    f = 1.0
+    for i in range(400):
+        m = i // 2
+        if i == 0:
+            term = 1.0
+        elif i % 2 == 0:
+            term = m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m))
+        else:
+            term = -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))
+        d = 1 + term * d
+        d = 1 / (d if abs(d) > tiny else tiny)
+        c = 1 + term / c
+        c = c if abs(c) > tiny else tiny
+        f *= c * d
+        if i > 0 and abs(c * d - 1) < 1e-14:
+            break
+    return front * (f - 1)

@@ -1,0 +1,184 @@
+"""Every combination of some settings, times seeds, as ordinary train.py runs in one folder.
+
+    python sweep.py --seeds 1,2,3 --vary dropout=0,0.3 --vary beta=1,4 -- \
+        --model vae --dataset cifar10 --arch conv --output tanh --epochs 20
+    python evaluate.py runs/sweep-...          # groups the runs by setting: mean +- std, n
+
+Each run gets a folder in the sweep folder, named by its varied flags and seed
+(dropout0.3-beta4-seed2). Every combination's flags are checked before the first run
+starts. A finished run is skipped and an unfinished one resumed, so the same command
+continues an interrupted sweep. --jobs N runs N at a time, sharing the CPU threads out;
+--print-commands prints one train.py command per line instead (for a cluster's job array).
+"""
+import argparse
+import itertools
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+
+import flags
+import runs
+
+TRAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="sweep.py", description=__doc__.splitlines()[0],
+                                usage="sweep.py [options] -- TRAIN.PY FLAGS")
+    p.add_argument("--vary", action="append", default=[], metavar="FLAG=V1,V2",
+                   help="a train.py flag and its values (repeat for more flags); true/false "
+                        "for on/off flags, e.g. --vary batchnorm=true,false")
+    p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds, each a run")
+    p.add_argument("--out", default=None, help="the sweep folder (default runs/sweep-<time>)")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time (threads shared out)")
+    p.add_argument("--print-commands", action="store_true",
+                   help="print one train.py command per run, run nothing")
+    return p
+
+
+def flag_words(name, value):
+    """--vary's name=value as train.py's words: ['--beta', '4'], ['--no-batchnorm'], []."""
+    action = next((a for a in flags.build_parser()._actions
+                   if a.dest == name.replace("-", "_")), None)
+    if action is None or name in ("seed", "out", "resume"):
+        raise ValueError(f"--vary {name}: train.py has no such flag to vary (seed: use --seeds)")
+    if action.nargs != 0:
+        return [action.option_strings[0], value]
+    if value.lower() not in ("true", "false"):
+        raise ValueError(f"--vary {name}={value}: an on/off flag takes true or false")
+    on = value.lower() == "true"
+    if isinstance(action, argparse.BooleanOptionalAction):  # --batchnorm / --no-batchnorm
+        return [action.option_strings[0] if on else action.option_strings[1]]
+    return [action.option_strings[0]] if on else []  # --augment: present or absent
+
+
+def plan(args, base):
+    """[(run name, train.py argv)] of every combination and seed, in order."""
+    vary = []
+    for spec in args.vary:
+        name, eq, values = spec.partition("=")
+        if not eq or not values:
+            raise ValueError(f"--vary {spec!r}: write FLAG=V1,V2 (e.g. dropout=0,0.3)")
+        vary.append((name.strip().lstrip("-"), values.split(",")))
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        raise ValueError(f"--seeds {args.seeds!r}: give integers, e.g. 1,2,3") from None
+    runs_ = []
+    for values in itertools.product(*[v for _, v in vary]):
+        for seed in seeds:
+            words = [w for (name, _), value in zip(vary, values) for w in flag_words(name, value)]
+            label = "-".join(f"{name}{value}" for (name, _), value in zip(vary, values))
+            name = re.sub(r"[^A-Za-z0-9_.=+-]", "_", f"{label}-seed{seed}".lstrip("-"))
+            runs_.append((name, [*base, *words, "--seed", str(seed),
+                                 "--out", os.path.join(args.out, name)]))
+    return runs_
+
+
+def state(run_dir):
+    """'new', 'unfinished' or 'finished' for a run folder."""
+    path = os.path.join(run_dir, "checkpoint.pt")
+    if not os.path.isfile(path):
+        return "new"
+    ckpt, cfg = runs.load_checkpoint(path), runs.load_config(run_dir)
+    return "finished" if ckpt["epoch"] >= cfg["epochs"] and ckpt["mid_epoch"] is None else "unfinished"
+
+
+def check(todo):
+    """Every run's flags through train.py's own checks, before any run starts."""
+    for name, argv in todo:
+        run_dir = argv[argv.index("--out") + 1]
+        try:
+            if state(run_dir) == "new":
+                flags.resolve(argv)
+        except (ValueError, SystemExit) as e:
+            why = str(e) if isinstance(e, ValueError) else "a malformed flag (printed above)"
+            raise ValueError(f"run {name}: {why}") from None
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    own, base = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    args = build_parser().parse_args(own)
+    held = None
+    try:
+        if "--out" in base or "--resume" in base or "--seed" in base:
+            raise ValueError("give --out to sweep.py (the sweep folder) and seeds with --seeds; "
+                             "train.py's --out, --resume and --seed are set for each run")
+        if args.jobs < 1:
+            raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+        args.out = args.out or os.path.join("runs", f"sweep-{time.strftime('%Y%m%d-%H%M%S')}")
+        todo = plan(args, base)
+        if args.print_commands:
+            print("\n".join(shlex.join([sys.executable, TRAIN, *a]) for _, a in todo))
+            return 0
+        manifest = {"vary": args.vary, "seeds": args.seeds, "train_flags": base,
+                    "runs": [name for name, _ in todo]}
+        path = os.path.join(args.out, "sweep.json")
+        if os.path.isfile(path) and json.load(open(path)) != manifest:
+            raise ValueError(f"{args.out} holds another sweep (its sweep.json differs); use "
+                             f"another --out, or the same flags to continue it")
+        held = runs.lock(args.out, fresh=False)  # one sweep per folder
+        check(todo)
+        runs.atomic_save(json.dumps(manifest, indent=2) + "\n", path)
+    except ValueError as e:
+        print(f"sweep.py: error: {e}", file=sys.stderr)
+        if held:
+            runs.unlock(held, args.out)
+        return 2
+    try:
+        return run_all(todo, args.jobs)
+    finally:
+        runs.unlock(held, args.out)
+
+
+def run_all(todo, jobs):
+    """Run, resume or skip each run, `jobs` at a time; a progress line as each ends."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // jobs)))
+    waiting, running, failed, t0, done = list(todo), {}, [], time.perf_counter(), 0
+    try:
+        while waiting or running:
+            while waiting and len(running) < jobs:
+                name, argv = waiting.pop(0)
+                run_dir = argv[argv.index("--out") + 1]
+                what = state(run_dir)
+                if what == "finished":
+                    done += 1
+                    print(f"[{done}/{len(todo)}] {name}: finished before, skipped", flush=True)
+                    continue
+                argv = ["--resume", run_dir] if what == "unfinished" else argv
+                log = open(os.path.join(os.path.dirname(run_dir), f"{name}.log"), "a")
+                running[name] = (subprocess.Popen([sys.executable, TRAIN, *argv], stdout=log,
+                                                  stderr=subprocess.STDOUT, env=env), log)
+            time.sleep(0.2)
+            for name, (proc, log) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                log.close()
+                del running[name]
+                done += 1
+                elapsed = time.perf_counter() - t0
+                left = len(waiting) + len(running)
+                status = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}, see {log.name})"
+                failed += [name] if proc.returncode else []
+                print(f"[{done}/{len(todo)}] {name}: {status}; {elapsed / 60:.1f} min so far, "
+                      f"{left} left (about {elapsed / done * left / 60:.1f} min)", flush=True)
+    except KeyboardInterrupt:  # the runs got the signal too: each saves and stops
+        for proc, log in running.values():
+            proc.wait()
+            log.close()
+        print("\nsweep.py: interrupted; run the same command again to continue", file=sys.stderr)
+        return 130
+    if failed:
+        print(f"sweep.py: {len(failed)} run(s) failed: {', '.join(failed)}; the same command "
+              f"retries them", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

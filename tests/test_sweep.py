@@ -1,0 +1,102 @@
+"""sweep.py runs every combination x seed as train.py runs; evaluate.py groups them with
+mean +- std and Welch's t-test."""
+import json
+import os
+
+import pytest
+
+import evaluate
+import metrics
+import sweep
+
+SMALL = ["--batch-size", "16", "--latent-dim", "4", "--hidden", "32", "--log-interval", "1000",
+         "--epochs", "1"]
+
+
+def test_welch_matches_published_values():
+    # R: t.test(c(1, 2, 3), c(4, 5, 7)): t = -3.1623, df = 3.4483, p-value = 0.04191,
+    # 95 percent confidence interval -6.4542 -0.2124
+    diff, (low, high), p, df = metrics.welch([1, 2, 3], [4, 5, 7])
+    assert diff == pytest.approx(-10 / 3) and df == pytest.approx(3.4483, abs=1e-4)
+    assert p == pytest.approx(0.04191, abs=1e-5)
+    assert (low, high) == (pytest.approx(-6.4542, abs=1e-4), pytest.approx(-0.2124, abs=1e-4))
+    assert metrics.betainc(5, 0.5, 10 / 14) == pytest.approx(0.07339, abs=1e-5)  # t = 2, df = 10
+    assert metrics.mean_std([2.0]) == (2.0, 0.0)
+
+
+def test_a_sweep_runs_every_combination_then_skips_them_and_evaluate_groups_them(
+        tiny_data, tmp_path, capsys):
+    out = str(tmp_path / "sw")
+    argv = ["--seeds", "1,2", "--vary", "beta=1,4", "--vary", "batchnorm=true,false",
+            "--out", out, "--", "--data-root", tiny_data, *SMALL]
+    assert sweep.main(argv) == 0
+    names = sorted(n for n in os.listdir(out) if os.path.isdir(os.path.join(out, n)))
+    assert names == sorted(f"beta{b}-batchnorm{n}-seed{s}" for b in (1, 4)
+                           for n in ("true", "false") for s in (1, 2))
+    cfg = json.load(open(os.path.join(out, "beta4-batchnormfalse-seed2", "config.json")))
+    assert (cfg["beta"], cfg["batchnorm"], cfg["seed"]) == (4.0, False, 2)
+    printed = capsys.readouterr().out
+    assert "[8/8]" in printed and "done" in printed
+    assert sweep.main(argv) == 0  # the same command again: nothing left to do
+    assert capsys.readouterr().out.count("finished before, skipped") == 8
+    assert evaluate.main([out, "--no-figures", "--iw-samples", "0", "--out", str(tmp_path / "e")]) == 0
+    text = capsys.readouterr().out
+    assert "| batchnorm=false, beta=1.0 | 2 |" in text
+    assert "test loss, beta=4.0 minus beta=1.0 (at batchnorm=false):" in text
+    assert "Welch's t-test p = " in text
+
+
+def test_an_interrupted_run_is_resumed(tiny_data, tmp_path, capsys):
+    out = str(tmp_path / "sw")
+    argv = ["--seeds", "1", "--out", out, "--", "--data-root", tiny_data, *SMALL]
+    assert sweep.main(argv) == 0
+    run = os.path.join(out, "seed1")
+    cfg = json.load(open(os.path.join(run, "config.json")))
+    cfg["epochs"] = 2  # as if it had been stopped after its first of two epochs
+    json.dump(cfg, open(os.path.join(run, "config.json"), "w"))
+    capsys.readouterr()
+    assert sweep.main(argv) == 0
+    assert "Resuming" in open(os.path.join(out, "seed1.log")).read()
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--vary", "dropot=0,1"], ["dropot", "no such flag"]),
+    (["--vary", "dropout=0,2"], ["run dropout2-seed1", "--dropout"]),
+    (["--vary", "batchnorm=yes"], ["true or false"]),
+    (["--seeds", "1,x"], ["--seeds"]),
+])
+def test_bad_sweeps_are_refused_before_any_run(tmp_path, capsys, argv, words):
+    out = str(tmp_path / "sw")
+    assert sweep.main([*argv, "--seeds", "1", "--out", out, "--", "--epochs", "1"]
+                      if "--seeds" not in argv else [*argv, "--out", out, "--", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and all(w in err for w in words), err
+    assert not os.path.exists(out)
+
+
+def test_another_sweep_in_the_same_folder_is_refused(tiny_data, tmp_path, capsys):
+    out = str(tmp_path / "sw")
+    assert sweep.main(["--seeds", "1", "--out", out, "--", "--data-root", tiny_data, *SMALL]) == 0
+    assert sweep.main(["--seeds", "2", "--out", out, "--", "--data-root", tiny_data, *SMALL]) == 2
+    assert "holds another sweep" in capsys.readouterr().err
+
+
+def test_print_commands_writes_one_train_command_per_run(capsys):
+    assert sweep.main(["--print-commands", "--seeds", "1,2", "--vary", "beta=1,4",
+                       "--out", "s", "--", "--epochs", "3"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4 and all("train.py --epochs 3" in line for line in lines)
+    assert lines[-1].endswith("--beta 4 --seed 2 --out s/beta4-seed2")
+
+
+def test_group_loss_curves_draw_a_mean_and_a_band(tmp_path, monkeypatch):
+    import figures
+    drawn = {}
+    monkeypatch.setattr(figures, "save", lambda fig, path: drawn.update(fig=fig))
+    histories = {f"r{i}": [{"epoch": str(e), "train_loss": str(10 - e + i), "test_loss": str(11 - e)}
+                           for e in (1, 2, 3)] for i in range(3)}
+    figures.loss_curves(histories, "x.png", ["loss"], groups={"beta=4": ["r0", "r1", "r2"]})
+    ax = drawn["fig"].axes[0]
+    train = next(line for line in ax.get_lines() if "train" in line.get_label())
+    assert list(train.get_ydata()) == pytest.approx([10, 9, 8])  # the mean of 9-e, 10-e, 11-e
+    assert len(ax.collections) == 2  # a band for train and one for test
