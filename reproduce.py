@@ -26,6 +26,36 @@ def cifar_mse(row):
     return row["test_recon"] / 3072 / 4
 
 
+def autoencoder_measures(run_dir, data_root):
+    """The autoencoder family's numbers of one finished run, on the MNIST test split: PSNR of
+    the input and of the reconstruction (dB, [0, 1] pixels, code h or z = mu), the fraction
+    of code activations |h_j| < 1e-2 ("codes below 1e-2"), and the exact ||dh/dx||_F per
+    image ("Jacobian norm"; AEs only)."""
+    import torch
+
+    import data
+    import models
+    ckpt = runs.load_checkpoint(os.path.join(run_dir, "checkpoint.pt"))
+    cfg = ckpt["config"]
+    model = models.from_config(cfg)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    test = data.load("mnist", data_root, "cpu", download=False)["test"]
+    found = {"PSNR input dB": [], "PSNR output dB": [], "codes below 1e-2": [], "Jacobian norm": []}
+    for x, target, y in data.batches(*test, 500, noise=data.parse_noise(cfg["noise"]),
+                                     noise_seed=data.TEST_NOISE_SEED):
+        with torch.no_grad():
+            found["PSNR input dB"].append(metrics.psnr(x, target))
+            found["PSNR output dB"].append(metrics.psnr(model.reconstruct(x, y), target))
+        if not model.variational:  # the AE's code h is what the penalties act on
+            x = x.clone().requires_grad_(True)
+            h = model.encode(x)
+            found["codes below 1e-2"].append((h.abs() < 1e-2).float().flatten())
+            found["Jacobian norm"].append(model.jacobian_norm2(x, h).detach().sqrt())
+    return {k: torch.cat(v).mean().item() for k, v in found.items() if v
+            and (k != "PSNR input dB" or cfg["noise"])}
+
+
 # name: what it is, the train.py flags of every setting, epochs (full, quick), the columns
 # printed (label, a history row's key or a function of the row), the published numbers
 # {setting: {epoch: {column label: value}}}, and a note on what they are.
@@ -77,6 +107,20 @@ EXPERIMENTS = {
         published={"vae": {50: {"test MSE": 0.0150}}, "vae-regularized": {50: {"test MSE": 0.0220}}},
         note="MSE per [0, 1] pixel of the reconstruction with z sampled; the published numbers "
              "are after 50 epochs on all 50,000 training images"),
+    "autoencoders": dict(
+        title="the autoencoder family on MNIST (MLP 784-400-20: plain, denoising, sparse, "
+              "contractive; the VAE beside them)",
+        base=["--dataset", "mnist", "--latent-dim", "20"],
+        settings={"ae": ["--model", "ae"], "denoising-ae": ["--model", "ae", "--noise", "gaussian:0.5"],
+                  "ae-relu-code": ["--model", "ae", "--code", "relu"],
+                  "sparse-ae": ["--model", "ae", "--code", "relu", "--sparsity", "1"],
+                  "contractive-ae": ["--model", "ae", "--contractive", "0.1"],
+                  "vae": ["--model", "vae"]},
+        epochs=(10, 2), columns=[("test recon", "test_recon")], published={},
+        final=autoencoder_measures,
+        note="test recon is BCE summed over pixels per image (the VAE's with z sampled); PSNR "
+             "10 log10(1 / MSE) on [0, 1] pixels per image, averaged; the denoising AE's "
+             "input is its corrupted image and its target the clean one"),
 }
 
 
@@ -111,7 +155,7 @@ def value(row, how):
     return how(row) if callable(how) else row.get(how)
 
 
-def report(exp, folder, todo):
+def report(exp, folder, todo, data_root):
     """Per epoch, each setting's mean +- std over its seeds beside the published number."""
     histories = {}
     for name, _ in todo:
@@ -133,6 +177,17 @@ def report(exp, folder, todo):
         lines += [f"| {e} | " + " | ".join(c(e) for c in cells_of) + " |"
                   for e in sorted(set(range(1, ours + 1)) | published)]
         lines.append("")
+    if "final" in exp:  # numbers measured on each run's final weights
+        found = {}
+        for name, _ in todo:  # (the labels in the order of the run that has the most)
+            measured = exp["final"](os.path.join(folder, name), data_root)
+            for label, v in measured.items():
+                found.setdefault(label, {}).setdefault(name.rsplit("-seed", 1)[0], []).append(v)
+        found = dict(sorted(found.items(), key=lambda item: -len(item[1])))
+        lines += ["At the last epoch:", "", "| setting | " + " | ".join(found) + " |",
+                  "|---" * (len(found) + 1) + "|"]
+        lines += [f"| {setting} | " + " | ".join(spread(found[label].get(setting, []))
+                                                for label in found) + " |" for setting in histories]
     return "\n".join(lines)
 
 
@@ -171,7 +226,7 @@ def main(argv=None):
         runs.unlock(held, folder)
     if code:
         return code
-    text = report(exp, folder, todo)
+    text = report(exp, folder, todo, args.data_root)
     if args.quick:
         text = (f"QUICK: {exp['epochs'][1]} epoch(s), one seed: a smoke test, not comparable "
                 f"with the published numbers.\n\n{text}")

@@ -34,3 +34,15 @@ def test_names(capsys, argv, code, words):
     assert reproduce.main(argv) == code
     printed = capsys.readouterr()
     assert all(w in printed.out + printed.err for w in words)
+
+
+def test_the_autoencoder_family_measures_each_run_at_its_last_epoch(tiny_data, tmp_path, capsys):
+    assert reproduce.main(["autoencoders", "--quick", "--data-root", tiny_data,
+                           "--runs", str(tmp_path)]) == 0
+    text = capsys.readouterr().out.split("At the last epoch:")[1]
+    rows = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.startswith("| ")}
+    assert set(rows) >= {"ae", "denoising-ae", "sparse-ae", "contractive-ae", "vae"}
+    header = rows["setting"].split(" | ")
+    sparse = dict(zip(header, rows["sparse-ae"].split(" | ")))
+    assert float(sparse["codes below 1e-2"]) > float(dict(zip(header, rows["ae"].split(" | ")))["codes below 1e-2"])
+    assert dict(zip(header, rows["vae"].split(" | ")))["Jacobian norm"].strip() == ""
