@@ -287,7 +287,8 @@ def cell(m, key, digits):
 
 NOT_SETTINGS = {"seed", "out", "command", "resume_commands", "resume", "data", "device",
                 "log_interval", "compile", "channels_last", "data_budget", "download",
-                "data_root", "classes"}  # runs that differ only in these form one group
+                "data_root", "classes", "format"}  # runs that differ only in these form one group
+IMPLIED = {"augment": ("hflip", "crop")}  # a setting that sets others: compared as one
 GROUPED = [("test_loss", "test loss", 2), ("nelbo", "NELBO", 2), ("nll_iw", "NLL (IW)", 2),
            ("mse", "MSE", 4), ("psnr", "PSNR dB", 2), ("active_units", "AU", 1),
            ("probe_accuracy", "probe acc", 3)]
@@ -298,10 +299,12 @@ def groups(rows, configs):
     """{setting: [run names]} for runs whose configs differ only in the seed (and
     NOT_SETTINGS); a setting is ((key, value), ...) of the config keys that differ between
     the groups."""
-    settings = {name: {k: json.dumps(v) for k, v in configs[name].items() if k not in NOT_SETTINGS}
-                for name, _ in rows}
+    settings = {name: {**{k: json.dumps(v) for k, v in configs[name].items() if k not in NOT_SETTINGS},
+                       "epoch": str(m["epoch"])} for name, m in rows}  # --partial: another epoch
     keys = sorted({k for c in settings.values() for k in c})
     varying = [k for k in keys if len({c.get(k) for c in settings.values()}) > 1]
+    implied = {k for key, ks in IMPLIED.items() if key in varying for k in ks}
+    varying = [k for k in varying if k not in implied]
     by_setting = {}
     for name, _ in rows:
         by_setting.setdefault(tuple((k, settings[name].get(k, "-")) for k in varying), []).append(name)
@@ -324,6 +327,8 @@ def group_table(rows, configs):
     cols = [c for c in GROUPED if any(c[0] in m for _, m in rows)]
     lines = ["| setting | n | " + " | ".join(c[1] for c in cols) + " |",
              "|" + "---|" * (len(cols) + 2)]
+    seeds = {s: [configs[n]["seed"] for n in names] for s, names in groups(rows, configs).items()}
+    repeated = [s for s, ss in seeds.items() if len(set(ss)) < len(ss)]
     for setting, ms in by_setting.items():
         cells = []
         for key, _, digits in cols:
@@ -331,26 +336,29 @@ def group_table(rows, configs):
             mean, std = metrics.mean_std(values) if values else (0, 0)
             cells.append(f"{mean:.{digits}f} ± {std:.{digits}f}" if values else "-")
         lines.append(f"| {label(setting)} | {len(ms)} | " + " | ".join(cells) + " |")
-    lines.append("\nMean ± standard deviation over each group's seeds (n runs).")
+    lines.append("\nMean ± standard deviation over each group's seeds (n runs)."
+                 + "".join(f" {label(s)} repeats a seed: its runs are not independent, and it "
+                           f"is not compared." for s in repeated))
     settings = list(by_setting)
     for i, a in enumerate(settings):
         for b in settings[i + 1:]:
             differ = [k for (k, x), (_, y) in zip(a, b) if x != y]
-            if len(differ) != 1:
+            if len(differ) != 1 or a in repeated or b in repeated:
                 continue
             rest = [k for k, _ in a if k not in differ]
             where = f" (at {label(a, rest)})" if rest else ""
             for key, name, digits in cols:
                 if key not in COMPARED:
                     continue
-                va = [m[key] for m in by_setting[b] if key in m]
-                vb = [m[key] for m in by_setting[a] if key in m]
-                if len(va) < 2 or len(vb) < 2:
+                of_b = [m[key] for m in by_setting[b] if key in m]
+                of_a = [m[key] for m in by_setting[a] if key in m]
+                if len(of_a) < 2 or len(of_b) < 2:
                     continue
-                diff, (low, high), p, _ = metrics.welch(va, vb)
+                diff, (low, high), p, _ = metrics.welch(of_b, of_a)
+                test = ("no spread over the seeds: the test is undefined" if math.isnan(p) else
+                        f"95% CI {low:+.{digits}f} to {high:+.{digits}f}; Welch's t-test p = {p:.2g}")
                 lines.append(f"- {name}, {label(b, differ)} minus {label(a, differ)}{where}: "
-                             f"{diff:+.{digits}f} (95% CI {low:+.{digits}f} to {high:+.{digits}f}; "
-                             f"Welch's t-test p = {p:.2g}, n = {len(va)} and {len(vb)})")
+                             f"{diff:+.{digits}f} ({test}, n = {len(of_b)} and {len(of_a)})")
     return "\n".join(lines)
 
 

@@ -178,19 +178,30 @@ def mean_std(values):
 def welch(a, b, level=0.95):
     """Welch's t-test (unequal variances) of mean(a) - mean(b), for two lists of two or more
     numbers: (difference, its `level` confidence interval (low, high), two-sided p, degrees
-    of freedom, Welch-Satterthwaite)."""
-    (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
-    va, vb = sa ** 2 / len(a), sb ** 2 / len(b)
-    diff, se = ma - mb, math.sqrt(va + vb)
-    if se == 0:  # no spread at all: the difference is exact
-        return diff, (diff, diff), float(diff == 0), float("inf")
-    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-    p_of = lambda t: betainc(df / 2, 0.5, df / (df + t * t))  # noqa: E731 (two-sided p of |t|)
-    low, high = 0.0, 1e3  # the t whose p is 1 - level, by bisection (p falls as t grows)
+    of freedom, Welch-Satterthwaite). With no spread in either list the test is undefined:
+    the interval is the difference itself and p is nan."""
+    (mean_a, sd_a), (mean_b, sd_b) = mean_std(a), mean_std(b)
+    var_a, var_b = sd_a ** 2 / len(a), sd_b ** 2 / len(b)  # squared standard errors
+    diff, se = mean_a - mean_b, math.sqrt(var_a + var_b)
+    if se == 0:
+        return diff, (diff, diff), float("nan"), float("inf")
+    df = (var_a + var_b) ** 2 / (var_a ** 2 / (len(a) - 1) + var_b ** 2 / (len(b) - 1))
+    t = t_quantile(1 - (1 - level) / 2, df)
+    return diff, (diff - t * se, diff + t * se), two_sided_p(diff / se, df), df
+
+
+def two_sided_p(t, df):
+    """P(|T| >= |t|) for Student's t with df degrees of freedom."""
+    return betainc(df / 2, 0.5, df / (df + t * t))
+
+
+def t_quantile(q, df):
+    """The t with P(T <= t) = q (q above 0.5), by bisection on two_sided_p."""
+    low, high = 0.0, 1e3
     for _ in range(200):
         mid = (low + high) / 2
-        low, high = (mid, high) if p_of(mid) > 1 - level else (low, mid)
-    return diff, (diff - high * se, diff + high * se), p_of(diff / se), df
+        low, high = (mid, high) if two_sided_p(mid, df) > 2 * (1 - q) else (low, mid)
+    return high
 
 
 def betainc(a, b, x):

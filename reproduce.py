@@ -210,9 +210,13 @@ def main(argv=None):
               f"{', '.join(EXPERIMENTS)}", file=sys.stderr)
         return 2
     exp = EXPERIMENTS[args.name]
-    folder, todo = plan(args.name, exp, args)
     held = None
     try:
+        seeds = args.seeds.split(",")
+        if args.jobs < 1 or len(set(seeds)) < len(seeds) or not all(s.isdigit() for s in seeds):
+            raise ValueError(f"give --jobs >= 1 and distinct --seeds (got --jobs {args.jobs}, "
+                             f"--seeds {args.seeds})")
+        folder, todo = plan(args.name, exp, args)
         held = runs.lock(folder, fresh=False)
         sweep.check(todo)
     except ValueError as e:

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -31,7 +32,8 @@ def build_parser():
                                 usage="sweep.py [options] -- TRAIN.PY FLAGS")
     p.add_argument("--vary", action="append", default=[], metavar="FLAG=V1,V2",
                    help="a train.py flag and its values (repeat for more flags); true/false "
-                        "for on/off flags, e.g. --vary batchnorm=true,false")
+                        "for on/off flags, e.g. --vary batchnorm=true,false; separate values "
+                        "with ; when they hold commas: --vary 'hidden=400;300,100'")
     p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds, each a run")
     p.add_argument("--out", default=None, help="the sweep folder (default runs/sweep-<time>)")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time (threads shared out)")
@@ -46,13 +48,15 @@ def flag_words(name, value):
                    if a.dest == name.replace("-", "_")), None)
     if action is None or name in ("seed", "out", "resume"):
         raise ValueError(f"--vary {name}: train.py has no such flag to vary (seed: use --seeds)")
-    if action.nargs != 0:
-        return [action.option_strings[0], value]
+    if action.nargs != 0:  # one word, so that a value may start with "-" (--lr=-1 is refused
+        return [f"{action.option_strings[0]}={value}"]  # by train.py, not misread by argparse)
     if value.lower() not in ("true", "false"):
         raise ValueError(f"--vary {name}={value}: an on/off flag takes true or false")
     on = value.lower() == "true"
     if isinstance(action, argparse.BooleanOptionalAction):  # --batchnorm / --no-batchnorm
         return [action.option_strings[0] if on else action.option_strings[1]]
+    if isinstance(action, argparse._StoreFalseAction):  # --no-download: present when false
+        return [] if on else [action.option_strings[0]]
     return [action.option_strings[0]] if on else []  # --augment: present or absent
 
 
@@ -63,7 +67,7 @@ def plan(args, base):
         name, eq, values = spec.partition("=")
         if not eq or not values:
             raise ValueError(f"--vary {spec!r}: write FLAG=V1,V2 (e.g. dropout=0,0.3)")
-        vary.append((name.strip().lstrip("-"), values.split(",")))
+        vary.append((name.strip().lstrip("-"), values.split(";" if ";" in values else ",")))
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
@@ -76,6 +80,10 @@ def plan(args, base):
             name = re.sub(r"[^A-Za-z0-9_.=+-]", "_", f"{label}-seed{seed}".lstrip("-"))
             runs_.append((name, [*base, *words, "--seed", str(seed),
                                  "--out", os.path.join(args.out, name)]))
+    names = [name for name, _ in runs_]
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice:
+        raise ValueError(f"run {twice} comes twice (a repeated seed or value); give each once")
     return runs_
 
 
@@ -85,7 +93,13 @@ def state(run_dir):
     if not os.path.isfile(path):
         return "new"
     ckpt, cfg = runs.load_checkpoint(path), runs.load_config(run_dir)
-    return "finished" if ckpt["epoch"] >= cfg["epochs"] and ckpt["mid_epoch"] is None else "unfinished"
+    try:  # a run that failed after its last checkpoint (a full disk) has fewer history rows
+        with open(os.path.join(run_dir, "history.csv")) as f:
+            whole = sum(1 for _ in f) - 1 == len(ckpt["history"])
+    except OSError:
+        whole = False
+    done = ckpt["epoch"] >= cfg["epochs"] and ckpt["mid_epoch"] is None
+    return "finished" if done and whole else "unfinished"
 
 
 def check(todo):
@@ -94,7 +108,7 @@ def check(todo):
         run_dir = argv[argv.index("--out") + 1]
         try:
             if state(run_dir) == "new":
-                flags.resolve(argv)
+                flags.pick_device(flags.resolve(argv)[0]["device"])
         except (ValueError, SystemExit) as e:
             why = str(e) if isinstance(e, ValueError) else "a malformed flag (printed above)"
             raise ValueError(f"run {name}: {why}") from None
@@ -131,14 +145,20 @@ def main(argv=None):
             runs.unlock(held, args.out)
         return 2
     try:
-        return run_all(todo, args.jobs)
+        return run_all(todo, args.jobs, f"the same command with --out {args.out}")
     finally:
         runs.unlock(held, args.out)
 
 
-def run_all(todo, jobs):
-    """Run, resume or skip each run, `jobs` at a time; a progress line as each ends."""
+def run_all(todo, jobs, again="the same command"):
+    """Run, resume or skip each run, `jobs` at a time; a progress line as each ends. Each
+    run is its own session: a Ctrl-C (or SIGTERM) here is passed on to each running run
+    once, so each saves and stops; a second one is passed on again, stopping them at once."""
+    if jobs < 1:
+        print(f"error: --jobs must be >= 1, got {jobs}", file=sys.stderr)
+        return 2
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // jobs)))
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # as Ctrl-C
     waiting, running, failed, t0, done = list(todo), {}, [], time.perf_counter(), 0
     try:
         while waiting or running:
@@ -153,7 +173,8 @@ def run_all(todo, jobs):
                 argv = ["--resume", run_dir] if what == "unfinished" else argv
                 log = open(os.path.join(os.path.dirname(run_dir), f"{name}.log"), "a")
                 running[name] = (subprocess.Popen([sys.executable, TRAIN, *argv], stdout=log,
-                                                  stderr=subprocess.STDOUT, env=env), log)
+                                                  stderr=subprocess.STDOUT, env=env,
+                                                  start_new_session=True), log)
             time.sleep(0.2)
             for name, (proc, log) in list(running.items()):
                 if proc.poll() is None:
@@ -167,12 +188,22 @@ def run_all(todo, jobs):
                 failed += [name] if proc.returncode else []
                 print(f"[{done}/{len(todo)}] {name}: {status}; {elapsed / 60:.1f} min so far, "
                       f"{left} left (about {elapsed / done * left / 60:.1f} min)", flush=True)
-    except KeyboardInterrupt:  # the runs got the signal too: each saves and stops
-        for proc, log in running.values():
-            proc.wait()
-            log.close()
-        print("\nsweep.py: interrupted; run the same command again to continue", file=sys.stderr)
+    except KeyboardInterrupt:
+        while running:
+            for proc, _ in running.values():
+                proc.send_signal(signal.SIGINT)  # once: the run saves and stops
+            try:
+                for name, (proc, log) in list(running.items()):
+                    proc.wait()
+                    log.close()
+                    del running[name]
+            except KeyboardInterrupt:  # again: passed on again, the runs stop at once
+                continue
+        print(f"\nsweep.py: interrupted; every run saved where it stopped; run {again} to "
+              f"continue", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if failed:
         print(f"sweep.py: {len(failed)} run(s) failed: {', '.join(failed)}; the same command "
               f"retries them", file=sys.stderr)

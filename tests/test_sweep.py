@@ -81,12 +81,41 @@ def test_another_sweep_in_the_same_folder_is_refused(tiny_data, tmp_path, capsys
     assert "holds another sweep" in capsys.readouterr().err
 
 
+def test_vary_words_for_every_kind_of_flag():
+    assert sweep.flag_words("lr", "-1") == ["--lr=-1"]  # one word: argparse keeps the minus
+    assert sweep.flag_words("batchnorm", "false") == ["--no-batchnorm"]
+    assert sweep.flag_words("augment", "true") == ["--augment"] and sweep.flag_words("augment", "false") == []
+    assert sweep.flag_words("download", "false") == ["--no-download"] and sweep.flag_words("download", "true") == []
+
+
+@pytest.mark.parametrize("argv,words", [(["--vary", "lr=-1"], ["run lr-1-seed1", "--lr"]),
+                                        (["--seeds", "1,1"], ["comes twice"])])
+def test_more_bad_sweeps(tmp_path, capsys, argv, words):
+    argv = argv if "--seeds" in argv else [*argv, "--seeds", "1"]
+    assert sweep.main([*argv, "--out", str(tmp_path / "sw"), "--", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and all(w in err for w in words), err
+
+
+def test_two_jobs_at_a_time_and_the_grouping_of_a_repeated_seed(tiny_data, tmp_path, capsys):
+    out = str(tmp_path / "sw")
+    assert sweep.main(["--jobs", "2", "--seeds", "1,2", "--out", out, "--",
+                       "--data-root", tiny_data, *SMALL]) == 0
+    capsys.readouterr()
+    copy = str(tmp_path / "copy-of-seed1")
+    import shutil
+    shutil.copytree(os.path.join(out, "seed1"), copy)  # the same seed twice: not independent
+    assert evaluate.main([out, copy, "--no-figures", "--iw-samples", "0",
+                          "--out", str(tmp_path / "e")]) == 0
+    assert "repeats a seed" in capsys.readouterr().out
+
+
 def test_print_commands_writes_one_train_command_per_run(capsys):
     assert sweep.main(["--print-commands", "--seeds", "1,2", "--vary", "beta=1,4",
                        "--out", "s", "--", "--epochs", "3"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 4 and all("train.py --epochs 3" in line for line in lines)
-    assert lines[-1].endswith("--beta 4 --seed 2 --out s/beta4-seed2")
+    assert lines[-1].endswith("--beta=4 --seed 2 --out s/beta4-seed2")
 
 
 def test_group_loss_curves_draw_a_mean_and_a_band(tmp_path, monkeypatch):
