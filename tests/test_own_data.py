@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 import data
+import images
 import train
 import vae
 import vaegan
@@ -135,8 +136,8 @@ def test_the_decode_cache_is_reused_and_rebuilt_when_a_file_changes(tmp_path, mo
     exact = write_folder(root, "classes")
     first = data.load(f"folder:{root}")
     calls = []
-    real = data.decode
-    monkeypatch.setattr(data, "decode", lambda *a: (calls.append(a[0]), real(*a))[1])
+    real = images.decode
+    monkeypatch.setattr(images, "decode", lambda *a: (calls.append(a[0]), real(*a))[1])
     again = data.load(f"folder:{root}")
     assert calls == [] and all(torch.equal(first[s][0], again[s][0]) for s in first)
     png = next(iter(f for f in exact if f.endswith(".png")))
@@ -337,7 +338,7 @@ def test_sixteen_bit_grey_keeps_its_high_bits_and_one_colour_file_makes_a_colour
     for i in range(3):
         Image.fromarray(pixels(1, 8, 8, seed=i)[0], "L").save(os.path.join(root, f"b{i}.png"))
     assert data.describe(f"folder:{root}")[0] == (1, 8, 8)
-    x = data.decode(os.path.join(root, "a.png"), 1, None)
+    x = images.decode(os.path.join(root, "a.png"), 1, None)
     assert torch.equal(x[0], torch.from_numpy((deep >> 8).astype(np.uint8)))
     Image.fromarray(pixels(1, 8, 8, 3)[0]).save(os.path.join(root, "c.png"))
     assert data.describe(f"folder:{root}")[0] == (3, 8, 8)
