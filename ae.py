@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 import losses
-from vae import (ACTIVATIONS, HIDDEN, NETWORK_OPTIONS, build_networks, check_networks,
+from vae import (ACTIVATIONS, ARCHS, HIDDEN, NETWORK_OPTIONS, build_networks, check_networks,
                  evaluating, positive)
 
 CODES = {"linear": lambda h: h, "relu": torch.relu, "sigmoid": torch.sigmoid}
@@ -41,6 +41,7 @@ class AE(nn.Module):
                "contractive": (float, "weight L of the contractive penalty "
                                       "L * ||dh/dx||_F^2 per image")}
     variational, can_sample, conditional, gated = False, False, False, False
+    ARCHS = ARCHS
 
     def __init__(self, image_shape=(1, 28, 28), num_classes=None, latent_dim=20, arch="mlp",
                  hidden=None, act="relu", dropout=0.0, batchnorm=None, output="sigmoid",
@@ -69,7 +70,7 @@ class AE(nn.Module):
         self.code = code or ("sigmoid" if sparsity_target is not None else "linear")
         self.latent_dim, self.arch, self.act, self.dropout = latent_dim, arch, act, dropout
         self.output, self.recon, self.c = output, recon, c
-        self.batchnorm = arch == "conv" if batchnorm is None else bool(batchnorm)
+        self.batchnorm = arch != "mlp" if batchnorm is None else bool(batchnorm)
         self.hidden = tuple(hidden or HIDDEN) if arch == "mlp" else None
         self.sparsity, self.sparsity_target, self.contractive = sparsity, sparsity_target, contractive
         self.encoder, self.decoder = build_networks(

@@ -56,8 +56,7 @@ class CVAE(VAE):
         else:  # the label as K constant planes beside the image's channels
             planes = y[:, :, None, None].expand(-1, -1, *x.shape[2:])
             h = self.encoder(torch.cat([x, planes], dim=1))
-        mu, logvar = h.to(torch.promote_types(h.dtype, torch.float32)).chunk(2, dim=1)  # (B, D)
-        return mu, logvar
+        return self.posterior(h)
 
     def decode(self, z, labels=None):
         return self.decoder(torch.cat([z, self.one_hot(labels, z)], dim=1))

@@ -56,6 +56,10 @@ def autoencoder_measures(run_dir, data_root):
             and (k != "PSNR input dB" or cfg["noise"])}
 
 
+GAUSSIAN_ARCHS = {"mlp": ["--hidden", "300,100,10", "--lr", "0.0025"],
+                  "cnn": ["--arch", "conv3x3", "--lr", "0.0015"]}
+GAUSSIAN_DATASETS = {"mnist": "mnist", "fashion": "fashion-mnist"}
+
 # name: what it is, the train.py flags of every setting, epochs (full, quick), the columns
 # printed (label, a history row's key or a function of the row), the published numbers
 # {setting: {epoch: {column label: value}}}, and a note on what they are.
@@ -80,9 +84,16 @@ EXPERIMENTS = {
                   "no-bn": ["--latent-dim", "20", "--no-batchnorm"],
                   "denoising-bn": ["--latent-dim", "10", "--noise", "gaussian:0.5"],
                   "denoising-no-bn": ["--latent-dim", "10", "--noise", "gaussian:0.5",
-                                      "--no-batchnorm"]},
+                                      "--no-batchnorm"],
+                  # ours: one flag each that weakens the adversarial pull on the decoder
+                  "bn-gamma10": ["--latent-dim", "20", "--gamma", "10"],
+                  "no-bn-gamma10": ["--latent-dim", "20", "--gamma", "10", "--no-batchnorm"],
+                  "bn-weaker-disc": ["--latent-dim", "20", "--lr-disc", "1e-4"]},
         epochs=(10, 2),
-        columns=[("test loss (z = mu)", "test_loss"), ("negative ELBO", "test_nelbo")],
+        columns=[("test loss (z = mu)", "test_loss"), ("negative ELBO", "test_nelbo"),
+                 ("KL", "test_kl")],
+        figures=[("samples.png", "samples", "VAE-GAN samples (the same z in each row of a "
+                  "latent size)", ["bn", "no-bn", "bn-gamma10", "no-bn-gamma10", "bn-weaker-disc"])],
         published={  # section 4: the test set loss after each epoch
             "bn": {e + 1: {"test loss (z = mu)": v} for e, v in enumerate(
                 [147.84, 125.58, 114.92, 107.75, 103.73, 101.18, 99.68, 98.59, 98.25, 97.33])},
@@ -94,7 +105,8 @@ EXPERIMENTS = {
                 [347.02, 247.79, 207.18, 186.86, 178.08, 168.44, 162.59, 155.95, 150.02, 146.45])}},
         note="the study's test loss is BCE of the decode of z = mu plus the KL (not a bound); "
              "its denoising noise is not given (Gaussian 0.5 is our choice) and its 'dimension "
-             "100' is read as d^2 = 100"),
+             "100' is read as d^2 = 100; it does not say how it weighs reconstruction against "
+             "the adversarial term, so gamma = 10 and a slower discriminator are shown too"),
     "cifar10-regularization": dict(
         title="the CIFAR-10 regularization tutorial (conv VAE 32-64-128, latent 256, tanh, MSE)",
         base=["--arch", "conv", "--latent-dim", "256", "--output", "tanh", "--recon", "mse",
@@ -104,9 +116,44 @@ EXPERIMENTS = {
                                       "1e-4", "--beta", "4", "--augment"],
                   "ae": ["--model", "ae"]},
         epochs=(50, 2), columns=[("test MSE", cifar_mse)],
+        figures=[("reconstructions.png", "reconstructions", "CIFAR-10 test images and their "
+                  "reconstructions (the AE's code h; the VAEs' z = mu)",
+                  ["ae", "vae", "vae-regularized"])],
         published={"vae": {50: {"test MSE": 0.0150}}, "vae-regularized": {50: {"test MSE": 0.0220}}},
         note="MSE per [0, 1] pixel of the reconstruction with z sampled; the published numbers "
              "are after 50 epochs on all 50,000 training images"),
+    "gaussian-decoder": dict(
+        title="the MLP-vs-CNN Gaussian-decoder study (VAE with decoder N(x_hat, cI) and a "
+              "softplus encoder variance, MNIST and Fashion-MNIST)",
+        base=["--recon", "gaussian", "--posterior-variance", "softplus", "--act", "elu",
+              "--batch-size", "256"],
+        settings={f"{arch}-{dataset}-z{z}{'' if c == '0.05' else '-c' + c}": [
+            *GAUSSIAN_ARCHS[arch], "--dataset", GAUSSIAN_DATASETS[dataset], "--latent-dim", str(z),
+            "--c", c] for arch, dataset, z, c in (
+                ("mlp", "mnist", 2, "0.05"), ("mlp", "fashion", 2, "0.05"),
+                ("cnn", "mnist", 2, "0.05"), ("cnn", "fashion", 2, "0.05"),
+                *(("mlp", "mnist", z, "0.05") for z in (1, 3, 20)),
+                *(("cnn", "mnist", z, "0.05") for z in (1, 3, 20)),
+                ("mlp", "mnist", 2, "1e-4"), ("mlp", "mnist", 2, "1"))},
+        epochs=(15, 2), layout="final",
+        columns=[("train loss", "train_loss"), ("train recon", "train_recon"),
+                 ("train KL", "train_kl"), ("test loss", "test_loss")],
+        published={"mlp-mnist-z2": {15: {"train loss": 307, "train recon": 293, "train KL": 14}},
+                   "mlp-fashion-z2": {15: {"train loss": 229, "train recon": 216,
+                                           "train KL": 13.4}},
+                   "cnn-mnist-z2": {15: {"train loss": 322}},
+                   "cnn-fashion-z2": {15: {"train loss": 246}}},
+        figures=[("samples-per-dataset.png", "samples", "samples, latent size 2, c = 0.05",
+                  ["mlp-mnist-z2", "cnn-mnist-z2", "mlp-fashion-z2", "cnn-fashion-z2"]),
+                 ("samples-per-latent-size.png", "samples", "MNIST samples per latent size "
+                  "(c = 0.05)", ["mlp-mnist-z1", "mlp-mnist-z2", "mlp-mnist-z3", "mlp-mnist-z20",
+                                 "cnn-mnist-z1", "cnn-mnist-z2", "cnn-mnist-z3", "cnn-mnist-z20"]),
+                 ("samples-per-c.png", "samples", "MNIST samples per decoder variance c (MLP, "
+                  "latent size 2)", ["mlp-mnist-z2-c1e-4", "mlp-mnist-z2", "mlp-mnist-z2-c1"])],
+        note="the study's loss per image: ||x - x_hat||^2 / (2c) summed over pixels, plus the KL; "
+             "nats only up to the constant D/2 log(2 pi c) it leaves out, so it is not a "
+             "likelihood and does not compare across c. Train numbers are the mean over the "
+             "last epoch's steps (z sampled); the study's are its final training losses"),
     "autoencoders": dict(
         title="the autoencoder family on MNIST (MLP 784-400-20: plain, denoising, sparse, "
               "contractive; the VAE beside them)",
@@ -135,6 +182,8 @@ def build_parser():
                    "npz:TRAIN,TEST for a part of it (cifar10-regularization)")
     p.add_argument("--runs", default=os.path.join("runs", "reproduce"), help="where the runs go")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time")
+    p.add_argument("--settings", help="comma-separated: run and report only these settings "
+                   "(the names in the report's first column; default: all)")
     return p
 
 
@@ -144,25 +193,37 @@ def plan(name, exp, args):
     seeds = ["1"] if args.quick else args.seeds.split(",")
     folder = os.path.join(args.runs, name + ("-quick" if args.quick else ""))
     dataset = ["--dataset", args.cifar10] if name.startswith("cifar10") else []
+    chosen = args.settings.split(",") if args.settings else list(exp["settings"])
+    unknown = [s for s in chosen if s not in exp["settings"]]
+    if unknown:
+        raise ValueError(f"--settings: {', '.join(unknown)} not a setting of {name}; its settings "
+                         f"are {', '.join(exp['settings'])}")
     return folder, [(f"{setting}-seed{seed}",
                      [*exp["base"], *dataset, *flags, "--seed", seed, "--epochs", str(epochs),
                       "--data-root", args.data_root, "--log-interval", "1000",
                       "--out", os.path.join(folder, f"{setting}-seed{seed}")])
-                    for setting, flags in exp["settings"].items() for seed in seeds]
+                    for setting, flags in exp["settings"].items() if setting in chosen
+                    for seed in seeds]
 
 
 def value(row, how):
     return how(row) if callable(how) else row.get(how)
 
 
+def setting_of(run_name):
+    return run_name.rsplit("-seed", 1)[0]
+
+
 def report(exp, folder, todo, data_root):
-    """Per epoch, each setting's mean +- std over its seeds beside the published number."""
+    """Per epoch (or, with layout "final", at the last epoch) each setting's mean +- std over
+    its seeds beside the published number."""
     histories = {}
     for name, _ in todo:
-        setting = name.rsplit("-seed", 1)[0]
         ckpt = runs.load_checkpoint(os.path.join(folder, name, "checkpoint.pt"))
-        histories.setdefault(setting, []).append(ckpt["history"])
+        histories.setdefault(setting_of(name), []).append(ckpt["history"])
     lines = [f"## {exp['title']}", "", f"Units: {exp['note']}.", ""]
+    if exp.get("layout") == "final":
+        return "\n".join(lines + final_table(exp, histories) + measured(exp, folder, todo, data_root))
     for label, how in exp["columns"]:
         heads, cells_of = [], []
         for setting, hs in histories.items():
@@ -177,18 +238,80 @@ def report(exp, folder, todo, data_root):
         lines += [f"| {e} | " + " | ".join(c(e) for c in cells_of) + " |"
                   for e in sorted(set(range(1, ours + 1)) | published)]
         lines.append("")
-    if "final" in exp:  # numbers measured on each run's final weights
-        found = {}
-        for name, _ in todo:  # (the labels in the order of the run that has the most)
-            measured = exp["final"](os.path.join(folder, name), data_root)
-            for label, v in measured.items():
-                found.setdefault(label, {}).setdefault(name.rsplit("-seed", 1)[0], []).append(v)
-        found = dict(sorted(found.items(), key=lambda item: -len(item[1])))
-        lines += ["At the last epoch:", "", "| setting | " + " | ".join(found) + " |",
-                  "|---" * (len(found) + 1) + "|"]
-        lines += [f"| {setting} | " + " | ".join(spread(found[label].get(setting, []))
-                                                for label in found) + " |" for setting in histories]
-    return "\n".join(lines)
+    return "\n".join(lines + measured(exp, folder, todo, data_root))
+
+
+def final_table(exp, histories):
+    """One row per setting: every column at the last epoch, ours (mean +- std) and the
+    published number after it where there is one."""
+    last = max(len(h) for hs in histories.values() for h in hs)
+    heads = ["setting", "n", "epoch"]
+    for label, _ in exp["columns"]:
+        heads += [label] + ([f"{label}, published"] if any(
+            label in v.get(last, {}) for v in exp["published"].values()) else [])
+    lines = ["| " + " | ".join(heads) + " |", "|---" * len(heads) + "|"]
+    for setting, hs in histories.items():
+        cells = [setting, str(len(hs)), str(min(len(h) for h in hs))]
+        for label, how in exp["columns"]:
+            cells.append(spread([value(h[-1], how) for h in hs]))
+            if f"{label}, published" in heads:
+                cells.append(spread([exp["published"].get(setting, {}).get(last, {}).get(label)]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def measured(exp, folder, todo, data_root):
+    """The table of the numbers exp["final"] measures on each run's final weights."""
+    if "final" not in exp:
+        return []
+    found = {}
+    for name, _ in todo:  # (the labels in the order of the run that has the most)
+        values = exp["final"](os.path.join(folder, name), data_root)
+        for label, v in values.items():
+            found.setdefault(label, {}).setdefault(setting_of(name), []).append(v)
+    found = dict(sorted(found.items(), key=lambda item: -len(item[1])))
+    lines = ["At the last epoch:", "", "| setting | " + " | ".join(found) + " |",
+             "|---" * (len(found) + 1) + "|"]
+    return lines + [f"| {setting} | " + " | ".join(spread(found[label].get(setting, []))
+                                                   for label in found) + " |"
+                    for setting in dict.fromkeys(map(setting_of, (n for n, _ in todo)))]
+
+
+def draw(exp, folder, todo, data_root):
+    """The experiment's figures, from the first seed of each setting: 16 samples per setting
+    (the same z for settings of one latent size), or 12 test images over each setting's
+    reconstructions. Returns the files written."""
+    import torch
+
+    import data
+    import evaluate
+    import figures
+    first, written = {}, []
+    for name, _ in todo:
+        first.setdefault(setting_of(name), os.path.join(folder, name))
+    for filename, kind, title, settings in exp.get("figures", ()):
+        have = [s for s in settings if s in first]
+        rows, labels = [], []
+        for setting in have:
+            cfg, model = evaluate.load_run(first[setting])[:2]
+            model.eval()
+            if kind == "samples":
+                z = torch.randn(16, model.latent_dim, generator=torch.Generator().manual_seed(0))
+                rows.append(figures.decode01(model, z))
+            else:  # reconstructions of the same test images
+                if not rows:
+                    test = data.load(cfg["dataset"], data_root, "cpu", download=False,
+                                     size=cfg["image_size"], channels=cfg["channels"])["test"]
+                    x, target, y = evaluate.test_inputs(test, cfg, 12)
+                    rows.append(data.to_unit(target, cfg["output"]))
+                    labels.append("original")
+                rows.append(data.to_unit(model.reconstruct(x, y), cfg["output"]).clamp(0, 1))
+            labels.append(setting)
+        if have:
+            path = os.path.join(folder, filename)
+            figures.image_rows(rows, labels, path, title)
+            written.append(path)
+    return written
 
 
 def spread(values):
@@ -236,6 +359,8 @@ def main(argv=None):
                 f"with the published numbers.\n\n{text}")
     runs.atomic_save(text + "\n", os.path.join(folder, "report.md"))
     print(text)
+    for path in draw(exp, folder, todo, args.data_root):
+        print(f"Figure: {path}")
     return 0
 
 

@@ -15,6 +15,7 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import losses
 
@@ -99,12 +100,59 @@ def conv_decoder(image_shape, latent_dim, act="relu", batchnorm=True):
     return nn.Sequential(*layers)
 
 
+def conv3x3_sides(image_shape, stages=3):
+    """Sides (h, w) after each 3x3, stride-2, padding-1 convolution: 28 -> 14 -> 7 -> 4."""
+    sides = [tuple(image_shape[-2:])]
+    for _ in range(stages):
+        sides.append(tuple((s + 1) // 2 for s in sides[-1]))
+    return sides
+
+
+CONV3X3_WIDTHS = (32, 64, 32)  # the Gaussian-decoder study's CNN
+
+
+def conv3x3_encoder(image_shape, out_dim, act="elu", dropout=0.0, batchnorm=True):
+    """The Gaussian-decoder study's CNN: three 3x3 stride-2 convolutions 32-64-32, each with
+    (BatchNorm), act, (Dropout); then a linear layer (512 inputs for 28x28)."""
+    layers, channels = [], image_shape[0]
+    for width in CONV3X3_WIDTHS:
+        layers += [nn.Conv2d(channels, width, 3, stride=2, padding=1)]
+        layers += [nn.BatchNorm2d(width)] if batchnorm else []
+        layers += [ACTIVATIONS[act]()]
+        layers += [nn.Dropout(dropout)] if dropout > 0 else []
+        channels = width
+    h, w = conv3x3_sides(image_shape)[-1]
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(channels * h * w, out_dim))
+
+
+def conv3x3_decoder(image_shape, latent_dim, act="elu", batchnorm=True):
+    """Its mirror: linear to 32x4x4, act, three 3x3 stride-2 transposed convolutions
+    32-64-32-32 (4 -> 7 -> 14 -> 28: the output padding makes each side exact), each with
+    (BatchNorm) and act, then a 3x3 convolution to the image's channels.
+
+    (The study prints an activation beside the decoder's linear layer; we apply it there.)"""
+    sides = conv3x3_sides(image_shape)[::-1]  # (4, 4), (7, 7), (14, 14), (28, 28)
+    widths = CONV3X3_WIDTHS[::-1] + CONV3X3_WIDTHS[:1]  # 32, 64, 32, 32
+    layers = [nn.Linear(latent_dim, widths[0] * sides[0][0] * sides[0][1]), ACTIVATIONS[act](),
+              nn.Unflatten(1, (widths[0], *sides[0]))]
+    for i in range(3):
+        pad = tuple(out - (2 * s - 1) for out, s in zip(sides[i + 1], sides[i]))  # 0 or 1
+        layers += [nn.ConvTranspose2d(widths[i], widths[i + 1], 3, stride=2, padding=1,
+                                      output_padding=pad)]
+        layers += [nn.BatchNorm2d(widths[i + 1])] if batchnorm else []
+        layers += [ACTIVATIONS[act]()]
+    return nn.Sequential(*layers, nn.Conv2d(widths[-1], image_shape[0], 3, padding=1))
+
+
 def build_networks(image_shape, code_dim, latent_dim, arch="mlp", hidden=(400,), act="relu",
                    dropout=0.0, batchnorm=False):
     """Encoder (image -> code_dim numbers) and decoder (latent_dim -> pre-activations)."""
     if arch == "mlp":
         return (mlp_encoder(image_shape, hidden, code_dim, act, dropout, batchnorm),
                 mlp_decoder(image_shape, hidden, latent_dim, act, batchnorm))
+    if arch == "conv3x3":
+        return (conv3x3_encoder(image_shape, code_dim, act, dropout, batchnorm),
+                conv3x3_decoder(image_shape, latent_dim, act, batchnorm))
     return (conv_encoder(image_shape, code_dim, act, dropout, batchnorm),
             conv_decoder(image_shape, latent_dim, act, batchnorm))
 
@@ -112,13 +160,14 @@ def build_networks(image_shape, code_dim, latent_dim, arch="mlp", hidden=(400,),
 # name: (type, help). The defaults are the constructors' (models.py's contract).
 NETWORK_OPTIONS = {
     "latent_dim": (int, "size of the code: z for the VAE family, h for the AE"),
-    "arch": (str, "mlp, or conv (three stride-2 convolutions)"),
+    "arch": (str, "mlp; conv (stride-2 convolutions 32-64-128 down to 4x4); or conv3x3 "
+                  "(three 3x3 stride-2 convolutions 32-64-32, the Gaussian-decoder study's CNN)"),
     "hidden": (tuple, "mlp hidden widths, comma-separated, e.g. 300,100,10 (default 400; "
                       "vaegan: latent_dim squared, the d^2 of the MNIST VAE-GAN study)"),
     "act": (str, "hidden activation: relu or elu"),
     "dropout": (float, "dropout after each hidden activation of the encoder"),
-    "batchnorm": (bool, "batch norm after each hidden layer (default: on for conv and for "
-                        "vaegan, off for mlp); --no-batchnorm removes every batch norm layer"),
+    "batchnorm": (bool, "batch norm after each hidden layer (default: on for the conv "
+                        "archs and for vaegan, off for mlp); --no-batchnorm removes every batch norm layer"),
     "output": (str, "decoder output: sigmoid ([0, 1] data) or tanh ([-1, 1] data)"),
     "recon": (str, "reconstruction loss: bce, mse or gaussian; vaegan also feature (Larsen's "
                    "error on a discriminator layer) (default: bce for sigmoid, mse for tanh)"),
@@ -126,13 +175,19 @@ NETWORK_OPTIONS = {
 }
 
 
-def check_networks(image_shape, latent_dim, arch, hidden, act, dropout):
+ARCHS = ("mlp", "conv", "conv3x3")
+
+
+def check_networks(image_shape, latent_dim, arch, hidden, act, dropout, archs=ARCHS):
     """ValueError, in the constructor's words, for options no network can be built with."""
-    if arch not in ("mlp", "conv"):
-        raise ValueError(f"arch={arch!r} is unknown; use 'mlp' or 'conv'")
+    if arch not in archs:
+        raise ValueError(f"arch={arch!r} is unknown; use {', '.join(map(repr, archs))}")
     if arch == "conv":
         conv_kernels(image_shape)
-    if arch == "conv" and hidden is not None:
+    if arch == "conv3x3" and min(image_shape[-2:]) < 8:
+        raise ValueError(f"image_shape={tuple(image_shape)}: the conv3x3 arch needs sides of 8 "
+                         f"pixels or more")
+    if arch != "mlp" and hidden is not None:
         raise ValueError(f"hidden={hidden!r} sets the mlp's widths; the conv arch's channels "
                          f"are fixed (leave hidden out)")
     if hidden is not None and not (isinstance(hidden, (tuple, list)) and hidden and all(
@@ -174,24 +229,31 @@ class VAE(nn.Module):
     beta weights the KL term (beta-VAE); beta = 1 is the plain VAE and the ELBO.
     """
     OPTIONS = {**NETWORK_OPTIONS,
-               "beta": (float, "weight of the KL term (beta-VAE); 1 is the ELBO")}
-    RECONS = losses.RECONS
+               "beta": (float, "weight of the KL term (beta-VAE); 1 is the ELBO"),
+               "posterior_variance": (str, "how the encoder's second half h gives q(z|x)'s "
+                                           "variance: logvar (exp(h)) or softplus (softplus(h) "
+                                           "+ 1e-8, the Gaussian-decoder study's)")}
+    RECONS, ARCHS = losses.RECONS, ARCHS
     variational, can_sample, conditional, gated = True, True, False, False
 
     def __init__(self, image_shape=(1, 28, 28), num_classes=None, latent_dim=20, arch="mlp",
                  hidden=None, act="relu", dropout=0.0, batchnorm=None, output="sigmoid",
-                 recon=None, beta=1.0, c=0.05):
+                 recon=None, beta=1.0, c=0.05, posterior_variance="logvar"):
         super().__init__()
         self.image_shape = tuple(image_shape)
-        check_networks(self.image_shape, latent_dim, arch, hidden, act, dropout)
+        check_networks(self.image_shape, latent_dim, arch, hidden, act, dropout, self.ARCHS)
+        if posterior_variance not in ("logvar", "softplus"):
+            raise ValueError(f"posterior_variance={posterior_variance!r} is unknown; use "
+                             f"'logvar' or 'softplus'")
         recon = losses.check_recon(recon, output, self.RECONS)
         positive(c=c)
         if not (isinstance(beta, (int, float)) and 0 <= beta < math.inf):
             raise ValueError(f"beta={beta!r} must be >= 0")
         self.latent_dim, self.arch, self.act, self.dropout = latent_dim, arch, act, dropout
         self.output, self.recon, self.beta, self.c = output, recon, beta, c
+        self.posterior_variance = posterior_variance
         self.likelihood = recon  # the decoder's distribution that nll() uses
-        self.batchnorm = arch == "conv" if batchnorm is None else bool(batchnorm)
+        self.batchnorm = arch != "mlp" if batchnorm is None else bool(batchnorm)
         self.hidden = (tuple(hidden) if hidden else self.default_hidden()) if arch == "mlp" else None
         for name, net in self.networks().items():
             setattr(self, name, net)
@@ -212,10 +274,15 @@ class VAE(nn.Module):
         return {"kl": self.beta}
 
     def encode(self, x, labels=None):
-        h = self.encoder(x)
-        mu, logvar = h.to(torch.promote_types(h.dtype, torch.float32)).chunk(2, dim=1)  # (B, D)
-        # at least float32 (under --amp the networks run in bfloat16): the KL sums in full precision
-        return mu, logvar
+        return self.posterior(self.encoder(x))
+
+    def posterior(self, h):
+        """(mu, logvar) of q(z|x) from the encoder's output (B, 2D), in at least float32 (under
+        --amp the networks run in bfloat16): the KL sums in full precision."""
+        mu, h = h.to(torch.promote_types(h.dtype, torch.float32)).chunk(2, dim=1)  # (B, D)
+        if self.posterior_variance == "softplus":
+            return mu, torch.log(F.softplus(h) + 1e-8)
+        return mu, h
 
     def reparameterize(self, mu, logvar):
         return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)  # z = mu + sigma * eps
@@ -276,7 +343,7 @@ class VAE(nn.Module):
 if __name__ == "__main__":
     # Runs alone: builds each network and pushes a random batch through it.
     for shape in ((1, 28, 28), (3, 32, 32)):
-        for arch in ("mlp", "conv"):
+        for arch in ARCHS:
             model = VAE(shape, latent_dim=20, arch=arch)
             x = torch.rand(8, *shape)
             out = model.loss(x, x)

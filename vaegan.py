@@ -121,7 +121,7 @@ class VAEGAN(VAE):
                "margin": (float, "with equilibrium: skip the discriminator's update below "
                                  "equilibrium - margin, the decoder's adversarial term above "
                                  "equilibrium + margin (default 0.35)")}
-    RECONS = VAE.RECONS + ("feature",)
+    RECONS, ARCHS = VAE.RECONS + ("feature",), ("mlp", "conv")
 
     def __init__(self, image_shape=(1, 28, 28), num_classes=None, batchnorm=True, gamma=1.0,
                  feature_layer=None, equilibrium=None, margin=None, **options):

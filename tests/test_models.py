@@ -12,7 +12,7 @@ SHAPES = [(1, 28, 28), (3, 32, 32)]  # MNIST / Fashion-MNIST, CIFAR-10
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("arch", ["mlp", "conv"])
+@pytest.mark.parametrize("arch", ["mlp", "conv", "conv3x3"])
 @pytest.mark.parametrize("output", ["sigmoid", "tanh"])
 def test_shapes_and_ranges(shape, arch, output):
     torch.manual_seed(0)
@@ -38,6 +38,45 @@ def test_conv_code_map_is_128x4x4_for_both_sizes():
         enc = VAE(shape, arch="conv").encoder
         h = enc[:-2](torch.rand(2, *shape))  # up to Flatten
         assert h.shape == (2, 128, 4, 4)
+
+
+def test_conv3x3_is_the_gaussian_decoder_studys_cnn():
+    # as the study prints it: 3x3 stride-2 convolutions 32-64-32 with batch norm and ELU,
+    # Linear(512, 2d); Linear(d, 512), transposed convolutions 32-64-32-32, a 3x3 convolution
+    model = VAE((1, 28, 28), latent_dim=2, arch="conv3x3", act="elu")
+    convs = [m for m in model.encoder if isinstance(m, nn.Conv2d)]
+    assert [(c.out_channels, c.kernel_size, c.stride) for c in convs] == [
+        (32, (3, 3), (2, 2)), (64, (3, 3), (2, 2)), (32, (3, 3), (2, 2))]
+    assert model.encoder[-1].in_features == 512 and model.encoder[-1].out_features == 4
+    sides, h = [], torch.rand(2, 2)
+    for m in model.decoder:
+        h = m(h) if not isinstance(m, nn.BatchNorm2d) else h
+        if isinstance(m, (nn.ConvTranspose2d, nn.Conv2d)):
+            sides.append(tuple(h.shape[1:]))
+    assert sides == [(64, 7, 7), (32, 14, 14), (32, 28, 28), (1, 28, 28)]
+    assert count(model, nn.BatchNorm2d) == 6 and count(model, nn.ReLU) == 0
+    n = sum(p.numel() for p in model.parameters())
+    assert n == (320 + 18496 + 18464 + 2052 + (64 + 128 + 64)  # encoder, its BN
+                 + 1536 + 18496 + 18464 + 9248 + 289 + (128 + 64 + 64))  # decoder, its BN
+    for shape in ((3, 32, 32), (1, 9, 13)):  # any side of 8 or more, non-square too
+        assert VAE(shape, arch="conv3x3").sample(2).shape == (2, *shape)
+    with pytest.raises(ValueError, match="sides of 8"):
+        VAE((1, 6, 6), arch="conv3x3")
+    with pytest.raises(ValueError, match="arch='conv3x3' is unknown; use 'mlp', 'conv'"):
+        VAEGAN(arch="conv3x3")
+
+
+def test_softplus_posterior_variance():
+    torch.manual_seed(0)
+    model = VAE(latent_dim=3, posterior_variance="softplus")
+    x = torch.rand(4, 1, 28, 28)
+    h = model.encoder(x)
+    mu, logvar = model.encode(x)
+    torch.testing.assert_close(mu, h[:, :3])
+    torch.testing.assert_close(logvar.exp(), torch.nn.functional.softplus(h[:, 3:]) + 1e-8)
+    torch.testing.assert_close(VAE(latent_dim=3).posterior(h)[1], h[:, 3:])  # the default
+    with pytest.raises(ValueError, match="posterior_variance='exp' is unknown"):
+        VAE(posterior_variance="exp")
 
 
 def test_hidden_widths_and_activation():
@@ -80,9 +119,11 @@ OPTIONS = {"vae": {"beta": 2.0}, "ae": {"sparsity": 0.1, "code": "relu", "contra
            "vaegan": {"beta": 2.0}, "cvae": {"beta": 2.0}}
 
 
-@pytest.mark.parametrize("arch", ["mlp", "conv"])
+@pytest.mark.parametrize("arch", ["mlp", "conv", "conv3x3"])
 @pytest.mark.parametrize("name", list(models.MODELS))
 def test_every_registered_model_follows_the_contract(name, arch):
+    if arch not in models.MODELS[name].ARCHS:
+        pytest.skip(f"{name} has no {arch} arch")
     torch.manual_seed(0)
     model = models.build(name, (1, 28, 28), 10, {"latent_dim": 4, "arch": arch, **OPTIONS[name]})
     x, y = torch.rand(6, 1, 28, 28), torch.arange(6) % 10

@@ -1,4 +1,5 @@
 """reproduce.py: each reference experiment by name, our table beside the published one."""
+import json
 import os
 
 import pytest
@@ -46,3 +47,42 @@ def test_the_autoencoder_family_measures_each_run_at_its_last_epoch(tiny_data, t
     sparse = dict(zip(header, rows["sparse-ae"].split(" | ")))
     assert float(sparse["codes below 1e-2"]) > float(dict(zip(header, rows["ae"].split(" | ")))["codes below 1e-2"])
     assert dict(zip(header, rows["vae"].split(" | ")))["Jacobian norm"].strip() == ""
+
+
+def test_the_gaussian_decoder_study_reports_final_numbers_and_draws_samples(tiny_data, tmp_path, capsys):
+    runs_dir = str(tmp_path / "rep")
+    assert reproduce.main(["gaussian-decoder", "--quick", "--data-root", tiny_data, "--runs", runs_dir,
+                           "--settings", "mlp-mnist-z2,mlp-mnist-z2-c1"]) == 0
+    text = capsys.readouterr().out
+    folder = os.path.join(runs_dir, "gaussian-decoder-quick")
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in text.splitlines() if line.startswith("| ")}
+    assert set(rows) == {"setting", "mlp-mnist-z2", "mlp-mnist-z2-c1"}  # only those chosen
+    history = reproduce.runs.load_checkpoint(os.path.join(folder, "mlp-mnist-z2-seed1", "checkpoint.pt"))["history"]
+    ours = dict(zip(rows["setting"], rows["mlp-mnist-z2"]))
+    assert ours["epoch"] == "2" and float(ours["train loss"]) == pytest.approx(history[-1]["train_loss"], abs=0.01)
+    cfg = json.load(open(os.path.join(folder, "mlp-mnist-z2-c1-seed1", "config.json")))
+    assert (cfg["c"], cfg["posterior_variance"], cfg["hidden"], cfg["act"]) == (1.0, "softplus", [300, 100, 10], "elu")
+    from PIL import Image
+    per_c = Image.open(os.path.join(folder, "samples-per-c.png"))
+    per_size = Image.open(os.path.join(folder, "samples-per-latent-size.png"))
+    # samples-per-c draws both settings, samples-per-latent-size the one of latent size 2:
+    # one more row of 28-pixel images at 2x with a 2-pixel gap
+    assert per_c.size[0] == per_size.size[0] and per_c.size[1] - per_size.size[1] == 2 * (28 + 2)
+    assert "Figure: " + os.path.join(folder, "samples-per-c.png") in text
+
+
+def test_final_table_puts_the_published_number_beside_ours():
+    exp = reproduce.EXPERIMENTS["gaussian-decoder"]
+    rows = [{"train_loss": v, "train_recon": v - 14, "train_kl": 14.0, "test_loss": v} for v in (300.0, 310.0)]
+    lines = reproduce.final_table(exp, {"mlp-mnist-z2": [[rows[0]] * 15, [rows[1]] * 15]})
+    head, row = lines[0].split(" | "), lines[2].split(" | ")
+    cells = dict(zip(head, row))
+    assert cells["train loss"] == "305.00 ± 7.07" and cells["train loss, published"] == "307.00"
+    assert cells["train KL, published"] == "14.00" and cells["n"] == "2"
+
+
+def test_unknown_settings_are_refused_before_any_run(tmp_path, capsys):
+    assert reproduce.main(["gaussian-decoder", "--settings", "mlp-mnist-z2,cnn-z9", "--runs", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--settings: cnn-z9 not a setting of gaussian-decoder" in err and "cnn-fashion-z2" in err
+    assert not os.listdir(tmp_path)
