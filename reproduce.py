@@ -341,7 +341,7 @@ def main(argv=None):
                              f"--seeds {args.seeds})")
         folder, todo = plan(args.name, exp, args)
         held = runs.lock(folder, fresh=False)
-        sweep.check(todo)
+        sweep.check(todo, "another --runs")
     except ValueError as e:
         print(f"reproduce.py: error: {e}", file=sys.stderr)
         if held:

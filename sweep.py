@@ -102,16 +102,37 @@ def state(run_dir):
     return "finished" if done and whole else "unfinished"
 
 
-def check(todo):
-    """Every run's flags through train.py's own checks, before any run starts."""
+# config keys that are not settings: a run folder may differ from the plan in these
+BOOKKEEPING = {"out", "command", "resume_commands", "data", "format", "device", "log_interval",
+               "data_root", "download", "compile", "channels_last", "data_budget"}
+
+
+def differences(run_dir, argv):
+    """How the run saved in run_dir differs from the one argv would start, in every setting
+    (its seed and epochs too): ["--lr 0.001 there, 0.0025 planned", ...]."""
+    i = argv.index("--out")
+    planned = flags.resolve([*argv[:i + 1], os.path.normpath(run_dir) + "-unused", *argv[i + 2:]])[0]
+    saved = runs.load_config(run_dir)
+    return [f"--{k.replace('_', '-')} {saved.get(k)!r} there, {planned.get(k)!r} planned"
+            for k in sorted((set(saved) | set(planned)) - BOOKKEEPING) if saved.get(k) != planned.get(k)]
+
+
+def check(todo, elsewhere="another --out"):
+    """Every run's flags through train.py's own checks, and every run folder already there
+    holding the run planned, before any run starts."""
     for name, argv in todo:
         run_dir = argv[argv.index("--out") + 1]
         try:
             if state(run_dir) == "new":
                 flags.pick_device(flags.resolve(argv)[0]["device"])
+                continue
+            other = differences(run_dir, argv)
         except (ValueError, SystemExit) as e:
             why = str(e) if isinstance(e, ValueError) else "a malformed flag (printed above)"
             raise ValueError(f"run {name}: {why}") from None
+        if other:
+            raise ValueError(f"run {name}: {run_dir} holds a run with other settings "
+                             f"({'; '.join(other[:3])}); move that folder away, or give {elsewhere}")
 
 
 def main(argv=None):

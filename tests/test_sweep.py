@@ -50,13 +50,30 @@ def test_an_interrupted_run_is_resumed(tiny_data, tmp_path, capsys):
     out = str(tmp_path / "sw")
     argv = ["--seeds", "1", "--out", out, "--", "--data-root", tiny_data, *SMALL]
     assert sweep.main(argv) == 0
+    # as if a sweep of two epochs had been stopped after its run's first epoch
     run = os.path.join(out, "seed1")
     cfg = json.load(open(os.path.join(run, "config.json")))
-    cfg["epochs"] = 2  # as if it had been stopped after its first of two epochs
+    cfg["epochs"] = 2
     json.dump(cfg, open(os.path.join(run, "config.json"), "w"))
+    manifest = json.load(open(os.path.join(out, "sweep.json")))
+    manifest["train_flags"][-1] = "2"  # SMALL ends with --epochs 1
+    json.dump(manifest, open(os.path.join(out, "sweep.json"), "w"))
     capsys.readouterr()
-    assert sweep.main(argv) == 0
+    assert sweep.main([*argv[:-1], "2"]) == 0
     assert "Resuming" in open(os.path.join(out, "seed1.log")).read()
+
+
+def test_a_run_folder_holding_other_settings_is_refused_not_reused(tiny_data, tmp_path, capsys):
+    out = str(tmp_path / "sw")
+    assert sweep.main(["--seeds", "1", "--out", out, "--", "--data-root", tiny_data, *SMALL]) == 0
+    os.remove(os.path.join(out, "sweep.json"))  # the folder of an older version of a plan
+    argv = ["--seeds", "1", "--out", out, "--", "--data-root", tiny_data, *SMALL, "--lr", "3e-4"]
+    capsys.readouterr()
+    assert sweep.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "run seed1: " + os.path.join(out, "seed1") + " holds a run with other settings (--lr " \
+           "0.001 there, 0.0003 planned); move that folder away, or give another --out" in err
+    assert not os.path.exists(os.path.join(out, "sweep.json"))  # nothing started
 
 
 @pytest.mark.parametrize("argv,words", [
