@@ -341,7 +341,9 @@ def main(argv=None):
                              f"--seeds {args.seeds})")
         folder, todo = plan(args.name, exp, args)
         held = runs.lock(folder, fresh=False)
-        sweep.check(todo, "another --runs")
+        new = sweep.check(todo, "another --runs")
+        if args.jobs > 1:
+            sweep.fetch_data(new)
     except ValueError as e:
         print(f"reproduce.py: error: {e}", file=sys.stderr)
         if held:

@@ -119,12 +119,15 @@ def differences(run_dir, argv):
 
 def check(todo, elsewhere="another --out"):
     """Every run's flags through train.py's own checks, and every run folder already there
-    holding the run planned, before any run starts."""
+    holding the run planned, before any run starts. Returns the configs of the new runs."""
+    new = []
     for name, argv in todo:
         run_dir = argv[argv.index("--out") + 1]
         try:
             if state(run_dir) == "new":
-                flags.pick_device(flags.resolve(argv)[0]["device"])
+                cfg = flags.resolve(argv)[0]
+                flags.pick_device(cfg["device"])
+                new.append(cfg)
                 continue
             other = differences(run_dir, argv)
         except (ValueError, SystemExit) as e:
@@ -133,6 +136,20 @@ def check(todo, elsewhere="another --out"):
         if other:
             raise ValueError(f"run {name}: {run_dir} holds a run with other settings "
                              f"({'; '.join(other[:3])}); move that folder away, or give {elsewhere}")
+    return new
+
+
+def fetch_data(configs):
+    """Each dataset the new runs use, downloaded (or decoded into its cache) once here, so
+    that runs started together do not write the same files at once."""
+    import data
+    for dataset, root, download, size, channels, skip in dict.fromkeys(
+            (c["dataset"], c["data_root"], c["download"], c["image_size"], c["channels"],
+             c["skip_bad_images"]) for c in configs):
+        try:
+            data.load(dataset, root, "cpu", download, size=size, channels=channels, skip_bad=skip)
+        except (OSError, RuntimeError) as e:
+            raise ValueError(f"--dataset {dataset}: {e}") from None
 
 
 def main(argv=None):
@@ -158,7 +175,9 @@ def main(argv=None):
             raise ValueError(f"{args.out} holds another sweep (its sweep.json differs); use "
                              f"another --out, or the same flags to continue it")
         held = runs.lock(args.out, fresh=False)  # one sweep per folder
-        check(todo)
+        new = check(todo)
+        if args.jobs > 1:
+            fetch_data(new)
         runs.atomic_save(json.dumps(manifest, indent=2) + "\n", path)
     except ValueError as e:
         print(f"sweep.py: error: {e}", file=sys.stderr)

@@ -146,3 +146,15 @@ def test_group_loss_curves_draw_a_mean_and_a_band(tmp_path, monkeypatch):
     train = next(line for line in ax.get_lines() if "train" in line.get_label())
     assert list(train.get_ydata()) == pytest.approx([10, 9, 8])  # the mean of 9-e, 10-e, 11-e
     assert len(ax.collections) == 2  # a band for train and one for test
+
+
+def test_runs_started_together_find_their_data_fetched_first(tmp_path, capsys):
+    # --jobs 2: the data are downloaded (here: looked for) once, before any run starts
+    out, empty = str(tmp_path / "sw"), str(tmp_path / "no-data")
+    os.makedirs(empty)
+    argv = ["--seeds", "1,2", "--jobs", "2", "--out", out, "--", "--data-root", empty,
+            "--no-download", *SMALL]
+    assert sweep.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sweep.py: error: ") and err.count("\n") == 1 and "mnist" in err.lower()
+    assert not os.path.exists(os.path.join(out, "seed1"))
