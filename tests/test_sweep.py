@@ -158,3 +158,27 @@ def test_runs_started_together_find_their_data_fetched_first(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("sweep.py: error: ") and err.count("\n") == 1 and "mnist" in err.lower()
     assert not os.path.exists(os.path.join(out, "seed1"))
+
+
+def test_ctrl_c_stops_every_running_run_saved_and_resumable(tiny_data, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    out = str(tmp_path / "sw")
+    argv = [sys.executable, sweep.__file__, "--seeds", "1,2", "--jobs", "2", "--out", out, "--",
+            "--data-root", tiny_data, *SMALL[:-1], "400"]  # long enough to be running
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    checkpoints = [os.path.join(out, f"seed{s}", "checkpoint.pt") for s in (1, 2)]
+    deadline = time.time() + 120
+    while not all(map(os.path.isfile, checkpoints)) and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)  # the sweep alone: each run is in its own session
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "interrupted; every run saved where it stopped; run the same command with --out" in err
+    epochs = [sweep.runs.load_checkpoint(p)["epoch"] for p in checkpoints]
+    assert all(1 <= e < 400 for e in epochs)
+    assert all(sweep.state(os.path.dirname(p)) == "unfinished" for p in checkpoints)
+    for s in (1, 2):
+        assert "stopped by SIGINT" in open(os.path.join(out, f"seed{s}.log")).read()
