@@ -1,6 +1,6 @@
 """Every loss term, as pure functions.
 
-Units contract (README, "Units"): each term is summed over pixels and latent dimensions and
+Units contract (GUIDE.md, "Units"): each term is summed over pixels and latent dimensions and
 returned per image, shape (B,). Callers average over images with `.mean()`, so a
 number is "nats per image" and does not depend on the batch size.
 """

@@ -1,6 +1,6 @@
 """Evaluation metrics as functions of a model and tensors; evaluate.py runs them on run folders.
 
-Units (README, "Units"): likelihood terms in nats per image, summed over pixels and latent
+Units (GUIDE.md, "Units"): likelihood terms in nats per image, summed over pixels and latent
 dimensions; reconstruction MSE and PSNR on [0, 1] pixels, whatever the model's scaling.
 """
 import math

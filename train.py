@@ -1,5 +1,5 @@
 """One command line for every model: builds data and model from flags, trains, evaluates
-on the test split every epoch, and writes the run folder (README, "The run folder").
+on the test split every epoch, and writes the run folder (GUIDE.md, "The run folder").
 
     python train.py --model vae --dataset mnist
     python train.py --model vae --dataset cifar10 --arch conv --beta 4 --dropout 0.3

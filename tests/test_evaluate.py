@@ -286,13 +286,13 @@ def test_best_weights_are_chosen_on_validation_and_evaluated_with_their_own_epoc
     assert not os.path.exists(os.path.join(run, "metrics.json"))  # the last epoch's stays apart
 
 
-def test_readme_documents_every_evaluate_flag():
-    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
-    section = readme.split("## Evaluation")[1].split("\n## ")[0]
+def test_guide_documents_every_evaluate_flag():
+    guide = open(os.path.join(os.path.dirname(__file__), "..", "GUIDE.md")).read()
+    section = guide.split("\n## Evaluation\n")[1].split("\n## ")[0]
     for action in evaluate.build_parser()._actions:
         for flag in action.option_strings:
             if flag not in ("-h", "--help"):
-                assert f"`{flag}`" in section, f"{flag} missing from the README's evaluate flags"
+                assert f"`{flag}`" in section, f"{flag} missing from GUIDE.md's evaluate flags"
 
 
 def test_a_conditional_vae_run_is_evaluated_with_its_labels_and_one_sample_row_per_class(
