@@ -8,7 +8,6 @@ Each run: metrics.json in its folder (units below, and in the file), one markdow
 per run on stdout (also <out>/table.md), figures in --out. Inputs are what the model saw
 in its test loss: the corrupted image for --noise runs (fixed seed), else the clean one.
 """
-import argparse
 import csv
 import glob
 import json
@@ -25,7 +24,7 @@ import losses
 import metrics
 import models
 import runs
-from flags import Parser, pick_device, saved_config
+from flags import Help, Parser, pick_device, saved_config
 
 UNITS = {
     "test_loss": "the test loss as train.py prints it (VAE: negative ELBO, z sampled once; "
@@ -67,7 +66,7 @@ COLUMNS = [("test_loss", "test loss", 2), ("train_loss", "train loss", 2), ("gap
 
 def build_parser():
     p = Parser(prog="evaluate.py", description="Metrics and figures for train.py run folders.",
-               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+               formatter_class=Help)
     a = p.add_argument
     a("runs", nargs="+", metavar="RUN", help="run folders, globs, or folders holding runs")
     a("--out", default=None, help="folder for figures and table.md (default: <run>/eval for "

@@ -27,6 +27,23 @@ RESUME_SAFE = {"epochs", "device", "log_interval", "data_root", "download", "res
 ADDED = {"image_size": None, "channels": None, "val_split": 0, "skip_bad_images": False}  # run-level flags added after format 2
 
 
+class Help(argparse.HelpFormatter):
+    """--help that says each flag's default once: "(default: X)" after its help, unless the
+    help already says it, and never for a switch (off unless given) or a flag that is unset
+    by default (its help says what happens then)."""
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" in text or not action.option_strings or action.nargs == 0
+                or action.default in (None, "", argparse.SUPPRESS)):
+            return text
+        return text + " (default: %(default)s)"
+
+
+def description(doc):
+    """A script's first docstring paragraph on one line: its --help description."""
+    return " ".join(doc.strip().split("\n\n")[0].split())
+
+
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2, instead of usage + error
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
@@ -75,6 +92,8 @@ def model_flags(p):
             same = len({repr(v) for v in by_model.values()}) == 1
             text += (f" (default: {next(iter(given.values()))})" if same else " (default: " +
                      ", ".join(f"{m} {v}" for m, v in given.items()) + ")")
+        elif "default" not in text:
+            text += " (default: none)"
         flag, extra = "--" + option.replace("_", "-"), {"default": argparse.SUPPRESS, "help": text}
         if kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **extra)
@@ -85,7 +104,7 @@ def model_flags(p):
 def build_parser():
     p = Parser(prog="train.py",
                description="Train an autoencoder, a VAE, a VAE-GAN or a conditional VAE.",
-               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+               formatter_class=Help)
     a = p.add_argument
     a("--model", default="vae", help=f"model family: {', '.join(models.MODELS)} (models.py)")
     a("--dataset", default="mnist", help="mnist, fashion-mnist (or fashionmnist), cifar10, celeba, "

@@ -15,6 +15,7 @@ import argparse
 import os
 import sys
 
+import flags
 import metrics
 import runs
 import sweep
@@ -172,7 +173,8 @@ EXPERIMENTS = {
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="reproduce.py", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="reproduce.py", description=flags.description(__doc__),
+                                formatter_class=flags.Help)
     p.add_argument("name", nargs="?", help="the experiment (see --list)")
     p.add_argument("--list", action="store_true", help="name every experiment and stop")
     p.add_argument("--quick", action="store_true", help="fewer epochs and one seed: minutes")

@@ -28,8 +28,8 @@ TRAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="sweep.py", description=__doc__.splitlines()[0],
-                                usage="sweep.py [options] -- TRAIN.PY FLAGS")
+    p = argparse.ArgumentParser(prog="sweep.py", description=flags.description(__doc__),
+                                usage="sweep.py [options] -- TRAIN.PY FLAGS", formatter_class=flags.Help)
     p.add_argument("--vary", action="append", default=[], metavar="FLAG=V1,V2",
                    help="a train.py flag and its values (repeat for more flags); true/false "
                         "for on/off flags, e.g. --vary batchnorm=true,false; separate values "

@@ -108,9 +108,11 @@ def train_epoch(model, opt, split, cfg, epoch, noise, signals=None, resume=None,
         progress = step % cfg["log_interval"] == 0 and step < n_steps
         if progress:
             tally.stop_if_bad(epoch)
+            rate = tally.n / (time.perf_counter() - t0)  # this epoch's images/s so far
             print(f"Train Epoch: {epoch} [{tally.n}/{len(local)} "
-                  f"({100 * tally.n / len(local):.0f}%)]\tLoss: {tally.mean('loss'):.4f}",
-                  flush=True)
+                  f"({100 * tally.n / len(local):.0f}%)]\tLoss: {tally.mean('loss'):.4f}\t"
+                  f"({rate:,.0f} images/s, {(len(local) - tally.n) / rate:.0f} s left in the "
+                  f"epoch)", flush=True)
         if step < n_steps and stop_requested(signals, progress):
             tally.stop_if_bad(epoch)  # never save weights after a bad step
             raise runs.Stop(signals.received or signal.SIGTERM, {
@@ -228,6 +230,18 @@ def epoch_line(terms, weights):
                      for k, v in terms.items() if k != "loss")
 
 
+def describe(options):
+    """A model's main options in a few words: 'mlp 400, latent 20, bce'."""
+    words = [options.get("arch", "") + (" " + "-".join(map(str, options["hidden"]))
+                                        if options.get("hidden") else ""),
+             f"latent {options['latent_dim']}"]
+    if "recon" in options:
+        words.append(options["recon"] + (f" c={options['c']:g}" if options["recon"] == "gaussian" else ""))
+    if options.get("beta", 1) != 1:
+        words.append(f"beta {options['beta']:g}")
+    return ", ".join(words)
+
+
 def run(cfg, ckpt=None, signals=None):
     """Train as cfg says (from ckpt when resuming), writing the run folder; signals: the
     runs.Signals of main (when called alone, none: signals are not caught). Returns the
@@ -236,8 +250,10 @@ def run(cfg, ckpt=None, signals=None):
     device = parallel.device_for(pick_device(cfg["device"]))
     rank, processes, _ = parallel.world()
     writer = rank == 0  # under torchrun, rank 0 alone writes the run folder
+    print(f"Run folder: {cfg['out']} (its config.json keeps every setting)")
     print(f"Device: {device}" + (f", {processes} processes" if parallel.active() else ""))
-    print("Config: " + " ".join(f"{k}={v}" for k, v in cfg.items() if k != "resume_commands"))
+    print(f"Training: {cfg['model']} on {cfg['dataset']}, {cfg['epochs']} epoch(s) of batch "
+          f"{cfg['batch_size']}, Adam lr {cfg['lr']:g}, seed {cfg['seed']}")
     torch.manual_seed(cfg["seed"] + rank)  # each process its own z, dropout and noise draws
     budget = parallel.data_budget(cfg, device)
     splits = data.load(cfg["dataset"], cfg["data_root"], device, cfg["download"], budget,
@@ -255,7 +271,8 @@ def run(cfg, ckpt=None, signals=None):
               f"and {len(splits['test'][0])} test images")
     noise = data.parse_noise(cfg["noise"])
     model = models.from_config(cfg).to(device)
-    print(f"Model: {type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} parameters")
+    print(f"Model: {type(model).__name__} ({describe(models.resolved(model))}), "
+          f"{sum(p.numel() for p in model.parameters()):,} parameters")
     autocast = parallel.speed_features(model, cfg, device)
     opt = build_optimizers(model, cfg, device)
     sched = {name: torch.optim.lr_scheduler.StepLR(o, cfg["step_size"], cfg["lr_gamma"])

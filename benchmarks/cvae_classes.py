@@ -18,6 +18,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import data  # noqa: E402
+import flags  # noqa: E402
 import metrics  # noqa: E402
 import models  # noqa: E402
 import runs  # noqa: E402
@@ -25,8 +26,8 @@ from flags import saved_config  # noqa: E402
 
 
 def main():
-    p = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(formatter_class=flags.Help,
+                                description=flags.description(__doc__))
     p.add_argument("runs", nargs="+", help="run folders of train.py --model cvae")
     p.add_argument("--data-root", default=None, help="dataset folder (default: each run's own)")
     p.add_argument("--n", type=int, default=1000, help="samples per class")

@@ -19,6 +19,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import data  # noqa: E402
+import flags  # noqa: E402
 
 
 def pictures(args):
@@ -37,7 +38,7 @@ def pictures(args):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=flags.description(__doc__), formatter_class=flags.Help)
     p.add_argument("--npz", default=None, help="images to write as JPEGs (arrays x, y)")
     p.add_argument("--n", type=int, default=20000, help="number of files")
     p.add_argument("--folder", default="/tmp/decode-benchmark", help="where to write them")

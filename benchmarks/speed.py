@@ -36,6 +36,7 @@ from torchvision import datasets, transforms
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
+import flags  # noqa: E402
 import train  # noqa: E402
 
 
@@ -148,8 +149,8 @@ def whole_processes(args):
 
 
 def main():
-    p = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(formatter_class=flags.Help,
+                                description=flags.description(__doc__))
     p.add_argument("--data-root", default="./data", help="folder holding MNIST/raw")
     p.add_argument("--epochs", type=int, default=10, help="epochs for each loop")
     p.add_argument("--device", default="cpu", help="cpu, cuda or mps")

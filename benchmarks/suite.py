@@ -217,8 +217,8 @@ def measure_iw(args):
 
 
 def main():
-    p = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(formatter_class=flags.Help,
+                                description=flags.description(__doc__))
     p.add_argument("--data-root", default="./data", help="folder holding MNIST and CIFAR-10")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--setups", default=",".join(SETUPS), help="comma-separated, from: " + ", ".join(SETUPS))
