@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed on a cluster node
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import torch  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
@@ -18,7 +19,8 @@ import data  # noqa: E402
 
 DPI = 100
 PAD = 2  # pixels between images in a grid
-LEFT, RIGHT, TOP, BOTTOM = 150, 10, 30, 10  # margins in pixels around an image grid
+RIGHT, TOP, BOTTOM = 10, 30, 10  # margins in pixels around an image grid; the left one
+LABEL_CHAR = 7  # holds the row labels: pixels per character of the longest
 XLABELS = 20  # extra bottom margin when columns are labelled
 
 
@@ -43,7 +45,8 @@ def save(fig, path):
 def image_rows(rows, labels, path, title=None, col_labels=None):
     """Rows of images, each (n, C, H, W) in [0, 1], one label per row, in one grid.
 
-    Size: LEFT + SCALE * (n (W + PAD) + PAD) + RIGHT wide, TOP + SCALE * (R (H + PAD) + PAD)
+    Size: left + SCALE * (n (W + PAD) + PAD) + RIGHT wide, left = RIGHT + LABEL_CHAR per
+    character of the longest label, TOP + SCALE * (R (H + PAD) + PAD)
     + BOTTOM high (+ XLABELS with col_labels), for R rows of n images.
     """
     n, (H, W) = rows[0].shape[0], rows[0].shape[2:]
@@ -52,9 +55,10 @@ def image_rows(rows, labels, path, title=None, col_labels=None):
     s = scale_for(H)
     gh, gw = grid.shape[1] * s, grid.shape[2] * s
     bottom = BOTTOM + (XLABELS if col_labels else 0)
-    width, height = LEFT + gw + RIGHT, TOP + gh + bottom
+    left = RIGHT + LABEL_CHAR * max(map(len, labels), default=0)  # as wide as the longest label
+    width, height = left + gw + RIGHT, TOP + gh + bottom
     fig = figure(width, height)
-    ax = fig.add_axes([LEFT / width, bottom / height, gw / width, gh / height])
+    ax = fig.add_axes([left / width, bottom / height, gw / width, gh / height])
     ax.imshow(grid.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest", aspect="auto")
     ax.set_yticks([PAD + r * (H + PAD) + H / 2 for r in range(len(rows))], labels, fontsize=9)
     if col_labels:
@@ -64,8 +68,8 @@ def image_rows(rows, labels, path, title=None, col_labels=None):
     ax.tick_params(length=0)
     for spine in ax.spines.values():
         spine.set_visible(False)
-    if title:
-        fig.suptitle(title, y=1 - 4 / height, va="top", fontsize=10)
+    if title:  # centred on the grid, not on the figure
+        fig.suptitle(title, x=(left + gw / 2) / width, y=1 - 4 / height, va="top", fontsize=10)
     save(fig, path)
 
 
@@ -207,7 +211,8 @@ def loss_curves(histories, path, terms=None, groups=None):
     groups = groups or {name: [name] for name in histories}
     cols = min(3, len(terms))
     nrows = math.ceil(len(terms) / cols)
-    fig = figure(400 * cols, 300 * nrows)
+    legend_rows = math.ceil(2 * len(groups) / 2)  # train and test of each, two to a row
+    fig = figure(400 * cols, 300 * nrows + 14 * legend_rows + 10)
     colours = plt.get_cmap("tab10")
     for i, term in enumerate(terms):
         ax = fig.add_subplot(nrows, cols, i + 1)
@@ -230,26 +235,58 @@ def loss_curves(histories, path, terms=None, groups=None):
                     ax.fill_between(epochs, mean - std, mean + std, color=colours(j % 10), alpha=0.15)
         ax.set_title(term, fontsize=10)
         ax.set_xlabel("epoch")
-        ax.set_ylabel("fraction" if term.startswith("acc_") else
-                      "steps per epoch" if term.startswith("skips_") else "per image")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # whole epochs
+        ax.set_ylabel(unit_of(term))
+        ax.ticklabel_format(axis="y", useOffset=False)
+        low, high = ax.get_ylim()  # noise between epochs is not blown up to fill the panel
+        least = 0.02 * max(abs(low), abs(high))
+        if high - low < least:
+            middle = (low + high) / 2
+            ax.set_ylim(middle - least / 2, middle + least / 2)
         ax.grid(alpha=0.3)
-        if i == 0:
-            ax.legend(fontsize=7)
-    fig.tight_layout()  # arranges the panels; the canvas keeps its size
+    handles, names = fig.axes[0].get_legend_handles_labels()
+    legend_rows = math.ceil(len(names) / 2)
+    fig.tight_layout(rect=(0, (14 * legend_rows + 10) / (300 * nrows + 14 * legend_rows + 10), 1, 1))
+    fig.legend(handles, names, loc="lower center", ncol=2, fontsize=8, frameon=False)  # below the panels
     save(fig, path)
+
+
+def unit_of(term):
+    """The y axis of a term's panel."""
+    if term.startswith("acc_"):
+        return "fraction classified right"
+    if term.startswith("skips_"):
+        return "steps skipped per epoch"
+    if term.startswith("grad"):
+        return "gradient norm (mean per step)"
+    if term.startswith("disc") or term.startswith("adv"):
+        return "nats per image (GAN loss)"
+    if term == "l1":
+        return "sum of |weights|"
+    return "nats per image"
 
 
 def kl_bars(kl_per_dim, path):
     """KL per latent dimension (nats per image), one panel per run: {name: (D,)}. 640 x
     (60 + 200 R) px for R runs."""
     fig = figure(640, 60 + 200 * len(kl_per_dim))
+    top = max(float(torch.as_tensor(kl).max()) for kl in kl_per_dim.values()) * 1.05 or 1.0
     for i, (name, kl) in enumerate(kl_per_dim.items()):
         ax = fig.add_subplot(len(kl_per_dim), 1, i + 1)
         kl = torch.as_tensor(kl).cpu()
-        ax.bar(range(1, len(kl) + 1), kl.tolist(), color="tab:blue")
+        values, order = kl.sort(descending=True)  # the most used dimensions first
+        ax.bar(range(len(kl)), values.tolist(), width=1.0 if len(kl) > 64 else 0.8,
+               color="tab:blue", linewidth=0)
+        if len(kl) <= 32:  # each bar named by its dimension (numbered from 1, as everywhere)
+            ax.set_xticks(range(len(kl)), [str(d + 1) for d in order.tolist()], fontsize=8)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(-0.6, len(kl) - 0.4)
+        ax.set_ylim(0, top)  # one scale for every run compared
         ax.set_title(f"{short(name, 40)}: KL {kl.sum():.2f} nats over {len(kl)} dimensions",
                      fontsize=9)
-        ax.set_xlabel("latent dimension")
-        ax.set_ylabel("KL (nats)")
+        ax.set_xlabel("latent dimension, sorted by KL" if len(kl) <= 32 else
+                      "rank of the latent dimension by KL")
+        ax.set_ylabel("KL (nats per image)")
     fig.tight_layout()
     save(fig, path)

@@ -143,31 +143,60 @@ def test_each_figure_writes_a_png_of_the_expected_size(tmp_path):
     p = lambda name: str(tmp_path / name)  # noqa: E731
     cell = 2 * 30  # 28 pixels + 2 of padding, drawn at 2x
     grid_w = lambda n: 2 * (n * 30 + 2)  # noqa: E731
-    width = lambda n: figures.LEFT + grid_w(n) + figures.RIGHT  # noqa: E731
+    # the left margin holds the longest row label, 7 pixels a character
+    width = lambda n, longest: figures.RIGHT + 7 * longest + grid_w(n) + figures.RIGHT  # noqa: E731
     height = lambda rows, xlab=False: figures.TOP + rows * cell + 4 + figures.BOTTOM + 20 * xlab  # noqa: E731
     figures.reconstructions(x, {"run a": x, "run b": x}, p("rec.png"))
-    assert png_size(p("rec.png")) == (width(4), height(3)) == (404, 224)
+    assert png_size(p("rec.png")) == (width(4, len("original")), height(3)) == (320, 224)
     figures.denoising(x, x, x, p("den.png"))
-    assert png_size(p("den.png")) == (width(4), height(3))
+    assert png_size(p("den.png")) == (width(4, len("noisy input")), height(3))
     figures.samples(model, 3, p("samples.png"), "samples", torch.Generator().manual_seed(0))
-    assert png_size(p("samples.png")) == (width(3), height(3))
+    assert png_size(p("samples.png")) == (width(3, 0), height(3))  # no row labels, no margin
     figures.manifold(model, 5, p("manifold.png"), "manifold")
-    assert png_size(p("manifold.png")) == (width(5), height(5, True))
+    assert png_size(p("manifold.png")) == (width(5, len("z2 = -0.84")), height(5, True))
     figures.interpolations(model, x[:2], x[2:], 6, p("interp.png"))
-    assert png_size(p("interp.png")) == (width(6), height(4, True))  # 2 pairs x (linear, slerp)
+    assert png_size(p("interp.png")) == (width(6, len("pair 1: spherical")), height(4, True))  # 2 pairs x (linear, slerp)
     figures.traversal(model, x, [1, 0], torch.zeros(2), torch.ones(2), 7, p("trav.png"), "t", ["a", "b"])
-    assert png_size(p("trav.png")) == (width(7), height(2, True))
+    assert png_size(p("trav.png")) == (width(7, 1), height(2, True))
     figures.latent_scatter(torch.randn(50, 5), torch.arange(50) % 10, p("latent.png"), "codes")
     assert png_size(p("latent.png")) == (640, 560)
     rows = [{"epoch": e, "train_loss": 10 - e, "test_loss": 11 - e, "train_kl": e, "test_kl": e,
              "train_recon": 9, "test_recon": 9, "train_skips_disc": 0} for e in (1, 2, 3)]
     figures.loss_curves({"a": rows, "b": rows[:2]}, p("curves.png"))
-    assert png_size(p("curves.png")) == (1200, 300)  # a skip count that stayed 0 has no panel
+    # a skip count that stayed 0 has no panel; the legend below: 4 lines, two to a row
+    assert png_size(p("curves.png")) == (1200, 300 + 2 * 14 + 10)
     rows[1]["train_skips_disc"] = 4
     figures.loss_curves({"a": rows}, p("curves.png"))
-    assert png_size(p("curves.png")) == (1200, 600)  # 4 panels: two rows of three
+    assert png_size(p("curves.png")) == (1200, 600 + 14 + 10)  # 4 panels: two rows of three
     figures.kl_bars({"a": torch.rand(6), "b": torch.rand(6)}, p("kl.png"))
     assert png_size(p("kl.png")) == (640, 460)
+
+
+def test_loss_curves_have_whole_epochs_units_and_a_legend_outside_the_panels(tmp_path, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(figures, "save", lambda fig, path: drawn.append(fig))
+    rows = [{"epoch": 1, "train_loss": 39.54, "test_loss": 39.61, "train_grad_norm": 3.0}]
+    figures.loss_curves({"a": rows}, str(tmp_path / "c.png"))  # one epoch, nearly equal losses
+    fig = drawn[0]
+    for ax in fig.axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+        assert ax.get_legend() is None  # one legend, the figure's
+        low, high = ax.get_ylim()
+        assert high - low >= 0.019 * max(abs(low), abs(high))  # noise is not blown up
+    units = {ax.get_title(): ax.get_ylabel() for ax in fig.axes}
+    assert units == {"loss": "nats per image", "grad_norm": "gradient norm (mean per step)"}
+    assert len(fig.legends) == 1 and [t.get_text() for t in fig.legends[0].get_texts()] == ["a train", "a test"]
+
+
+def test_kl_bars_are_sorted_numbered_from_1_on_one_scale(tmp_path, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(figures, "save", lambda fig, path: drawn.append(fig))
+    figures.kl_bars({"a": torch.tensor([0.1, 3.0, 1.0]), "b": torch.tensor([0.5, 0.2, 0.0])}, "kl.png")
+    a, b = drawn[0].axes
+    assert [t.get_text() for t in a.get_xticklabels()] == ["2", "3", "1"]
+    assert [round(p.get_height(), 2) for p in a.patches] == [3.0, 1.0, 0.1]
+    assert a.get_ylim() == b.get_ylim()
 
 
 def test_slerp_keeps_the_norm_between_vectors_of_equal_norm():
@@ -303,7 +332,7 @@ def test_a_conditional_vae_run_is_evaluated_with_its_labels_and_one_sample_row_p
     m = json.load(open(os.path.join(run, "metrics.json")))
     assert m["model"] == "cvae" and m["nll_iw"] <= m["nelbo"] + 4 * m["nelbo_se"] * math.sqrt(20)
     assert m["test_loss"] == pytest.approx(float(last_row(run)["test_loss"]), rel=0.05)
-    width = figures.LEFT + 2 * (4 * 30 + 2) + figures.RIGHT
+    width = figures.RIGHT + 7 * 1 + 2 * (4 * 30 + 2) + figures.RIGHT  # row labels "0".."9"
     height = figures.TOP + 10 * 60 + 4 + figures.BOTTOM  # 10 classes, one row each
     assert png_size(os.path.join(out, "samples.png")) == (width, height)
     assert "manifold.png" not in os.listdir(out)  # a 2-D code, but one manifold per class
