@@ -43,7 +43,7 @@ def atomic_save(obj, path):
     """Write to a temporary file in the same folder, fsync, then rename over `path`.
 
     A crash at any moment leaves either the old file or the new one, never half of one.
-    `obj` is text (written as is) or anything torch.save takes. A full disk raises
+    `obj` is text or bytes (written as they are) or anything torch.save takes. A full disk raises
     DiskFull, naming the file, with the old file intact and the temporary one removed.
     """
     tmp = f"{path}.tmp{os.getpid()}"
@@ -51,8 +51,8 @@ def atomic_save(obj, path):
         os.remove(tmp)
     try:
         with open(tmp, "wb") as f:
-            if isinstance(obj, str):
-                f.write(obj.encode())
+            if isinstance(obj, (str, bytes)):
+                f.write(obj.encode() if isinstance(obj, str) else obj)
             else:
                 torch.save(obj, f)
             f.flush()

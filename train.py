@@ -21,13 +21,13 @@ import time
 
 import torch
 import torch.nn as nn
-from torchvision.utils import save_image
 
 import data
 import losses
 import metrics
 import models
 import parallel
+import progress
 import runs
 from flags import pick_device, resolve
 
@@ -211,17 +211,23 @@ class Tally:
 
 @torch.no_grad()
 def save_figures(model, split, cfg, noise, epoch, z, copy_to=None):
-    """Test inputs over their reconstructions (z = mu), and decodes of fixed prior samples."""
+    """This epoch's row of the run's growing figures (progress.py): 8 test inputs over their
+    reconstructions (the AE's code h; the VAEs' z = mu), and the decodes of fixed prior
+    samples."""
     images, labels = split
     x, target, y = next(data.batches(images[:8], labels[:8], 8, output=cfg["output"],
                                      noise=noise, noise_seed=data.TEST_NOISE_SEED, device=copy_to))
-    rows = [x, model.reconstruct(x, y)] + ([target] if noise else [])
-    save_image(data.to_unit(torch.cat(rows), cfg["output"]),
-               os.path.join(cfg["out"], f"reconstruction_{epoch}.png"), nrow=8)
+    unit = lambda t: data.to_unit(t, cfg["output"])  # noqa: E731
+    fixed = {"noisy input": unit(x), "clean target": unit(target)} if noise else {"input": unit(x)}
+    rows = {"reconstructions": unit(model.reconstruct(x, y))}
+    code = "z = mu" if model.variational else "code h"
+    titles = {"reconstructions": f"{cfg['model']}: test images and their reconstructions ({code}) "
+                                 f"after each epoch",
+              "samples": f"{cfg['model']}: decodes of the same 8 prior samples after each epoch"}
     if model.can_sample:  # an AE has no prior to sample from
         y = torch.arange(len(z), device=z.device) % cfg["num_classes"] if model.conditional else None
-        save_image(data.to_unit(model.generate(z, y), cfg["output"]),
-                   os.path.join(cfg["out"], f"sample_{epoch}.png"), nrow=8)
+        rows["samples"] = unit(model.generate(z, y))
+    progress.add_epoch(cfg["out"], epoch, fixed, rows, titles)
 
 
 def epoch_line(terms, weights):
@@ -287,7 +293,7 @@ def run(cfg, ckpt=None, signals=None):
     if writer:
         runs.remove_temporaries(cfg["out"])  # none is ours: we hold the folder's lock
         runs.save_config(cfg, cfg["out"])
-    z = torch.randn(64, cfg["latent_dim"], generator=torch.Generator().manual_seed(cfg["seed"]))
+    z = torch.randn(8, cfg["latent_dim"], generator=torch.Generator().manual_seed(cfg["seed"]))
     z = z.to(device)
     state = lambda epoch, mid=None: runs.checkpoint(  # noqa: E731
         model, opt, sched, epoch, cfg, history, best, mid, parallel.gather(runs.rng_state(device)))

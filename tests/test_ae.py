@@ -115,8 +115,8 @@ def test_ae_run_logs_penalties_and_tests_on_the_reconstruction(tiny_data, tmp_pa
     assert {"train_recon", "train_sparsity", "train_contractive", "test_recon"} <= set(rows[0])
     assert all(r["test_loss"] == r["test_recon"] for r in rows)  # same units as the VAE's recon
     assert "test_kl" not in rows[0]
-    assert os.path.exists(os.path.join(out, "reconstruction_2.png"))
-    assert not os.path.exists(os.path.join(out, "sample_2.png"))  # no prior to sample
+    assert os.path.exists(os.path.join(out, "training_reconstructions.png"))
+    assert not os.path.exists(os.path.join(out, "training_samples.png"))  # no prior to sample
 
 
 def test_denoising_test_corruption_is_the_same_across_runs(tiny_data, tmp_path):

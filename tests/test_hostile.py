@@ -250,7 +250,7 @@ def test_a_full_disk_says_so_and_no_file_runs_ahead_of_the_checkpoint(tiny_data,
     assert train.main(["--resume", out]) == 0 and epoch_of(out) == 3
 
 
-@pytest.mark.parametrize("fails", ["history.csv", "best.pt", "sample_2.png"])
+@pytest.mark.parametrize("fails", ["history.csv", "best.pt", "training_samples.png"])
 def test_a_full_disk_after_the_checkpoint_is_caught_up_on_resume(tiny_data, tmp_path, capsys,
                                                                  monkeypatch, fails):
     out = str(tmp_path / "run")

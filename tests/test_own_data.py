@@ -173,7 +173,7 @@ def test_a_conv_model_trains_on_a_64_pixel_folder_end_to_end(tmp_path, capsys, m
                        "--arch", "conv", "--out", out, *SMALL]) == 0
     cfg = json.load(open(os.path.join(out, "config.json")))
     assert cfg["image_shape"] == [3, 64, 64] and cfg["classes"] == ["cat", "dog"]
-    assert Image.open(os.path.join(out, "sample_1.png")).size[0] > 64 * 4
+    assert Image.open(os.path.join(out, "training_samples.png")).size[0] > 64 * 8
 
 
 @pytest.mark.parametrize("classes,legend", [(["T-shirt/top", "Trouser", "Bag"], True),

@@ -39,8 +39,8 @@ def test_end_to_end_run_writes_the_run_folder(tiny_data, tmp_path, capsys, datas
     assert re.search(r"^====> Epoch: 2 Average loss: \d+\.\d{4} ", printed.out, re.M)
     assert re.search(r"^====> Test set loss: \d+\.\d{4} ", printed.out, re.M)
     files = set(os.listdir(out))
-    assert {"config.json", "history.csv", "checkpoint.pt", "reconstruction_1.png",
-            "sample_2.png"} <= files and "best.pt" not in files  # no --val-split: no best.pt
+    assert {"config.json", "history.csv", "checkpoint.pt", "training_reconstructions.png",
+            "training_samples.png"} <= files and "best.pt" not in files  # no --val-split: no best.pt
     rows = history(out)
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert float(rows[1]["train_loss"]) < float(rows[0]["train_loss"])
@@ -293,3 +293,26 @@ def test_an_out_folder_that_cannot_be_made_is_refused_before_the_data_load(tmp_p
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "none").exists()  # refused before the data load
+
+
+def test_training_figures_grow_a_labelled_row_an_epoch_and_keep_growing_on_resume(tiny_data, tmp_path):
+    from PIL import Image
+
+    import progress
+    out = str(tmp_path / "run")
+    args = ["--data-root", tiny_data, "--batch-size", "16", "--latent-dim", "4", "--out", out,
+            "--no-download", "--log-interval", "1000"]
+    assert train.main([*args, "--epochs", "2"]) == 0
+    path = os.path.join(out, "training_reconstructions.png")
+    # 28-pixel images at 2x with 2-pixel gaps: the input row and one row per epoch, under a title
+    row = lambda rows: 30 + 2 * (rows * 30 + 2) + 10  # noqa: E731
+    assert Image.open(path).size[1] == row(1 + 2)
+    assert train.main(["--resume", out, "--epochs", "3"]) == 0
+    assert Image.open(path).size[1] == row(1 + 3)
+    assert Image.open(os.path.join(out, "training_samples.png")).size[1] == row(3)
+    saved = progress.load(out)
+    assert sorted(saved["epochs"]["samples"]) == [1, 2, 3] and list(saved["fixed"]) == ["input"]
+    import numpy as np
+    pixels = torch.from_numpy(np.asarray(Image.open(path).convert("L"), dtype=np.float32))
+    assert (pixels < 250).float().mean() > 0.3  # mostly images, not blank canvas
+    assert progress.shown(list(range(1, 51))) == [1, 5, 10, 14, 19, 23, 28, 32, 37, 41, 46, 50]

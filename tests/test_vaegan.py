@@ -273,7 +273,7 @@ def test_vaegan_run_logs_every_network_and_resumes_all_three_optimizers(tiny_dat
         assert col in rows[0], col
     skips = float(rows[0]["train_skips_disc"]) + float(rows[0]["train_skips_adv"])
     assert skips == int(skips) and 0 <= skips <= 2 * 4  # counts of the 4 steps per epoch
-    assert os.path.exists(os.path.join(straight, "sample_2.png"))
+    assert os.path.exists(os.path.join(straight, "training_samples.png"))
     a = torch.load(os.path.join(straight, "checkpoint.pt"), weights_only=True)
     b = torch.load(os.path.join(split, "checkpoint.pt"), weights_only=True)
     assert set(a["optimizer"]) == set(NETS)

@@ -1,0 +1,87 @@
+"""The training-time figures of a run folder: one growing, labelled image per run.
+
+After each epoch train.py adds a row to each: `training_reconstructions.png` (8 test
+inputs, over their reconstructions after epoch 1, 2, ...) and `training_samples.png` (the
+decodes of the same 8 prior samples after each epoch). The rows so far are kept in
+`training_images.pt` (uint8 tensors), so a resumed run goes on growing the same figures.
+Drawn with PIL, not matplotlib: a few milliseconds an epoch.
+"""
+import io
+import os
+
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from torchvision.utils import make_grid
+
+import runs
+
+FILE = "training_images.pt"
+MOST_ROWS = 12  # epochs shown: all up to 12, else the first, the last and evenly between
+
+
+def load(run_dir):
+    """The rows saved so far: {"fixed": {label: images}, "epochs": {kind: {epoch: images}}}."""
+    path = os.path.join(run_dir, FILE)
+    if not os.path.isfile(path):
+        return {"fixed": {}, "epochs": {}}
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a damaged file costs the figures' history, not the run
+        return {"fixed": {}, "epochs": {}}
+
+
+def as_uint8(images):
+    """[0, 1] images -> uint8 on the CPU (8 of them: a few KB)."""
+    return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+
+
+def shown(epochs, most=MOST_ROWS):
+    if len(epochs) <= most:
+        return epochs
+    return sorted({epochs[round(i * (len(epochs) - 1) / (most - 1))] for i in range(most)})
+
+
+def font(size=14):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow before 10.1: its small bitmap font
+        return ImageFont.load_default()
+
+
+def draw(rows, labels, title, path):
+    """Rows of uint8 images (n, C, H, W), each with its label on the left, under a title."""
+    n, h = rows[0].shape[0], rows[0].shape[2]
+    grid = make_grid(torch.cat(rows).float() / 255, nrow=n, padding=2, pad_value=1.0)
+    scale = max(1, 64 // h)  # 28 and 32 pixel images at 2x
+    picture = Image.fromarray((grid.permute(1, 2, 0) * 255).round().byte().numpy()).resize(
+        (grid.shape[2] * scale, grid.shape[1] * scale), Image.NEAREST)
+    text = font()
+    left = 12 + max(int(text.getlength(label)) for label in labels)
+    canvas = Image.new("RGB", (left + picture.width + 10, 30 + picture.height + 10), "white")
+    canvas.paste(picture, (left, 30))
+    pen = ImageDraw.Draw(canvas)
+    pen.text((left + picture.width / 2, 15), title, fill="black", font=text, anchor="mm")
+    for i, label in enumerate(labels):  # centred on its row of images
+        y = 30 + scale * (2 + i * (h + 2) + h / 2)
+        pen.text((left - 6, y), label, fill="black", font=text, anchor="rm")
+    png = io.BytesIO()
+    canvas.save(png, format="PNG")
+    runs.atomic_save(png.getvalue(), path)
+
+
+def add_epoch(run_dir, epoch, fixed, by_kind, titles):
+    """Record this epoch's rows (by_kind: {"reconstructions": images, "samples": images}),
+    then redraw each figure. fixed: {label: images} drawn above the epochs' rows (the test
+    inputs), recorded once."""
+    saved = load(run_dir)
+    saved["fixed"] = saved["fixed"] or {k: as_uint8(v) for k, v in fixed.items()}
+    for kind, images in by_kind.items():
+        saved["epochs"].setdefault(kind, {})[epoch] = as_uint8(images)
+        saved["epochs"][kind] = {e: v for e, v in saved["epochs"][kind].items() if e <= epoch}
+    runs.atomic_save(saved, os.path.join(run_dir, FILE))
+    for kind, by_epoch in saved["epochs"].items():
+        epochs = shown(sorted(by_epoch))
+        above = saved["fixed"] if kind == "reconstructions" else {}
+        draw([*above.values(), *(by_epoch[e] for e in epochs)],
+             [*above, *(f"epoch {e}" for e in epochs)], titles[kind],
+             os.path.join(run_dir, f"training_{kind}.png"))
