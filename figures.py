@@ -20,7 +20,7 @@ import data  # noqa: E402
 DPI = 100
 PAD = 2  # pixels between images in a grid
 RIGHT, TOP, BOTTOM = 10, 30, 10  # margins in pixels around an image grid; the left one
-LABEL_CHAR = 7  # holds the row labels: pixels per character of the longest
+LABEL_CHAR = 8  # holds the row labels: pixels per character of the longest
 XLABELS = 20  # extra bottom margin when columns are labelled
 
 

@@ -143,11 +143,11 @@ def test_each_figure_writes_a_png_of_the_expected_size(tmp_path):
     p = lambda name: str(tmp_path / name)  # noqa: E731
     cell = 2 * 30  # 28 pixels + 2 of padding, drawn at 2x
     grid_w = lambda n: 2 * (n * 30 + 2)  # noqa: E731
-    # the left margin holds the longest row label, 7 pixels a character
-    width = lambda n, longest: figures.RIGHT + 7 * longest + grid_w(n) + figures.RIGHT  # noqa: E731
+    # the left margin holds the longest row label, 8 pixels a character
+    width = lambda n, longest: figures.RIGHT + 8 * longest + grid_w(n) + figures.RIGHT  # noqa: E731
     height = lambda rows, xlab=False: figures.TOP + rows * cell + 4 + figures.BOTTOM + 20 * xlab  # noqa: E731
     figures.reconstructions(x, {"run a": x, "run b": x}, p("rec.png"))
-    assert png_size(p("rec.png")) == (width(4, len("original")), height(3)) == (320, 224)
+    assert png_size(p("rec.png")) == (width(4, len("original")), height(3)) == (328, 224)
     figures.denoising(x, x, x, p("den.png"))
     assert png_size(p("den.png")) == (width(4, len("noisy input")), height(3))
     figures.samples(model, 3, p("samples.png"), "samples", torch.Generator().manual_seed(0))
@@ -332,7 +332,7 @@ def test_a_conditional_vae_run_is_evaluated_with_its_labels_and_one_sample_row_p
     m = json.load(open(os.path.join(run, "metrics.json")))
     assert m["model"] == "cvae" and m["nll_iw"] <= m["nelbo"] + 4 * m["nelbo_se"] * math.sqrt(20)
     assert m["test_loss"] == pytest.approx(float(last_row(run)["test_loss"]), rel=0.05)
-    width = figures.RIGHT + 7 * 1 + 2 * (4 * 30 + 2) + figures.RIGHT  # row labels "0".."9"
+    width = figures.RIGHT + 8 * 1 + 2 * (4 * 30 + 2) + figures.RIGHT  # row labels "0".."9"
     height = figures.TOP + 10 * 60 + 4 + figures.BOTTOM  # 10 classes, one row each
     assert png_size(os.path.join(out, "samples.png")) == (width, height)
     assert "manifold.png" not in os.listdir(out)  # a 2-D code, but one manifold per class

@@ -66,8 +66,9 @@ def test_the_gaussian_decoder_study_reports_final_numbers_and_draws_samples(tiny
     per_c = Image.open(os.path.join(folder, "samples-per-c.png"))
     per_size = Image.open(os.path.join(folder, "samples-per-latent-size.png"))
     # samples-per-c draws both settings, samples-per-latent-size the one of latent size 2:
-    # one more row of 28-pixel images at 2x with a 2-pixel gap
-    assert per_c.size[0] == per_size.size[0] and per_c.size[1] - per_size.size[1] == 2 * (28 + 2)
+    # one more row of 28-pixel images at 2x with a 2-pixel gap, and a longer row label
+    assert per_c.size[1] - per_size.size[1] == 2 * (28 + 2)
+    assert per_c.size[0] - per_size.size[0] == 8 * (len("mlp-mnist-z2-c1") - len("mlp-mnist-z2"))
     assert "Figure: " + os.path.join(folder, "samples-per-c.png") in text
 
 
