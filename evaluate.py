@@ -227,22 +227,30 @@ def draw(model, cfg, split, m, codes, history, name, out, args):
     clean = data.to_unit(target, cfg["output"])
     recon = data.to_unit(model.reconstruct(x, y), cfg["output"])
     path = lambda f: os.path.join(out, f)  # noqa: E731
-    figures.reconstructions(clean[:n], {name: recon[:n]}, path("reconstructions.png"))
+    code = "z = μ" if model.variational else "code h"
+    figures.reconstructions(clean[:n], {name: recon[:n]}, path("reconstructions.png"),
+                            f"{name}: test images and their reconstructions ({code})")
     if cfg["noise"]:
         figures.denoising(data.to_unit(x, cfg["output"])[:n], recon[:n], clean[:n], path("denoising.png"))
-    figures.latent_scatter(codes, split[1], path("latent.png"), f"{name}: test codes",
+    figures.latent_scatter(codes, split[1], path("latent.png"), f"{name}: test codes ({code})",
                            cfg.get("classes") or data.CLASSES.get(cfg["dataset"]))
     variational = model.variational
     pairs = min(4, x.shape[0] // 2)
     figures.interpolations(model, x[:pairs], x[-pairs:], n, path("interpolation.png"), variational,
-                           y[:pairs], y[-pairs:])
+                           y[:pairs], y[-pairs:], f"{name}: interpolation between the codes of "
+                           f"two test images ({code})", (clean[:pairs], clean[-pairs:]))
+    sampled = None
     if model.can_sample:
         classes = cfg.get("classes") or data.CLASSES[cfg["dataset"]] if model.conditional else None
         figures.samples(model, n, path("samples.png"), f"{name}: samples from the prior"
                         + (", one row per class" if classes else ""), gen, classes)
+        labels = torch.arange(2 * n, device=x.device) % cfg["num_classes"] if model.conditional else None
+        z = torch.randn(2 * n, model.latent_dim, generator=torch.Generator().manual_seed(args.seed))
+        sampled = figures.decode01(model, z.to(x.device), labels)  # for the side-by-side figure
     if variational:
         if cfg["latent_dim"] == 2 and not model.conditional:
-            figures.manifold(model, n, path("manifold.png"), f"{name}: decodes over the prior's quantiles")
+            figures.manifold(model, n, path("manifold.png"), f"{name}: decodes over a grid of z "
+                             f"(covering 99% of the test codes)", codes)
         kl = torch.tensor(m["kl_per_dim"])
         order = kl.argsort(descending=True)[:min(8, len(kl))].tolist()
         center, spread = torch.zeros(len(kl)), torch.ones(len(kl))
@@ -254,10 +262,10 @@ def draw(model, cfg, split, m, codes, history, name, out, args):
         rows = [f"h{d + 1} (sd {spread[d]:.2f})" for d in order]
     device = x.device
     figures.traversal(model, x, order, center.to(device), spread.to(device), n,
-                      path("traversal.png"), f"{name}: one dimension at a time, "
-                      f"{'prior' if variational else 'test'} standard deviations", rows, y[:1])
+                      path("traversal.png"), f"{name}: one dimension at a time, in "
+                      f"{'prior' if variational else 'test'} standard deviations", rows, y[:1], clean)
     figures.loss_curves({name: history}, path("loss_curves.png"))
-    return clean[:n], recon[:n]  # for the side-by-side figure of several runs
+    return clean[:n], recon[:n], sampled  # for the side-by-side figures of several runs
 
 
 def check_writable(paths):
@@ -441,6 +449,7 @@ def evaluate(dirs, names, out, device, args):
     """Measure each run in turn (one model in memory at a time), write its metrics.json and
     figures; then the comparison figures and the table."""
     splits, identities, rows, recons, histories, kls, configs = {}, {}, [], {}, {}, {}, {}
+    samples = {}  # dataset: {run: images}, for the side-by-side samples figure
     for name, run_dir in zip(names, dirs):
         cfg, model, history, epoch, logged = load_run(run_dir, args.weights, args.partial, False)
         key = (cfg["dataset"], args.data_root or cfg["data_root"], cfg["image_size"],
@@ -470,15 +479,23 @@ def evaluate(dirs, names, out, device, args):
         if args.figures:
             folder = out if len(dirs) == 1 else os.path.join(out, name)
             os.makedirs(folder, exist_ok=True)
-            clean, recon = draw(model, cfg, splits[key]["test"], m, codes, histories[name], name,
-                                folder, args)
+            clean, recon, sampled = draw(model, cfg, splits[key]["test"], m, codes,
+                                         histories[name], name, folder, args)
             recons.setdefault(cfg["dataset"], (clean, {}))[1][name] = recon
+            if sampled is not None:
+                samples.setdefault(cfg["dataset"], {})[name] = sampled
         del model, codes  # one run's model in memory at a time
     os.makedirs(out, exist_ok=True)
     if args.figures and len(dirs) > 1:
         for dataset, (originals, by_run) in recons.items():
             suffix = "" if len(recons) == 1 else f"_{dataset}"
-            figures.reconstructions(originals, by_run, os.path.join(out, f"reconstructions{suffix}.png"))
+            figures.reconstructions(originals, by_run, os.path.join(out, f"reconstructions{suffix}.png"),
+                                    "test images and each run's reconstructions (VAEs: z = μ; AEs: code h)")
+        for dataset, by_run in samples.items():
+            suffix = "" if len(samples) == 1 else f"_{dataset}"
+            figures.image_rows(list(by_run.values()), [figures.short(r) for r in by_run],
+                               os.path.join(out, f"samples{suffix}.png"), "samples from the prior, "
+                               "one row per run (the same z in runs of one latent size)")
         figures.loss_curves(histories, os.path.join(out, "loss_curves.png"))
         if any(kl is not None for kl in kls.values()):
             figures.kl_bars({k: v for k, v in kls.items() if v is not None}, os.path.join(out, "kl_per_dim.png"))

@@ -42,7 +42,7 @@ def save(fig, path):
     plt.close(fig)
 
 
-def image_rows(rows, labels, path, title=None, col_labels=None):
+def image_rows(rows, labels, path, title=None, col_labels=None, xlabel=None):
     """Rows of images, each (n, C, H, W) in [0, 1], one label per row, in one grid.
 
     Size: left + SCALE * (n (W + PAD) + PAD) + RIGHT wide, left = RIGHT + LABEL_CHAR per
@@ -54,7 +54,7 @@ def image_rows(rows, labels, path, title=None, col_labels=None):
                      pad_value=1.0)  # (3, R (H + PAD) + PAD, n (W + PAD) + PAD)
     s = scale_for(H)
     gh, gw = grid.shape[1] * s, grid.shape[2] * s
-    bottom = BOTTOM + (XLABELS if col_labels else 0)
+    bottom = BOTTOM + (XLABELS if col_labels else 0) + (XLABELS if xlabel else 0)
     left = RIGHT + LABEL_CHAR * max(map(len, labels), default=0)  # as wide as the longest label
     width, height = left + gw + RIGHT, TOP + gh + bottom
     fig = figure(width, height)
@@ -65,6 +65,8 @@ def image_rows(rows, labels, path, title=None, col_labels=None):
         ax.set_xticks([PAD + i * (W + PAD) + W / 2 for i in range(n)], col_labels, fontsize=8)
     else:
         ax.set_xticks([])
+    if xlabel:
+        ax.set_xlabel(xlabel, fontsize=9, labelpad=1)
     ax.tick_params(length=0)
     for spine in ax.spines.values():
         spine.set_visible(False)
@@ -77,7 +79,7 @@ def short(name, width=22):
     return name if len(name) <= width else "..." + name[-(width - 3):]
 
 
-def reconstructions(originals, recons, path, title="reconstructions (z = posterior mean)"):
+def reconstructions(originals, recons, path, title="test images and their reconstructions"):
     """originals (n, C, H, W) over one row per run: recons {name: (n, C, H, W)}."""
     image_rows([originals, *recons.values()], ["original", *map(short, recons)], path, title)
 
@@ -117,17 +119,20 @@ def latent_scatter(codes, labels, path, title, classes=None):
     fig = figure(640, 560)
     ax = fig.add_axes([0.11, 0.1, 0.72, 0.82])
     k = len(classes) if classes else 0
+    dots = {"s": 3, "alpha": 1.0} if len(xy) <= 2000 else {"s": 2, "alpha": 0.4}  # no solid blots
     if k == 0:
-        ax.scatter(xy[:, 0], xy[:, 1], s=3, color="tab:blue", rasterized=True)
+        ax.scatter(xy[:, 0], xy[:, 1], color="tab:blue", rasterized=True, **dots)
     elif k <= 20:  # one distinct colour per class, named
         colours = plt.get_cmap("tab10" if k <= 10 else "tab20")
         for c, name in enumerate(classes):
             mine = labels == c
-            ax.scatter(xy[mine, 0], xy[mine, 1], s=3, color=colours(c), label=name, rasterized=True)
+            ax.scatter(xy[mine, 0], xy[mine, 1], color=colours(c), label=name, rasterized=True, **dots)
         ax.set_position([0.11, 0.1, 0.68, 0.82])  # room on the right for the names
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, markerscale=3, frameon=False)
+        legend = ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, markerscale=3, frameon=False)
+        for handle in legend.legend_handles:
+            handle.set_alpha(1.0)
     else:  # too many classes to tell apart by colour: a continuous scale of class numbers
-        points = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="viridis", s=3, rasterized=True)
+        points = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="viridis", rasterized=True, **dots)
         fig.colorbar(points, cax=fig.add_axes([0.86, 0.1, 0.03, 0.82]), label="class number")
     ax.set_xlabel(axes[0])
     ax.set_ylabel(axes[1])
@@ -136,13 +141,15 @@ def latent_scatter(codes, labels, path, title, classes=None):
 
 
 @torch.no_grad()
-def manifold(model, n, path, title):
-    """For a 2-D latent: decodes over an n x n grid of the prior's quantiles (i + 1/2) / n."""
-    q = torch.distributions.Normal(0.0, 1.0).icdf((torch.arange(n) + 0.5) / n)
+def manifold(model, n, path, title, codes=None):
+    """For a 2-D latent: decodes over an n x n grid of z from -r to r in each dimension, r the
+    99th percentile of the test codes' |z| (at least 1.64, the prior's 90% range)."""
+    r = 1.64 if codes is None else max(1.64, codes.abs().float().quantile(0.99).item())
+    q = torch.linspace(-r, r, n)
     z = torch.stack(torch.meshgrid(q.flip(0), q, indexing="ij"), -1).flatten(0, 1)  # rows: z2
     images = decode01(model, z[:, [1, 0]].to(next(model.parameters()).device))
-    labels = [f"z2 = {v:.2f}" for v in q.flip(0).tolist()]
-    image_rows(list(images.split(n)), labels, path, title, [f"{v:.1f}" for v in q.tolist()])
+    labels = [f"z2 = {v:+.1f}" for v in q.flip(0).tolist()]
+    image_rows(list(images.split(n)), labels, path, title, [f"{v:+.1f}" for v in q.tolist()], "z1")
 
 
 def slerp(a, b, t):
@@ -154,37 +161,45 @@ def slerp(a, b, t):
 
 
 @torch.no_grad()
-def interpolations(model, x_a, x_b, n, path, spherical=True, labels_a=None, labels_b=None):
-    """Between the codes of test image pairs: a linear row (and a spherical one) per pair.
-    A conditional model encodes each image with its own label and decodes each row with
-    the label of the pair's first image."""
+def interpolations(model, x_a, x_b, n, path, spherical=True, labels_a=None, labels_b=None,
+                   title="interpolation between test images", ends=None):
+    """Between the codes of test image pairs: a linear row (and a spherical one) per pair,
+    from t = 0 (the first image's code) to t = 1, between the two images themselves (ends:
+    x_a and x_b in [0, 1]; the inputs when not given). A conditional model encodes each
+    image with its own label and decodes each row with the label of the pair's first image."""
     t = torch.linspace(0, 1, n, device=x_a.device)
     za, zb = model.latent(x_a, labels_a), model.latent(x_b, labels_b)
+    a01, b01 = ends if ends is not None else (x_a, x_b)
     rows, labels = [], []
     for i in range(za.shape[0]):
         y = None if labels_a is None else labels_a[i:i + 1].expand(n)
-        rows.append(decode01(model, (1 - t)[:, None] * za[i] + t[:, None] * zb[i], y))
-        labels.append(f"pair {i + 1}: linear")
-        if spherical:
-            rows.append(decode01(model, slerp(za[i], zb[i], t), y))
-            labels.append(f"pair {i + 1}: spherical")
-    image_rows(rows, labels, path, "interpolation between test images", [f"{v:.2f}" for v in t.tolist()])
+        ways = [("linear", (1 - t)[:, None] * za[i] + t[:, None] * zb[i])]
+        ways += [("spherical", slerp(za[i], zb[i], t))] if spherical else []
+        for way, z in ways:
+            rows.append(torch.cat([a01[i:i + 1], decode01(model, z, y), b01[i:i + 1]]))
+            labels.append(f"pair {i + 1}: {way}")
+    image_rows(rows, labels, path, title, ["image A", *(f"t={v:.2f}" for v in t.tolist()), "image B"])
 
 
 @torch.no_grad()
-def traversal(model, x, order, center, spread, n, path, title, names, label=None):
-    """Decodes of z = code(x) with one dimension d set to center_d + spread_d * v, v in
-    [-3, 3], one row per dimension of `order` (the most used first). label: x[0]'s (1,),
+def traversal(model, x, order, center, spread, n, path, title, names, label=None, image=None):
+    """Decodes of z = code(x) with one dimension d set to center_d + spread_d * v, v from -3
+    to 3 with 0 among them (an odd count, n or n + 1), one row per dimension of `order` (the
+    most used first), after the image itself (image: x[0] in [0, 1]). label: x[0]'s (1,),
     for a conditional model."""
+    n += 1 - n % 2
     v = torch.linspace(-3, 3, n, device=x.device)
+    v[n // 2] = 0.0  # exactly
     z0 = model.latent(x[:1], label)[0]
     y = None if label is None else label.expand(n)
+    image = x[:1] if image is None else image[:1]
     rows = []
     for d in order:
         z = z0.repeat(n, 1)
         z[:, d] = center[d] + spread[d] * v
-        rows.append(decode01(model, z, y))
-    image_rows(rows, names, path, title, [f"{s:+.1f}" for s in v.tolist()])
+        rows.append(torch.cat([image, decode01(model, z, y)]))
+    image_rows(rows, names, path, title, ["image", *(f"{s:+.1f}" if s else "0" for s in v.tolist())],
+               "value of the dimension")
 
 
 def history_terms(histories):

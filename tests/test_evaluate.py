@@ -152,12 +152,13 @@ def test_each_figure_writes_a_png_of_the_expected_size(tmp_path):
     assert png_size(p("den.png")) == (width(4, len("noisy input")), height(3))
     figures.samples(model, 3, p("samples.png"), "samples", torch.Generator().manual_seed(0))
     assert png_size(p("samples.png")) == (width(3, 0), height(3))  # no row labels, no margin
-    figures.manifold(model, 5, p("manifold.png"), "manifold")
-    assert png_size(p("manifold.png")) == (width(5, len("z2 = -0.84")), height(5, True))
-    figures.interpolations(model, x[:2], x[2:], 6, p("interp.png"))
-    assert png_size(p("interp.png")) == (width(6, len("pair 1: spherical")), height(4, True))  # 2 pairs x (linear, slerp)
-    figures.traversal(model, x, [1, 0], torch.zeros(2), torch.ones(2), 7, p("trav.png"), "t", ["a", "b"])
-    assert png_size(p("trav.png")) == (width(7, 1), height(2, True))
+    figures.manifold(model, 5, p("manifold.png"), "manifold")  # and "z1" under the columns
+    assert png_size(p("manifold.png")) == (width(5, len("z2 = +1.6")), height(5, True) + 20)
+    figures.interpolations(model, x[:2], x[2:], 6, p("interp.png"))  # the two images at the ends
+    assert png_size(p("interp.png")) == (width(6 + 2, len("pair 1: spherical")), height(4, True))  # 2 pairs x (linear, slerp)
+    figures.traversal(model, x, [1, 0], torch.zeros(2), torch.ones(2), 6, p("trav.png"), "t", ["a", "b"])
+    # the image, then 7 values (6 made odd, so that 0 is among them), an axis label below
+    assert png_size(p("trav.png")) == (width(1 + 7, 1), height(2, True) + 20)
     figures.latent_scatter(torch.randn(50, 5), torch.arange(50) % 10, p("latent.png"), "codes")
     assert png_size(p("latent.png")) == (640, 560)
     rows = [{"epoch": e, "train_loss": 10 - e, "test_loss": 11 - e, "train_kl": e, "test_kl": e,
@@ -248,6 +249,10 @@ def test_evaluate_reproduces_the_printed_test_loss_of_each_model(tiny_data, tmp_
             "kl_per_dim.png"} <= set(os.listdir(os.path.join(out, "vae")))
     assert "denoising.png" in os.listdir(os.path.join(out, "ae"))
     assert "samples.png" not in os.listdir(os.path.join(out, "ae"))
+    # side by side: a row of 2n samples for each run that can sample (the VAE, the VAE-GAN)
+    cell, longest = 2 * 30, max(len("vae"), len("gan"))
+    assert png_size(os.path.join(out, "samples.png")) == (
+        figures.RIGHT + 8 * longest + 2 * (8 * 30 + 2) + figures.RIGHT, figures.TOP + 2 * cell + 4 + figures.BOTTOM)
 
 
 def test_a_folder_of_runs_and_a_glob_find_the_same_runs(tiny_data, tmp_path):
