@@ -2,7 +2,8 @@
 
     python evaluate.py runs/vae-mnist-20261120-101500
     python evaluate.py runs/ae-cifar10 runs/vae-cifar10 runs/vae-reg-cifar10 --out figures/
-    python evaluate.py 'runs/vae-mnist-*' --iw-samples 100          # a glob, or a folder of runs
+    python evaluate.py 'runs/vae-mnist-*'                           # a glob, or a folder of runs
+    python evaluate.py RUN --iw-samples 1000                        # and the likelihood (minutes)
 
 Each run: metrics.json in its folder (units below, and in the file), one markdown row
 per run on stdout (also <out>/table.md), figures in --out. Inputs are what the model saw
@@ -72,7 +73,9 @@ def build_parser():
     a("--out", default=None, help="folder for figures and table.md (default: <run>/eval for "
       "one run, figures/ for several)")
     a("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
-    a("--iw-samples", type=int, default=1000, help="K of the importance-sampled likelihood; 0 skips it")
+    a("--iw-samples", type=int, default=0, help="K of the importance-sampled likelihood (a tighter "
+      "bound than the test loss; 1000 for numbers to compare with papers, minutes on a CPU; "
+      "default: 0, skipped)")
     a("--chunk", type=int, default=1024, help="images x samples decoded at once (bounds memory)")
     a("--n", type=int, default=10, help="images per figure row (samples: an n x n grid)")
     a("--seed", type=int, default=0, help="seeds every sample drawn in evaluation")
@@ -156,6 +159,10 @@ def codes_of(model, split, cfg):
         noise_seed=data.TEST_NOISE_SEED)])
 
 
+def duration(seconds):
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
 @torch.no_grad()
 def measure(model, cfg, splits, args, history, epoch):
     """Every metric of one run (see UNITS), as plain numbers and lists."""
@@ -170,7 +177,7 @@ def measure(model, cfg, splits, args, history, epoch):
     variational = model.variational
     k = args.iw_samples if variational else 0
     sums, codes, kl_dims = {}, [], []
-    n_test, t0, done = splits["test"][0].shape[0], time.perf_counter(), 0
+    n_test, t0, done, announced = splits["test"][0].shape[0], time.perf_counter(), 0, False
     for x, target, y in data.batches(*splits["test"], 1000, output=cfg["output"], noise=noise,
                                      noise_seed=data.TEST_NOISE_SEED):
         code = model.latent(x, y)  # mu, or the AE's code h
@@ -183,16 +190,24 @@ def measure(model, cfg, splits, args, history, epoch):
         if noise is not None:
             per["psnr_noisy"] = metrics.psnr(data.to_unit(x, cfg["output"]), clean)
         if k:
-            b = max(1, args.chunk // k)
-            parts = [metrics.importance_sampled(model, xs, ts, k, args.chunk, ys)
-                     for xs, ts, ys in zip(x.split(b), target.split(b), y.split(b))]
+            b, parts = max(1, args.chunk // k), []
+            for xs, ts, ys in zip(x.split(b), target.split(b), y.split(b)):
+                parts.append(metrics.importance_sampled(model, xs, ts, k, args.chunk, ys))
+                spent = time.perf_counter() - t0
+                if not announced and (spent > 1 or done + b * len(parts) >= n_test):
+                    rate = (done + sum(p["nll_iw"].shape[0] for p in parts)) / spent
+                    print(f"  the likelihood with K = {k} importance samples: about "
+                          f"{duration(n_test / rate)} for the {n_test:,} test images "
+                          f"({rate:,.0f} images/s)", flush=True)
+                    announced = True
             per.update({key: torch.cat([p[key] for p in parts]) for key in ("nll_iw", "recon", "recon_var")})
         for key, v in per.items():
             sums[key] = sums.get(key, 0) + v.double().sum()
         done += x.shape[0]
-        if k and (done == n_test or done % 5000 == 0):
+        if k and done < n_test:
             rate = done / (time.perf_counter() - t0)
-            print(f"  {done}/{n_test} test images, {rate:.1f} images/s with K = {k}", flush=True)
+            print(f"  {done:,}/{n_test:,} test images, {rate:,.0f} images/s, about "
+                  f"{duration((n_test - done) / rate)} left", flush=True)
     seconds = time.perf_counter() - t0
     for key in ("mse", "psnr", "psnr_noisy", "nll_iw", "recon"):
         if key in sums:
@@ -427,6 +442,9 @@ def main(argv=None):
     names = [os.path.basename(d) for d in dirs]
     names = [f"{nm}-{i + 1}" if names.count(nm) > 1 else nm for i, nm in enumerate(names)]
     print(f"Device: {device}; {len(dirs)} run(s); figures in {out}")
+    if args.iw_samples == 0:
+        print("The importance-sampled likelihood (nll_iw) is skipped by default; --iw-samples "
+              "1000 adds it (minutes on a CPU)")
     try:
         evaluate(dirs, names, out, device, args)
     except ValueError as e:  # a data set that cannot be read, a run that changed meanwhile

@@ -241,6 +241,8 @@ def test_evaluate_reproduces_the_printed_test_loss_of_each_model(tiny_data, tmp_
     for m in got.values():
         assert m["gap"] == pytest.approx(m["test_loss"] - m["train_loss"])
         assert 0 <= m["probe_accuracy"] <= 1 and m["units"]["nll_iw"].startswith("importance")
+    # how long the likelihood will take, said before it is done
+    assert printed.count("the likelihood with K = 50 importance samples: about ") == 2  # vae, gan
     # One markdown row per run, and the figures.
     rows = [line for line in printed.splitlines() if line.startswith("| ") and "---" not in line]
     assert [r.split(" | ")[0][2:] for r in rows] == ["run", "vae", "ae", "gan"]
@@ -253,6 +255,14 @@ def test_evaluate_reproduces_the_printed_test_loss_of_each_model(tiny_data, tmp_
     cell, longest = 2 * 30, max(len("vae"), len("gan"))
     assert png_size(os.path.join(out, "samples.png")) == (
         figures.RIGHT + 8 * longest + 2 * (8 * 30 + 2) + figures.RIGHT, figures.TOP + 2 * cell + 4 + figures.BOTTOM)
+
+
+def test_the_likelihood_is_skipped_by_default_and_says_which_flag_adds_it(tiny_data, tmp_path, capsys):
+    run = make_run(tiny_data, tmp_path / "vae", epochs="1")
+    assert evaluate.main([run, "--no-figures", "--out", str(tmp_path / "e")]) == 0
+    assert "skipped by default; --iw-samples 1000 adds it" in capsys.readouterr().out
+    m = json.load(open(os.path.join(run, "metrics.json")))
+    assert "nll_iw" not in m and "test_loss" in m and "probe_accuracy" in m
 
 
 def test_a_folder_of_runs_and_a_glob_find_the_same_runs(tiny_data, tmp_path):
