@@ -157,6 +157,25 @@ def build_parser():
     return p
 
 
+def words(name, value, source):
+    """A flag given by name and value (sweep.py's --vary, train.fit's keywords) as train.py's
+    words: ("lr", "0.01") -> ['--lr=0.01'], ("batchnorm", "false") -> ['--no-batchnorm'],
+    ("augment", "false") -> []. source names the caller in errors."""
+    action = next((a for a in build_parser()._actions if a.dest == name.replace("-", "_")), None)
+    if action is None:
+        raise ValueError(f"{source} {name}: train.py has no such flag")
+    if action.nargs != 0:  # one word, so that a value may start with "-" (--lr=-1 is refused
+        return [f"{action.option_strings[0]}={value}"]  # by train.py, not misread by argparse)
+    if str(value).lower() not in ("true", "false"):
+        raise ValueError(f"{source} {name}={value}: an on/off flag takes true or false")
+    on = str(value).lower() == "true"
+    if isinstance(action, argparse.BooleanOptionalAction):  # --batchnorm / --no-batchnorm
+        return [action.option_strings[0] if on else action.option_strings[1]]
+    if isinstance(action, argparse._StoreFalseAction):  # --no-download: present when false
+        return [] if on else [action.option_strings[0]]
+    return [action.option_strings[0]] if on else []  # --augment: present or absent
+
+
 def safe_flags():
     """RESUME_SAFE as the flags a user types."""
     flags = [a.option_strings[0] for a in build_parser()._actions if a.dest in RESUME_SAFE]

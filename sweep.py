@@ -43,21 +43,10 @@ def build_parser():
 
 
 def flag_words(name, value):
-    """--vary's name=value as train.py's words: ['--beta', '4'], ['--no-batchnorm'], []."""
-    action = next((a for a in flags.build_parser()._actions
-                   if a.dest == name.replace("-", "_")), None)
-    if action is None or name in ("seed", "out", "resume"):
+    """--vary's name=value as train.py's words: ['--lr=0.01'], ['--no-batchnorm'], []."""
+    if name in ("seed", "out", "resume"):
         raise ValueError(f"--vary {name}: train.py has no such flag to vary (seed: use --seeds)")
-    if action.nargs != 0:  # one word, so that a value may start with "-" (--lr=-1 is refused
-        return [f"{action.option_strings[0]}={value}"]  # by train.py, not misread by argparse)
-    if value.lower() not in ("true", "false"):
-        raise ValueError(f"--vary {name}={value}: an on/off flag takes true or false")
-    on = value.lower() == "true"
-    if isinstance(action, argparse.BooleanOptionalAction):  # --batchnorm / --no-batchnorm
-        return [action.option_strings[0] if on else action.option_strings[1]]
-    if isinstance(action, argparse._StoreFalseAction):  # --no-download: present when false
-        return [] if on else [action.option_strings[0]]
-    return [action.option_strings[0]] if on else []  # --augment: present or absent
+    return flags.words(name, value, "--vary")
 
 
 def plan(args, base):

@@ -29,6 +29,7 @@ import models
 import parallel
 import progress
 import runs
+import flags
 from flags import pick_device, resolve
 
 
@@ -357,6 +358,37 @@ def check_data(cfg, ckpt, seen):
         print(f"Note: the data under {cfg['data_root']} are not those the run was trained on "
               f"({what}); training goes on from epoch {ckpt['epoch'] + 1} on these")
     cfg["data"] = seen
+
+
+def fit(**options):
+    """Train from Python (a notebook) as train.py would from the shell, and return the model.
+
+        model, history = train.fit(model="vae", dataset="mnist", epochs=2, latent_dim=2)
+
+    Keywords are train.py's flags (latent_dim for --latent-dim; True/False for a switch,
+    batchnorm=False for --no-batchnorm; hidden=(300, 100) for --hidden 300,100). Returns
+    the trained model (on the CPU, in evaluation mode) and its history (one dict per
+    epoch). The run folder is written as by train.py; its path is then in
+    train.fit.last_run. A bad flag raises ValueError before any work; a failed or
+    interrupted run raises RuntimeError (resume it with fit(resume=RUN_DIR))."""
+    argv = []
+    for name, value in options.items():
+        value = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+        argv += flags.words(name, value, "fit():")
+    try:
+        cfg, _ = resolve(argv)  # every check, before any work
+    except SystemExit:  # argparse could not read a value; it printed why
+        raise ValueError(f"fit(): a flag train.py cannot read (see above): {' '.join(argv)}") from None
+    if "out" not in options and "resume" not in options:
+        argv += ["--out", cfg["out"]]  # the folder resolve named
+    code = main(argv)
+    if code:
+        raise RuntimeError(f"training stopped (train.py's exit code {code}; its message is "
+                           f"above); the run folder is {cfg['out']}")
+    import evaluate  # (it imports matplotlib: only here)
+    _, model, history, _, _ = evaluate.load_run(cfg["out"])
+    fit.last_run = cfg["out"]
+    return model.eval(), history
 
 
 def main(argv=None):
