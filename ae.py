@@ -41,6 +41,7 @@ class AE(nn.Module):
                "contractive": (float, "weight L of the contractive penalty "
                                       "L * ||dh/dx||_F^2 per image")}
     variational, can_sample, conditional, gated = False, False, False, False
+    LOSS = "reconstruction term"
     ARCHS = ARCHS
 
     def __init__(self, image_shape=(1, 28, 28), num_classes=None, latent_dim=20, arch="mlp",

@@ -22,6 +22,7 @@ from vae import VAE
 class CVAE(VAE):
     """The VAE's networks and options; every method that encodes or decodes takes labels."""
     conditional = True
+    LOSS = "negative ELBO of x given its label"
 
     def __init__(self, image_shape=(1, 28, 28), num_classes=10, latent_dim=5, **options):
         # latent_dim 5: the larger the code, the less a sample from the prior keeps to the

@@ -159,6 +159,20 @@ def codes_of(model, split, cfg):
         noise_seed=data.TEST_NOISE_SEED)])
 
 
+def loss_kind(model):
+    """What a run's "loss" is (the model's LOSS), for the legends of a comparison."""
+    return getattr(model, "LOSS", "test loss")
+
+
+def curves(figures, histories, path, kinds):
+    """loss_curves.png (the loss and the objective's terms) and, when the runs logged any,
+    training_internals.png (gradient norms, the discriminator's numbers, skipped steps)."""
+    main, internal = figures.split_terms(figures.history_terms(histories))
+    figures.loss_curves(histories, path("loss_curves.png"), main, kinds=kinds)
+    if internal:
+        figures.loss_curves(histories, path("training_internals.png"), internal)
+
+
 def duration(seconds):
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
@@ -279,7 +293,7 @@ def draw(model, cfg, split, m, codes, history, name, out, args):
     figures.traversal(model, x, order, center.to(device), spread.to(device), n,
                       path("traversal.png"), f"{name}: one dimension at a time, in "
                       f"{'prior' if variational else 'test'} standard deviations", rows, y[:1], clean)
-    figures.loss_curves({name: history}, path("loss_curves.png"))
+    curves(figures, {name: history}, path, {name: loss_kind(model)})
     return clean[:n], recon[:n], sampled  # for the side-by-side figures of several runs
 
 
@@ -468,6 +482,7 @@ def evaluate(dirs, names, out, device, args):
     figures; then the comparison figures and the table."""
     splits, identities, rows, recons, histories, kls, configs = {}, {}, [], {}, {}, {}, {}
     samples = {}  # dataset: {run: images}, for the side-by-side samples figure
+    kinds_of = {}  # run: what its "loss" is
     for name, run_dir in zip(names, dirs):
         cfg, model, history, epoch, logged = load_run(run_dir, args.weights, args.partial, False)
         key = (cfg["dataset"], args.data_root or cfg["data_root"], cfg["image_size"],
@@ -493,6 +508,7 @@ def evaluate(dirs, names, out, device, args):
         runs.atomic_save(json.dumps(m, indent=2) + "\n", os.path.join(run_dir, name_json))
         rows.append((name, m))
         configs[name] = cfg
+        kinds_of[name] = loss_kind(model)
         histories[name], kls[name] = read_history(run_dir, history), m.get("kl_per_dim")
         if args.figures:
             folder = out if len(dirs) == 1 else os.path.join(out, name)
@@ -514,7 +530,11 @@ def evaluate(dirs, names, out, device, args):
             figures.image_rows(list(by_run.values()), [figures.short(r) for r in by_run],
                                os.path.join(out, f"samples{suffix}.png"), "samples from the prior, "
                                "one row per run (the same z in runs of one latent size)")
-        figures.loss_curves(histories, os.path.join(out, "loss_curves.png"))
+        for dataset in dict.fromkeys(c["dataset"] for c in configs.values()):  # no shared axes
+            mine = {k: h for k, h in histories.items() if configs[k]["dataset"] == dataset}
+            suffix = "" if len(mine) == len(histories) else f"_{dataset.replace(':', '-').replace('/', '-')}"
+            curves(figures, mine, lambda f: os.path.join(out, f.replace(".png", suffix + ".png")),
+                   {k: kinds_of[k] for k in mine})
         if any(kl is not None for kl in kls.values()):
             figures.kl_bars({k: v for k, v in kls.items() if v is not None}, os.path.join(out, "kl_per_dim.png"))
         grouped = groups(rows, configs)

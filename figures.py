@@ -215,16 +215,28 @@ def history_terms(histories):
     return terms
 
 
-def loss_curves(histories, path, terms=None, groups=None):
+INTERNALS = ("grad", "acc_", "skips_", "disc", "decoder", "adv", "l1")  # how training went
+
+
+def split_terms(terms):
+    """(what a reader compares: the loss and the objective's terms, the model's internals:
+    gradient norms, the discriminator's numbers, skipped steps)."""
+    internal = [t for t in terms if t.startswith(INTERNALS)]
+    return [t for t in terms if t not in internal], internal
+
+
+def loss_curves(histories, path, terms=None, groups=None, kinds=None):
     """One panel per term (loss, recon, kl, ...): train solid, test dashed, one colour per run,
     or per group: groups {label: [run names]} draws each group's mean over its runs, with a
-    band of one standard deviation (at the epochs every run of the group has).
+    band of one standard deviation (at the epochs every run of the group has). kinds: {run:
+    what its "loss" is}: when they differ, each line of the loss panel names its kind.
 
-    histories: {name: rows of history.csv as dicts}. Panels: 3 per row, 400 x 300 px each.
+    histories: {name: rows of history.csv as dicts}. Panels: 3 per row (2 for 4), 400 x 300 px.
     """
     terms = terms or history_terms(histories)
     groups = groups or {name: [name] for name in histories}
-    cols = min(3, len(terms))
+    mixed = kinds is not None and len(set(kinds.values())) > 1
+    cols = 2 if len(terms) == 4 else min(3, len(terms))
     nrows = math.ceil(len(terms) / cols)
     legend_rows = math.ceil(2 * len(groups) / 2)  # train and test of each, two to a row
     fig = figure(400 * cols, 300 * nrows + 14 * legend_rows + 10)
@@ -243,12 +255,16 @@ def loss_curves(histories, path, terms=None, groups=None):
                     continue
                 mean = torch.tensor([sum(by_epoch[e]) / len(members) for e in epochs])
                 n = f" (mean of {len(members)})" if len(members) > 1 else ""
+                kind = f" [{kinds[members[0]]}]" if mixed and term == "loss" else ""
                 ax.plot(epochs, mean, style, color=colours(j % 10), marker=".",
-                        label=f"{short(name, 45 if n else 22)} {split[:-1]}{n}")
+                        label=f"{short(name, 45 if n else 22)} {split[:-1]}{n}{kind}")
                 if len(members) > 1:
                     std = torch.tensor([torch.tensor(by_epoch[e]).std().item() for e in epochs])
                     ax.fill_between(epochs, mean - std, mean + std, color=colours(j % 10), alpha=0.15)
-        ax.set_title(term, fontsize=10)
+        ax.set_title("loss: different quantities, see each line's [kind]" if mixed and
+                     term == "loss" else term, fontsize=10)
+        if mixed and term == "loss":
+            ax.legend(fontsize=7)  # the kinds are told apart here, beside the lines
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # whole epochs
         ax.set_ylabel(unit_of(term))
@@ -260,6 +276,7 @@ def loss_curves(histories, path, terms=None, groups=None):
             ax.set_ylim(middle - least / 2, middle + least / 2)
         ax.grid(alpha=0.3)
     handles, names = fig.axes[0].get_legend_handles_labels()
+    names = [n.split(" [")[0] for n in names]
     legend_rows = math.ceil(len(names) / 2)
     fig.tight_layout(rect=(0, (14 * legend_rows + 10) / (300 * nrows + 14 * legend_rows + 10), 1, 1))
     fig.legend(handles, names, loc="lower center", ncol=2, fontsize=8, frameon=False)  # below the panels

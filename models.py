@@ -36,7 +36,8 @@ objectives(out) -> {name: loss}
     host sync each step; refused under torchrun, where each process would decide alone).
 test_loss(input, target, labels) -> {term: tensor}
     The evaluation number in evaluation mode, without beta or penalties: "loss" is the
-    negative ELBO for a VAE, the reconstruction term for an AE.
+    negative ELBO for a VAE, the reconstruction term for an AE. LOSS (a class attribute)
+    says in a few words what that number is ("negative ELBO"), for legends and tables.
 latent(x, labels=None) -> (B, D)
     The code figures, the probe and the metrics use: the posterior mean mu for a VAE,
     h for an AE. generate(z, labels=None) decodes codes to images in the data's range;

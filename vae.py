@@ -235,6 +235,7 @@ class VAE(nn.Module):
                                            "+ 1e-8, the Gaussian-decoder study's)")}
     RECONS, ARCHS = losses.RECONS, ARCHS
     variational, can_sample, conditional, gated = True, True, False, False
+    LOSS = "negative ELBO"  # what test_loss's "loss" is, for legends and tables
 
     def __init__(self, image_shape=(1, 28, 28), num_classes=None, latent_dim=20, arch="mlp",
                  hidden=None, act="relu", dropout=0.0, batchnorm=None, output="sigmoid",

@@ -122,6 +122,7 @@ class VAEGAN(VAE):
                                  "equilibrium - margin, the decoder's adversarial term above "
                                  "equilibrium + margin (default 0.35)")}
     RECONS, ARCHS = VAE.RECONS + ("feature",), ("mlp", "conv")
+    LOSS = "z = μ decode + KL, not a bound"
 
     def __init__(self, image_shape=(1, 28, 28), num_classes=None, batchnorm=True, gamma=1.0,
                  feature_layer=None, equilibrium=None, margin=None, **options):

@@ -168,7 +168,7 @@ def test_each_figure_writes_a_png_of_the_expected_size(tmp_path):
     assert png_size(p("curves.png")) == (1200, 300 + 2 * 14 + 10)
     rows[1]["train_skips_disc"] = 4
     figures.loss_curves({"a": rows}, p("curves.png"))
-    assert png_size(p("curves.png")) == (1200, 600 + 14 + 10)  # 4 panels: two rows of three
+    assert png_size(p("curves.png")) == (800, 600 + 14 + 10)  # 4 panels: two rows of two
     figures.kl_bars({"a": torch.rand(6), "b": torch.rand(6)}, p("kl.png"))
     assert png_size(p("kl.png")) == (640, 460)
 
@@ -188,6 +188,24 @@ def test_loss_curves_have_whole_epochs_units_and_a_legend_outside_the_panels(tmp
     units = {ax.get_title(): ax.get_ylabel() for ax in fig.axes}
     assert units == {"loss": "nats per image", "grad_norm": "gradient norm (mean per step)"}
     assert len(fig.legends) == 1 and [t.get_text() for t in fig.legends[0].get_texts()] == ["a train", "a test"]
+
+
+def test_loss_curves_tell_apart_losses_of_different_kinds_and_keep_internals_apart(tmp_path, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(figures, "save", lambda fig, path: drawn.append(fig))
+    rows = [{"epoch": e, "train_loss": 10 - e, "test_loss": 11 - e, "train_recon": 9,
+             "train_grad_norm": 2.0, "train_acc_real": 0.5} for e in (1, 2)]
+    main, internal = figures.split_terms(figures.history_terms({"a": rows}))
+    assert main == ["loss", "recon"] and internal == ["grad_norm", "acc_real"]
+    figures.loss_curves({"ae": rows, "vae": rows}, "c.png", main, kinds={"ae": "reconstruction term",
+                                                                       "vae": "negative ELBO"})
+    loss_panel = drawn[0].axes[0]
+    assert "different quantities" in loss_panel.get_title()
+    assert [t.get_text() for t in loss_panel.get_legend().get_texts()] == [
+        "ae train [reconstruction term]", "ae test [reconstruction term]",
+        "vae train [negative ELBO]", "vae test [negative ELBO]"]
+    figures.loss_curves({"a": rows, "b": rows}, "c.png", main, kinds={"a": "negative ELBO", "b": "negative ELBO"})
+    assert drawn[1].axes[0].get_title() == "loss" and drawn[1].axes[0].get_legend() is None
 
 
 def test_kl_bars_are_sorted_numbered_from_1_on_one_scale(tmp_path, monkeypatch):
@@ -251,6 +269,9 @@ def test_evaluate_reproduces_the_printed_test_loss_of_each_model(tiny_data, tmp_
             "kl_per_dim.png"} <= set(os.listdir(os.path.join(out, "vae")))
     assert "denoising.png" in os.listdir(os.path.join(out, "ae"))
     assert "samples.png" not in os.listdir(os.path.join(out, "ae"))
+    # the discriminator's numbers and the gradient norms go to a second figure
+    assert {"loss_curves.png", "training_internals.png"} <= set(os.listdir(os.path.join(out, "gan")))
+    assert "training_internals.png" in os.listdir(out)
     # side by side: a row of 2n samples for each run that can sample (the VAE, the VAE-GAN)
     cell, longest = 2 * 30, max(len("vae"), len("gan"))
     assert png_size(os.path.join(out, "samples.png")) == (

@@ -149,6 +149,7 @@ def test_every_registered_model_follows_the_contract(name, arch):
         torch.testing.assert_close(model.latent(x, y), mu)
         assert logvar.shape == mu.shape and model.nll(model.decode(mu, y), x).shape == (6,)
         model.train()
+    assert isinstance(model.LOSS, str) and model.LOSS  # what its test loss is, in words
     options = models.resolved(model)  # every option is an attribute, resolved
     assert set(options) == set(model.OPTIONS) and options["latent_dim"] == 4
     again = models.build(name, (1, 28, 28), 10, options)
