@@ -316,3 +316,20 @@ def test_training_figures_grow_a_labelled_row_an_epoch_and_keep_growing_on_resum
     pixels = torch.from_numpy(np.asarray(Image.open(path).convert("L"), dtype=np.float32))
     assert (pixels < 250).float().mean() > 0.3  # mostly images, not blank canvas
     assert progress.shown(list(range(1, 51))) == [1, 5, 10, 14, 19, 23, 28, 32, 37, 41, 46, 50]
+
+
+def test_the_first_lines_name_the_run_folder_and_progress_lines_give_speed_and_time_left(
+        tiny_data, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    code, printed = run_train(["--data-root", tiny_data, "--epochs", "1", "--batch-size", "16",
+                               "--latent-dim", "4", "--out", out, "--no-download",
+                               "--log-interval", "1"], capsys)
+    assert code == 0
+    lines = printed.out.splitlines()
+    assert lines[0] == f"Run folder: {out} (its config.json keeps every setting)"
+    assert lines[2] == "Training: vae on mnist, 1 epoch(s) of batch 16, Adam lr 0.001, seed 1"
+    assert lines[3].startswith("Model: VAE (mlp 400, latent 4, bce), ")
+    assert max(map(len, lines)) < 200  # no 1,000-character config line
+    progress = [line for line in lines if line.startswith("Train Epoch: 1 [")]
+    assert progress and all(re.search(r"\t\([\d,]+ images/s, \d+ s left in the epoch\)$", line)
+                            for line in progress)
