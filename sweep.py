@@ -92,7 +92,7 @@ def state(run_dir):
 
 
 # config keys that are not settings: a run folder may differ from the plan in these
-BOOKKEEPING = {"out", "command", "resume_commands", "data", "format", "device", "log_interval",
+BOOKKEEPING = {"out", "resume", "command", "resume_commands", "data", "format", "device", "log_interval",
                "data_root", "download", "compile", "channels_last", "data_budget"}
 
 

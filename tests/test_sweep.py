@@ -61,6 +61,9 @@ def test_an_interrupted_run_is_resumed(tiny_data, tmp_path, capsys):
     capsys.readouterr()
     assert sweep.main([*argv[:-1], "2"]) == 0
     assert "Resuming" in open(os.path.join(out, "seed1.log")).read()
+    capsys.readouterr()  # the same command again: the resumed run is the planned one, finished
+    assert sweep.main([*argv[:-1], "2"]) == 0
+    assert "seed1: finished before, skipped" in capsys.readouterr().out
 
 
 def test_a_run_folder_holding_other_settings_is_refused_not_reused(tiny_data, tmp_path, capsys):
