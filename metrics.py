@@ -43,10 +43,11 @@ def importance_sampled(model, input, target, k, chunk=1024, labels=None):
         log p(x) >= log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x),   z_k ~ q(z|input)
 
     All K samples of all B images go through the decoder together, at most `chunk`
-    decodes at a time. model.nll(logits, target) -> (N,) is -log p(x|z) per image, in the
-    same convention as the test loss (models.py). Returns per-image tensors (B,): nll_iw, the K-sample
-    average of the reconstruction term (recon) and its variance over samples (recon_var),
-    and the closed-form KL, so recon + kl is the negative ELBO averaged over K samples.
+    decodes at a time. model.nll(logits, target) -> (n, B) is -log p(x|z) for n decodes of
+    each image, in the same convention as the test loss (models.py). Returns per-image
+    tensors (B,): nll_iw, the K-sample average of the reconstruction term (recon) and its
+    variance over samples (recon_var), and the closed-form KL, so recon + kl is the
+    negative ELBO averaged over K samples.
     """
     mu, logvar = model.encode(input, labels)  # (B, D) each
     std = torch.exp(0.5 * logvar)
@@ -57,9 +58,9 @@ def importance_sampled(model, input, target, k, chunk=1024, labels=None):
         n = min(per_chunk, k - start)
         eps = torch.randn((n, *mu.shape), device=mu.device, dtype=mu.dtype)  # (n, B, D)
         z = mu + std * eps
-        repeat = lambda t: t.expand(n, *t.shape).flatten(0, 1)  # noqa: E731
-        logits = model.decode(z.flatten(0, 1), None if labels is None else repeat(labels))
-        r = model.nll(logits, repeat(target)).view(n, B)  # (n * B, C, H, W) -> (n, B)
+        logits = model.decode(z.flatten(0, 1), None if labels is None else
+                              labels.expand(n, *labels.shape).flatten(0, 1))
+        r = model.nll(logits.unflatten(0, (n, B)), target)  # (n, B, C, H, W) against (B, C, H, W)
         log_pz = -0.5 * (z.pow(2) + LOG_2PI).sum(-1)  # log N(z; 0, I)
         log_qz = -0.5 * (eps.pow(2) + logvar + LOG_2PI).sum(-1)  # log N(z; mu, sigma^2)
         log_w.append(-r + log_pz - log_qz)

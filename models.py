@@ -45,10 +45,10 @@ latent(x, labels=None) -> (B, D)
     statistics, whatever the mode.
 variational, can_sample, conditional (class attributes)
     A variational model also has encode(x, labels) -> (mu, logvar), decode(z, labels)
-    -> logits, nll(logits, target) -> (B,), `likelihood`, the name of the decoder's
-    distribution nll uses (losses.reconstruction), and c, a Gaussian decoder's variance,
-    for the importance-sampled likelihood. A
-    model with can_sample has sample(n, labels=None); a conditional one uses the labels.
+    -> logits, nll(logits, target) -> (B,), or (n, B) for logits (n, B, ...) holding n
+    decodes of each target image, `likelihood`, the name of the decoder's distribution nll
+    uses (losses.reconstruction), and c, a Gaussian decoder's variance, for the
+    importance-sampled likelihood. A model with can_sample has sample(n, labels=None); a conditional one uses the labels.
 
 train.py owns the optimisation for every model alike (the step, clipping, L1, AMP,
 DistributedDataParallel, checkpoints, resume): no model file knows about them.

@@ -10,6 +10,7 @@ from PIL import Image
 
 import evaluate
 import figures
+import losses
 import metrics
 import train
 from vae import VAE
@@ -43,7 +44,8 @@ class LinearGaussianVAE(nn.Module):
 
     def nll(self, mean, x):
         d = x[0].numel()
-        return (x - mean).pow(2).flatten(1).sum(1) / (2 * self.s2) + 0.5 * d * math.log(2 * math.pi * self.s2)
+        sq = losses.per_image((x - mean).pow(2), x)  # (B,), or (n, B) for n decodes of each x
+        return sq / (2 * self.s2) + 0.5 * d * math.log(2 * math.pi * self.s2)
 
     def exact_nll(self, x):
         cov = self.W @ self.W.T + self.s2 * torch.eye(self.W.shape[0], dtype=torch.float64)

@@ -1,4 +1,5 @@
 import math
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -40,6 +41,25 @@ def test_bce_refuses_data_outside_unit_interval():
     with pytest.raises(ValueError, match=r"got values in \[0, 2\]"):
         losses.bce_logits(torch.zeros(2, 3), torch.tensor([[0.0, 2.0, 1.0]] * 2))
     assert losses.bce_logits(torch.zeros(1, 2), torch.tensor([[0.0, 1.0]])).shape == (1,)
+
+
+@pytest.mark.parametrize("recon,output", [("bce", "sigmoid"), ("mse", "tanh"), ("gaussian", "sigmoid")])
+def test_several_decodes_of_each_image_score_as_the_repeated_images_would(recon, output):
+    """logits (n, B, ...) against targets (B, ...) (the importance-sampled bound's K decodes
+    of each image) give (n, B), each entry what that decode scores against its own image;
+    BCE there takes another formula (softplus(l) - x l), so large logits are included."""
+    torch.manual_seed(0)
+    n, b = 5, 3
+    logits = torch.randn(n, b, 1, 4, 4, dtype=torch.float64) * 30
+    x = torch.rand(b, 1, 4, 4, dtype=torch.float64) * (1 if output == "sigmoid" else 2)
+    x = x - (0 if output == "sigmoid" else 1)
+    repeated = losses.reconstruction(recon, logits.flatten(0, 1), x.repeat(n, 1, 1, 1), output)
+    together = losses.reconstruction(recon, logits, x, output)
+    assert together.shape == (n, b)
+    torch.testing.assert_close(together, repeated.view(n, b))
+    wrong = torch.rand(n, b, 1, 4, 4, dtype=torch.float64) - 1  # still checked, once
+    with pytest.raises(ValueError, match=r"\[0, 1\]") if recon == "bce" else nullcontext():
+        losses.reconstruction(recon, logits, wrong[0], output)
 
 
 def test_mse_and_gaussian_on_a_hand_made_example():
