@@ -20,6 +20,7 @@ import time
 import torch
 
 import data
+import features
 import figures
 import losses
 import metrics
@@ -58,6 +59,24 @@ UNITS = {
     "acc_real": "VAE-GAN: fraction of test images D calls real",
     "acc_rec": "VAE-GAN: fraction of reconstructions D calls fake",
     "acc_prior": "VAE-GAN: fraction of prior samples D calls fake",
+    "fid": "Frechet distance of the samples' features to the test images' (Heusel et al. "
+           "2017), in the feature space named in features (lower is better; not comparable "
+           "across feature networks or sample counts)",
+    "fid_recon": "the same for the reconstructions of the test images (z = mu, or code h)",
+    "kid": "kernel distance (Binkowski et al. 2018): unbiased MMD^2, cubic polynomial kernel, "
+           "mean over 100 subsets of 1,000 (kid_std: their standard deviation)",
+    "precision": "share of samples inside the test images' feature manifold (k = 3; "
+                 "Kynkaanniemi et al. 2019): fidelity",
+    "recall": "share of test images inside the samples' manifold (k = 3): diversity",
+    "density": "Naeem et al. 2020 (k = 5): about 1 when samples spread as the test images do",
+    "coverage": "share of test images whose k = 5 neighbourhood holds a sample (Naeem et al. 2020)",
+    "confidence": "the domain classifier's mean top probability on the samples",
+    "class_entropy": "entropy of the classes the domain classifier gives the samples, nats "
+                     "(log of the class count when all are drawn equally)",
+    "class_match": "conditional models: share of samples of class c classified as c",
+    "features": "the feature networks of the sample-quality numbers: name, weights hash, "
+                "test accuracy, and the counts of samples and test images compared",
+    "*_inception": "the same number in Inception v3's 2048 pool features",
 }
 def build_parser():
     p = Parser(prog="evaluate.py", description="Metrics and figures for train.py run folders.",
@@ -70,6 +89,11 @@ def build_parser():
     a("--iw-samples", type=int, default=0, help="K of the importance-sampled likelihood (a tighter "
       "bound than the test loss; 1000 for numbers to compare with papers, minutes on a CPU; "
       "default: 0, skipped)")
+    a("--fid-samples", type=int, default=10000, help="samples per run for FID, KID, precision "
+      "and recall against the test images (0 skips them)")
+    a("--inception-weights", default="download", help="Inception v3 for RGB data's FID: "
+      "download (torchvision's ImageNet weights, once), a PATH to their state dict (offline; "
+      "also for grey data), or none")
     a("--chunk", type=int, default=1024, help="images x samples decoded at once (bounds memory)")
     a("--n", type=int, default=10, help="images per figure row (samples: an n x n grid)")
     a("--seed", type=int, default=0, help="seeds every sample drawn in evaluation")
@@ -242,6 +266,83 @@ def measure(model, cfg, splits, args, history, epoch):
     return m, codes
 
 
+def feature_spaces(cfg, splits, root, device, args):
+    """[(suffix of its metric names, network, info, the test images' features)] for the
+    sample-quality metrics: the dataset's domain network when its data have labels (trained
+    and cached on first use), and Inception v3 for RGB data (grey data too when given its
+    weights as a file) unless --inception-weights none."""
+    spaces, test = [], splits["test"][0]
+    if cfg["num_classes"]:
+        net, info = features.domain_network(cfg["dataset"], root, splits, cfg["num_classes"])
+        spaces.append(("", net.to(device), info))
+        print(f"Sample quality in the features of the {info['name']} (weights {info['hash']}, "
+              f"test accuracy {100 * info['test_accuracy']:.2f}%)")
+    else:
+        print(f"{cfg['dataset']} has no labels, so no domain feature network: sample quality "
+              f"only in Inception's features, where its weights are at hand")
+    weights = args.inception_weights
+    if weights != "none" and (test.shape[1] == 3 or weights != "download"):
+        net, info = features.inception(weights)
+        if net is None:
+            print(info)
+        else:
+            spaces.append(("_inception", features.InceptionFeatures(net).to(device), info))
+    return [(suffix, net, info, embed([(suffix, net)], data.batches(*splits["test"], 500))[0][suffix])
+            for suffix, net, info in spaces]
+
+
+@torch.no_grad()
+def embed(spaces, batches):
+    """({suffix: (N, F) float64 features}, the domain network's logits or None) of batches
+    (images in [0, 1] first in each)."""
+    found, logits = {suffix: [] for suffix, *_ in spaces}, []
+    for batch in batches:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        for suffix, net, *_ in spaces:
+            f = net.features(x)
+            found[suffix].append(f.double())
+            if suffix == "":
+                logits.append(net.head(f))
+    return {k: torch.cat(v) for k, v in found.items()}, torch.cat(logits) if logits else None
+
+
+@torch.no_grad()
+def sample_quality(model, cfg, split, spaces, n, seed):
+    """FID, KID, precision, recall, density and coverage of n samples from the prior (when
+    the model samples) against the test images, in each feature space; the FID of the
+    test images' reconstructions (from the inputs of the test loss); the domain
+    classifier's view of the samples; and what was compared ("features")."""
+    m, about, t0 = {}, {}, time.perf_counter()
+    device = split[0].device
+    fakes, asked = None, None
+    if model.can_sample:
+        z = torch.randn(n, model.latent_dim, generator=torch.Generator().manual_seed(seed)).to(device)
+        asked = (torch.arange(n, device=device) % cfg["num_classes"]) if model.conditional else None
+        fakes, logits = embed(spaces, (figures.decode01(model, z[i:i + 1000], None if asked is None
+                                                        else asked[i:i + 1000])
+                                       for i in range(0, n, 1000)))
+        if logits is not None:
+            m.update(metrics.classifier_view(logits, asked))
+    recons = embed(spaces, (data.to_unit(model.reconstruct(x, y), cfg["output"]).clamp(0, 1)
+                            for x, _, y in data.batches(*split, 500, output=cfg["output"],
+                                                        noise=data.parse_noise(cfg["noise"]),
+                                                        noise_seed=data.TEST_NOISE_SEED)))[0]
+    for suffix, net, info, real in spaces:
+        if fakes is not None:
+            fake = fakes[suffix]
+            m["fid" + suffix] = metrics.fid(real, fake)
+            m["kid" + suffix], m["kid_std" + suffix] = metrics.kid(real, fake)
+            m.update({k + suffix: v for k, v in metrics.manifold_metrics(real, fake).items()})
+        m["fid_recon" + suffix] = metrics.fid(real, recons[suffix])
+        about["inception" if suffix else "domain"] = {**info, "samples": n if fakes is not None
+                                                      else 0, "test_images": len(real)}
+    m["features"] = about
+    print(f"  sample quality: {n if fakes is not None else 0:,} samples and "
+          f"{len(split[0]):,} reconstructions against the test images, "
+          f"{time.perf_counter() - t0:.1f} s", flush=True)
+    return m
+
+
 @torch.no_grad()
 def draw(model, cfg, split, m, codes, history, name, out, args):
     """The figures of one run, into folder `out`."""
@@ -328,9 +429,12 @@ def main(argv=None):
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         for flag, value, low, high in (("--iw-samples", args.iw_samples, 0, 100_000),
-                                       ("--chunk", args.chunk, 1, 65_536), ("--n", args.n, 1, 100)):
+                                       ("--chunk", args.chunk, 1, 65_536), ("--n", args.n, 1, 100),
+                                       ("--fid-samples", args.fid_samples, 0, 1_000_000)):
             if not low <= value <= high:  # above high: hours of work, or a figure of gigabytes
                 raise ValueError(f"{flag} must be in [{low}, {high}], got {value}")
+        if 0 < args.fid_samples < 10:
+            raise ValueError(f"--fid-samples must be 0 (skipped) or at least 10, got {args.fid_samples}")
         if args.weights not in ("last", "best"):
             raise ValueError(f"unknown --weights {args.weights!r}; use last or best")
         device = pick_device(args.device)
@@ -370,6 +474,7 @@ def evaluate(dirs, names, out, device, args):
     """Measure each run in turn (one model in memory at a time), write its metrics.json and
     figures; then the comparison figures and the table."""
     splits, identities, rows, recons, histories, kls, configs = {}, {}, [], {}, {}, {}, {}
+    spaces = {}  # dataset key: the feature spaces of its sample-quality metrics
     samples = {}  # dataset: {run: images}, for the side-by-side samples figure
     kinds_of = {}  # run: what its "loss" is
     for name, run_dir in zip(names, dirs):
@@ -387,6 +492,11 @@ def evaluate(dirs, names, out, device, args):
         model.to(device).eval()
         print(f"{run_dir}: {cfg['model']} on {cfg['dataset']}, epoch {epoch} ({args.weights} weights)", flush=True)
         m, codes = measure(model, cfg, splits[key], args, history, epoch)
+        if args.fid_samples:
+            if key not in spaces:
+                spaces[key] = feature_spaces(cfg, splits[key], key[1], device, args)
+            m.update(sample_quality(model, cfg, splits[key]["test"], spaces[key],
+                                    args.fid_samples, args.seed))
         if logged and abs(m["test_loss"] - m["history_test_loss"]) > 0.05 * abs(m["history_test_loss"]) + 1:
             print(f"{run_dir}: warning: its test loss now is {m['test_loss']:.2f}, but "
                   f"{m['history_test_loss']:.2f} was logged at epoch {epoch}: other data under "

@@ -170,6 +170,88 @@ def classifier_accuracy(net, images, labels):
     return hits / len(labels)
 
 
+def fid(real, fake):
+    """Fréchet distance between Gaussians fitted to two feature sets (N, F) and (M, F)
+    (Heusel et al. 2017): ||m1 - m2||^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)), with
+    tr (S1 S2)^(1/2) = sum of sqrt(eigenvalues of S1^(1/2) S2 S1^(1/2)), a symmetric matrix
+    (float64; sample covariances, N - 1)."""
+    real, fake = real.double(), fake.double()
+    m1, m2 = real.mean(0), fake.mean(0)
+    s1, s2 = torch.cov(real.T), torch.cov(fake.T)  # (F, F) each
+    lam, v = torch.linalg.eigh(s1)
+    root1 = (v * lam.clamp_min(0).sqrt()) @ v.T  # S1^(1/2)
+    middle = torch.linalg.eigvalsh(root1 @ s2 @ root1).clamp_min(0).sqrt().sum()
+    return ((m1 - m2).pow(2).sum() + s1.trace() + s2.trace() - 2 * middle).item()
+
+
+def kid(real, fake, subsets=100, size=1000, seed=0):
+    """Kernel Inception Distance (Binkowski et al. 2018): the unbiased MMD^2 estimate with
+    the kernel k(a, b) = (a.b / F + 1)^3, over `subsets` random subsets of `size` of each set
+    (fewer when a set is smaller). Returns (mean, standard deviation over the subsets)."""
+    real, fake = real.double(), fake.double()
+    m = min(size, len(real), len(fake))
+    gen = torch.Generator().manual_seed(seed)
+    kernel = lambda a, b: (a @ b.T / a.shape[1] + 1) ** 3  # noqa: E731
+    values = []
+    for _ in range(subsets):
+        a = real[torch.randperm(len(real), generator=gen)[:m]]
+        b = fake[torch.randperm(len(fake), generator=gen)[:m]]
+        kaa, kbb = kernel(a, a), kernel(b, b)
+        within = (kaa.sum() - kaa.trace() + kbb.sum() - kbb.trace()) / (m * (m - 1))
+        values.append((within - 2 * kernel(a, b).mean()).item())
+    return mean_std(values)
+
+
+def kth_distances(x, ks, chunk=2048):
+    """{k: the distance from each row of x to its k-th nearest other row (N,)} for each k."""
+    nearest = torch.cat([torch.cdist(part, x).topk(max(ks) + 1, dim=1, largest=False).values
+                         for part in x.split(chunk)])  # (N, max k + 1), ascending; the row itself first
+    return {k: nearest[:, k] for k in ks}
+
+
+def manifold_metrics(real, fake, k_pr=3, k_dc=5, chunk=2048):
+    """Improved precision and recall (Kynkäänniemi et al. 2019, k = 3) and density and
+    coverage (Naeem et al. 2020, k = 5) of fake features (M, F) against real ones (N, F).
+
+    Each set's manifold is the union of balls around its points reaching their k-th nearest
+    neighbour in the set. Precision: the share of fake points inside the real manifold;
+    recall: the share of real points inside the fake one. Density: the mean number of real
+    balls (k = 5) holding a fake point, over k (about 1 when the fakes spread as the reals
+    do; above 1 where they crowd); coverage: the share of real balls holding a fake point.
+    """
+    real, fake = real.float(), fake.float()
+    radius = kth_distances(real, (k_pr, k_dc), chunk)
+    fake_radius = kth_distances(fake, (k_pr,), chunk)[k_pr]
+    precise, dense = 0, 0
+    recalled = torch.zeros(len(real), dtype=torch.bool, device=real.device)
+    covered = torch.zeros(len(real), dtype=torch.bool, device=real.device)
+    for part, r_fake in zip(fake.split(chunk), fake_radius.split(chunk)):
+        d = torch.cdist(part, real)  # (chunk, N)
+        precise += (d <= radius[k_pr]).any(1).sum().item()
+        hits = d <= radius[k_dc]
+        dense += hits.sum().item()
+        covered |= hits.any(0)
+        recalled |= (d <= r_fake[:, None]).any(0)
+    return {"precision": precise / len(fake), "recall": recalled.sum().item() / len(real),
+            "density": dense / (k_dc * len(fake)), "coverage": covered.sum().item() / len(real)}
+
+
+def classifier_view(logits, asked=None):
+    """What the domain classifier makes of samples, from its logits (M, K): the mean
+    confidence (top softmax probability), the entropy of the histogram of predicted classes
+    in nats (log K when every class is drawn equally often; 0 when all samples look like
+    one class: the Inception score's diversity idea) and, for conditional samples with the
+    classes `asked` (M,), the share classified as asked."""
+    p = logits.double().softmax(1)
+    counts = torch.bincount(p.argmax(1), minlength=p.shape[1]).double()
+    share = counts / counts.sum()
+    view = {"confidence": p.max(1).values.mean().item(),
+            "class_entropy": -(share[share > 0] * share[share > 0].log()).sum().item()}
+    if asked is not None:
+        view["class_match"] = (p.argmax(1) == asked.to(p.device)).double().mean().item()
+    return view
+
+
 def mean_std(values):
     """(mean, sample standard deviation; 0 for one value) of a list of numbers."""
     n, mean = len(values), sum(values) / len(values)

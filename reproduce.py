@@ -27,7 +27,7 @@ def cifar_mse(row):
     return row["test_recon"] / 3072 / 4
 
 
-def autoencoder_measures(run_dir, data_root):
+def autoencoder_measures(run_dir, data_root, quick=False):
     """The autoencoder family's numbers of one finished run, on the MNIST test split: PSNR of
     the input and of the reconstruction (dB, [0, 1] pixels, code h or z = mu), the fraction
     of code activations |h_j| < 1e-2 ("codes below 1e-2"), and the exact ||dh/dx||_F per
@@ -55,6 +55,28 @@ def autoencoder_measures(run_dir, data_root):
             found["Jacobian norm"].append(model.jacobian_norm2(x, h).detach().sqrt())
     return {k: torch.cat(v).mean().item() for k, v in found.items() if v
             and (k != "PSNR input dB" or cfg["noise"])}
+
+
+def sample_quality_measures(run_dir, data_root, quick=False):
+    """The likelihood and the sample quality of one finished run, as evaluate.py measures
+    them (--iw-samples 1000, or 100 with --quick; 10,000 samples in the domain network's
+    features): its metrics.json is reused when it holds them for the run's last weights."""
+    import json
+
+    import evaluate
+    k, path = 100 if quick else 1000, os.path.join(run_dir, "metrics.json")
+    m = json.load(open(path)) if os.path.isfile(path) else {}
+    if not (m.get("iw_samples") == k and "fid" in m and m.get("weights") == "last"
+            and m["features"]["domain"]["samples"] == 10000
+            and os.path.getmtime(path) >= os.path.getmtime(os.path.join(run_dir, "checkpoint.pt"))):
+        code = evaluate.main([run_dir, "--iw-samples", str(k), "--no-figures", "--data-root", data_root])
+        if code:
+            raise SystemExit(code)
+        m = json.load(open(path))
+    found = {"NLL (IW)": m["nll_iw"], "FID": m["fid"], "KID": m["kid"], "precision": m["precision"],
+             "recall": m["recall"], "coverage": m["coverage"], "FID rec": m["fid_recon"],
+             "classes (entropy)": m["class_entropy"], "feature network": m["features"]["domain"]["hash"]}
+    return {**found, **({"class match": m["class_match"]} if "class_match" in m else {})}
 
 
 GAUSSIAN_ARCHS = {"mlp": ["--hidden", "300,100,10", "--lr", "0.0025"],
@@ -155,6 +177,33 @@ EXPERIMENTS = {
              "nats only up to the constant D/2 log(2 pi c) it leaves out, so it is not a "
              "likelihood and does not compare across c. Train numbers are the mean over the "
              "last epoch's steps (z sampled); the study's are its final training losses"),
+    "sample-quality": dict(
+        title="sample quality against likelihood: VAE, VAE-GAN (batch norm or not, gamma 1 or "
+              "10) and conditional VAE on MNIST and Fashion-MNIST (MLPs, d = 20; the CVAE d = 5)",
+        base=[],
+        settings={f"{short}-{model}": ["--dataset", dataset, *flags]
+                  for short, dataset in (("mnist", "mnist"), ("fashion", "fashion-mnist"))
+                  for model, flags in (
+                      ("vae", ["--model", "vae"]), ("vaegan", ["--model", "vaegan"]),
+                      ("vaegan-no-bn", ["--model", "vaegan", "--no-batchnorm"]),
+                      ("vaegan-gamma10", ["--model", "vaegan", "--gamma", "10"]),
+                      ("vaegan-no-bn-gamma10", ["--model", "vaegan", "--no-batchnorm", "--gamma", "10"]),
+                      ("cvae", ["--model", "cvae"]))},
+        epochs=(10, 2), layout="final", columns=[("test loss", "test_loss")], published={},
+        final=sample_quality_measures,
+        figures=[("samples.png", "samples", "samples from the prior (the same z in each row of "
+                  "a latent size)", [f"{d}-{m}" for d in ("mnist", "fashion") for m in (
+                      "vae", "vaegan", "vaegan-no-bn", "vaegan-gamma10", "vaegan-no-bn-gamma10")])],
+        note="test loss: each model's own (VAE: negative ELBO; VAE-GAN: z = mu decode plus KL, "
+             "not a bound; CVAE: negative ELBO given the label); NLL (IW): K = 1000 importance "
+             "samples, nats per image (Bernoulli on grey levels: a cross-entropy, comparable "
+             "between these runs only; the CVAE's is -log p(x | y)); FID, KID (unbiased MMD^2, "
+             "cubic kernel), precision, recall (k = 3), coverage (k = 5) of 10,000 samples and "
+             "FID rec of the 10,000 test reconstructions, against the 10,000 test images in "
+             "the features of the dataset's domain CNN (the feature network's weights hash "
+             "in its column; numbers from another hash do not compare); classes (entropy): of "
+             "the classes the domain CNN gives the samples, nats (log 10 = 2.30 when all ten "
+             "are drawn alike); class match: the CVAE's samples classified as the class asked"),
     "autoencoders": dict(
         title="the autoencoder family on MNIST (MLP 784-400-20: plain, denoising, sparse, "
               "contractive; the VAE beside them)",
@@ -216,7 +265,7 @@ def setting_of(run_name):
     return run_name.rsplit("-seed", 1)[0]
 
 
-def report(exp, folder, todo, data_root):
+def report(exp, folder, todo, data_root, quick=False):
     """Per epoch (or, with layout "final", at the last epoch) each setting's mean +- std over
     its seeds beside the published number."""
     histories = {}
@@ -225,7 +274,7 @@ def report(exp, folder, todo, data_root):
         histories.setdefault(setting_of(name), []).append(ckpt["history"])
     lines = [f"## {exp['title']}", "", f"Units: {exp['note']}.", ""]
     if exp.get("layout") == "final":
-        return "\n".join(lines + final_table(exp, histories) + measured(exp, folder, todo, data_root))
+        return "\n".join(lines + final_table(exp, histories) + measured(exp, folder, todo, data_root, quick))
     for label, how in exp["columns"]:
         heads, cells_of = [], []
         for setting, hs in histories.items():
@@ -240,7 +289,7 @@ def report(exp, folder, todo, data_root):
         lines += [f"| {e} | " + " | ".join(c(e) for c in cells_of) + " |"
                   for e in sorted(set(range(1, ours + 1)) | published)]
         lines.append("")
-    return "\n".join(lines + measured(exp, folder, todo, data_root))
+    return "\n".join(lines + measured(exp, folder, todo, data_root, quick))
 
 
 def final_table(exp, histories):
@@ -262,13 +311,13 @@ def final_table(exp, histories):
     return lines + [""]
 
 
-def measured(exp, folder, todo, data_root):
+def measured(exp, folder, todo, data_root, quick=False):
     """The table of the numbers exp["final"] measures on each run's final weights."""
     if "final" not in exp:
         return []
     found = {}
     for name, _ in todo:  # (the labels in the order of the run that has the most)
-        values = exp["final"](os.path.join(folder, name), data_root)
+        values = exp["final"](os.path.join(folder, name), data_root, quick)
         for label, v in values.items():
             found.setdefault(label, {}).setdefault(setting_of(name), []).append(v)
     found = dict(sorted(found.items(), key=lambda item: -len(item[1])))
@@ -320,6 +369,8 @@ def spread(values):
     values = [v for v in values if v is not None]
     if not values:
         return ""
+    if isinstance(values[0], str):  # a name, such as the feature network's hash
+        return ", ".join(dict.fromkeys(values))
     digits = 4 if abs(values[0]) < 1 else 2
     mean, std = metrics.mean_std(values)
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if len(values) > 1 else "")
@@ -357,7 +408,7 @@ def main(argv=None):
         runs.unlock(held, folder)
     if code:
         return code
-    text = report(exp, folder, todo, args.data_root)
+    text = report(exp, folder, todo, args.data_root, args.quick)
     if args.quick:
         text = (f"QUICK: {exp['epochs'][1]} epoch(s), one seed: a smoke test, not comparable "
                 f"with the published numbers.\n\n{text}")

@@ -10,7 +10,11 @@ COLUMNS = [("test_loss", "test loss", 2), ("train_loss", "train loss", 2), ("gap
            ("nelbo", "NELBO", 2), ("nll_iw", "NLL (IW)", 2), ("bits_per_dim", "bits/dim", 3),
            ("mse", "MSE", 4), ("psnr", "PSNR dB", 2), ("psnr_noisy", "noisy PSNR", 2),
            ("active_units", "AU", 0), ("probe_accuracy", "probe acc", 3),
-           ("acc_real", "D real", 2), ("acc_rec", "D rec", 2), ("acc_prior", "D prior", 2)]
+           ("acc_real", "D real", 2), ("acc_rec", "D rec", 2), ("acc_prior", "D prior", 2),
+           ("fid", "FID", 2), ("kid", "KID", 4), ("precision", "precision", 3),
+           ("recall", "recall", 3), ("fid_recon", "FID rec", 2), ("class_match", "class match", 3),
+           ("fid_inception", "FID (Inc.)", 2), ("kid_inception", "KID (Inc.)", 4),
+           ("fid_recon_inception", "FID rec (Inc.)", 2)]
 
 
 
@@ -28,8 +32,10 @@ NOT_SETTINGS = {"seed", "out", "command", "resume_commands", "resume", "data", "
 IMPLIED = {"augment": ("hflip", "crop")}  # a setting that sets others: compared as one
 GROUPED = [("test_loss", "test loss", 2), ("nelbo", "NELBO", 2), ("nll_iw", "NLL (IW)", 2),
            ("mse", "MSE", 4), ("psnr", "PSNR dB", 2), ("active_units", "AU", 1),
-           ("probe_accuracy", "probe acc", 3)]
-COMPARED = ("test_loss", "nll_iw", "mse")  # the differences group_table tests
+           ("probe_accuracy", "probe acc", 3), ("fid", "FID", 2), ("kid", "KID", 4),
+           ("precision", "precision", 3), ("recall", "recall", 3), ("fid_recon", "FID rec", 2),
+           ("fid_inception", "FID (Inc.)", 2)]
+COMPARED = ("test_loss", "nll_iw", "mse", "fid")  # the differences group_table tests
 
 
 def groups(rows, configs):
@@ -99,6 +105,25 @@ def group_table(rows, configs):
     return "\n".join(lines)
 
 
+def feature_notes(rows):
+    """The footnote naming the feature space(s) and counts behind the FID columns; a warning
+    when the runs' numbers come from different feature networks or counts."""
+    notes = []
+    for space, what in (("domain", "FID, KID, precision, recall"), ("inception", "(Inc.)")):
+        seen = {(f["hash"], f["samples"], f["test_images"]): f for _, m in rows
+                for f in [m.get("features", {}).get(space)] if f}
+        for (digest, samples, reals), f in seen.items():
+            accuracy = f" (test accuracy {100 * f['test_accuracy']:.2f}%)" if "test_accuracy" in f else ""
+            notes.append(f"\n{what}: in the features of the {f['name']}, weights {digest}"
+                         f"{accuracy}; {samples:,} samples (FID rec: the reconstructions) "
+                         f"against {reals:,} test images. Not comparable with numbers from "
+                         f"another feature network or other counts.")
+        if len(seen) > 1:
+            notes.append(f"\nWarning: the runs' {what} numbers come from {len(seen)} different "
+                         f"feature networks or counts (above); compare only rows that share one.")
+    return notes
+
+
 def table(rows):
     """A markdown table, one row per run, the columns any run has."""
     cols = [c for c in COLUMNS if any(c[0] in m for _, m in rows)]
@@ -113,6 +138,7 @@ def table(rows):
         lines.append("\nThe test loss is each model's own quantity: a negative ELBO with z "
                      "sampled once (vae, cvae), the reconstruction term (ae), the reconstruction "
                      "with z = mu plus KL, not a bound (vaegan); compare models on NELBO or MSE.")
+    lines += feature_notes(rows)
     if any(m.get("likelihood") == "bce" and "nll_iw" in m for _, m in rows):
         lines.append("\n\\* bce (Bernoulli) decoder: a cross-entropy on grey levels, not a "
                      "likelihood of the pixel values; compare it with other bce runs only.")
