@@ -87,3 +87,23 @@ def test_unknown_settings_are_refused_before_any_run(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--settings: cnn-z9 not a setting of gaussian-decoder" in err and "cnn-fashion-z2" in err
     assert not os.listdir(tmp_path)
+
+
+def test_the_sample_quality_study_measures_each_run_once(tiny_data, tmp_path, capsys, monkeypatch):
+    argv = ["sample-quality", "--quick", "--data-root", tiny_data, "--runs", str(tmp_path),
+            "--settings", "mnist-vae,mnist-vaegan,mnist-cvae"]
+    assert reproduce.main(argv) == 0
+    text = capsys.readouterr().out.split("At the last epoch:")[1]
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines()
+            if line.startswith("| ")]
+    rows = {r[0]: r for r in rows}
+    assert set(rows) == {"setting", "mnist-vae", "mnist-vaegan", "mnist-cvae"}
+    cells = {s: dict(zip(rows["setting"], r)) for s, r in rows.items()}
+    m = json.load(open(os.path.join(tmp_path, "sample-quality-quick", "mnist-vae-seed1", "metrics.json")))
+    assert m["iw_samples"] == 100 and m["features"]["domain"]["samples"] == 10000
+    assert float(cells["mnist-vae"]["FID"]) == pytest.approx(m["fid"], abs=0.01)
+    assert cells["mnist-vae"]["feature network"] == m["features"]["domain"]["hash"]
+    assert cells["mnist-cvae"]["class match"] and not cells["mnist-vae"]["class match"]
+    import evaluate  # the same command again reads each run's metrics.json, evaluating nothing
+    monkeypatch.setattr(evaluate, "main", lambda argv: pytest.fail("evaluated again"))
+    assert reproduce.main(argv) == 0
