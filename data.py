@@ -1,7 +1,9 @@
 """Datasets as uint8 tensors on the training device, from one registry.
 
 A dataset is named by --dataset: a torchvision one (mnist, fashion-mnist, cifar10), celeba,
-or npz:PATH (arrays) or folder:PATH (image files), the last three read by images.py. Each gives uint8 images (N, C, H, W),
+or npz:PATH (arrays) or folder:PATH (image files), the last three read by images.py, or
+dsprites (dsprites.py: generated, with its factors; its splits draw their images a batch
+at a time). Each gives uint8 images (N, C, H, W),
 int64 labels (N,) and class names (None: no labels), for a train and a test split; --image-size
 and --channels fit any of them to one shape. Each split is read once and moved to the
 device; batches are slices of a `torch.randperm` order, and scaling, flips, crops and noise
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 import torchvision
 from torchvision.datasets import utils as tv_utils
 
+import dsprites
 from images import DataError, fit, folder_header, npz_header, read_celeba, read_folder, read_npz
 
 # name -> (torchvision class, folder under the data root, files that must be there)
@@ -53,9 +56,9 @@ def canonical_name(name):
             raise ValueError(f"--dataset {name}: give a path, e.g. {kind}:~/my_images")
         return f"{kind}:{','.join(os.path.expanduser(p) for p in path.split(','))}"
     name = ALIASES.get(name.lower(), name.lower())
-    if name not in DATASETS and name != "celeba":
+    if name not in DATASETS and name not in ("celeba", "dsprites"):
         raise ValueError(f"unknown dataset {name!r}; use mnist, fashion-mnist, cifar10, "
-                         f"celeba, npz:PATH or folder:PATH")
+                         f"celeba, dsprites, npz:PATH or folder:PATH")
     return name
 
 
@@ -70,6 +73,10 @@ def describe(name, size=None, channels=None):
         shape, classes = folder_header(path)
     elif name == "celeba":
         shape, classes = (3, 64, 64), None  # after the centre crop and resize of read_celeba
+    elif name == "dsprites":
+        if (size or 64) != 64 or (channels or 1) != 1:
+            raise ValueError("dsprites is drawn at 64x64 in grey: drop --image-size and --channels")
+        shape, classes = (1, 64, 64), dsprites.SHAPES
     else:
         shape, classes = ((3, 32, 32) if name == "cifar10" else (1, 28, 28)), CLASSES[name]
     channels = channels or shape[0]
@@ -197,10 +204,14 @@ def load(name, root="./data", device="cpu", download=True, budget=float("inf"), 
         read = read_folder(path, size, channels, skip_bad)
     elif name == "celeba":
         read = read_celeba(root, download, size, channels, skip_bad)  # with its own validation split
+    elif name == "dsprites":
+        describe(name, size, channels)
+        read = dsprites.read(root)
     else:
         read = {split: load_split(name, root, split == "train", download) for split in ("train", "test")}
         check_splits(name, root, read)
-    read = {split: (fit(images, size, channels), labels) for split, (images, labels) in read.items()}
+    read = {split: (fit(images, size, channels) if torch.is_tensor(images) else images, labels)
+            for split, (images, labels) in read.items()}
     if val_split and "val" not in read:
         read["train"], read["val"] = split_off(*read["train"], val_split)
     splits = {}
@@ -239,7 +250,8 @@ def identity(splits):
     for split, (images, labels) in splits.items():
         h = hashlib.blake2b(digest_size=8)
         for t in (images, labels):
-            h.update(t.detach().cpu().contiguous().numpy())
+            h.update(t.fingerprint() if isinstance(t, dsprites.Sprites) else
+                     t.detach().cpu().contiguous().numpy())
         out[split] = [len(images), h.hexdigest()]
     return out
 
@@ -254,12 +266,13 @@ def split_off(images, labels, size, seed=1):
                         f"give a count in [1, {n - 1}] or a fraction in (0, 1)")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(images.device)
     val, train = order[:count].sort().values, order[count:].sort().values
-    return ((images.index_select(0, train), labels.index_select(0, train)),
-            (images.index_select(0, val), labels.index_select(0, val)))
+    take = images.subset if isinstance(images, dsprites.Sprites) else lambda i: images.index_select(0, i)
+    return ((take(train), labels.index_select(0, train)), (take(val), labels.index_select(0, val)))
 
 
 def fits(images, budget):
-    return images.numel() * images.element_size() <= budget
+    """Whether a split's images may sit on the device: a Sprites split is only its positions."""
+    return isinstance(images, dsprites.Sprites) or images.numel() * images.element_size() <= budget
 
 
 def parse_noise(spec):

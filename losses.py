@@ -133,3 +133,33 @@ def kl_sparsity(h, rho, eps=1e-7):
     """
     rho_hat = h.mean(0).clamp(eps, 1 - eps)
     return (rho * torch.log(rho / rho_hat) + (1 - rho) * torch.log((1 - rho) / (1 - rho_hat))).sum()
+
+
+# The KL term's schedules (train.py gives the model its progress: epochs done, a float)
+
+def warmup_weight(beta, epochs_done, epochs):
+    """KL warm-up (Bowman et al. 2016; Sonderby et al. 2016): beta * min(1, t / epochs)."""
+    return beta * min(1.0, epochs_done / epochs)
+
+
+def cyclical_weight(beta, epochs_done, cycle, ramp=0.5):
+    """Cyclical annealing (Fu et al. 2019): within each cycle of `cycle` epochs, beta rises
+    linearly from 0 over the first `ramp` of it, then holds."""
+    return beta * min(1.0, (epochs_done % cycle) / (ramp * cycle))
+
+
+def free_bits_kl(kl_per_dim, floor):
+    """Free bits (Kingma et al. 2016): sum_d max(floor, the batch-mean KL of dimension d).
+    kl_per_dim: (B, D). Below the floor a dimension's KL has no gradient."""
+    return kl_per_dim.mean(0).clamp_min(floor).sum()
+
+
+def capacity_target(c_max, epochs_done, epochs):
+    """Controlled capacity (Burgess et al. 2018): C rises linearly from 0 to c_max nats over
+    `epochs` (at once when 0)."""
+    return c_max * (min(1.0, epochs_done / epochs) if epochs else 1.0)
+
+
+def capacity_kl(kl, target):
+    """|KL - C| (Burgess et al. 2018), which the loss weighs by gamma (here beta)."""
+    return (kl - target).abs()

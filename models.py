@@ -24,7 +24,8 @@ loss(input, target, labels) -> {term: tensor}
     in nats per image (losses.py). "loss" is the number reported as the training loss;
     term_weights says what multiplies each other term in it ({"kl": beta}), so the
     logged terms add up. Terms named skips_* are counts per step (summed, not averaged).
-    labels (B,) may be ignored.
+    labels (B,) may be ignored. progress (an attribute) is the epochs done, a float the loop
+    sets before each step, for schedules (the KL warm-up); None outside training.
 parameter_groups() -> {name: [parameters]}
     One optimizer per group: {"model": all} for a VAE or AE; {"encoder", "decoder",
     "discriminator"} for the VAE-GAN (a group named "discriminator" takes --lr-disc).
@@ -59,11 +60,12 @@ import inspect
 import torch
 
 from ae import AE
+from btcvae import BetaTCVAE
 from cvae import CVAE
 from vae import VAE
 from vaegan import VAEGAN
 
-MODELS = {"vae": VAE, "ae": AE, "vaegan": VAEGAN, "cvae": CVAE}
+MODELS = {"vae": VAE, "ae": AE, "vaegan": VAEGAN, "cvae": CVAE, "btcvae": BetaTCVAE}
 
 
 def defaults(cls):

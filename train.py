@@ -104,6 +104,7 @@ def train_epoch(model, opt, split, cfg, epoch, noise, signals=None, resume=None,
             continue  # batch norm cannot normalize a batch of one image
         if cfg["channels_last"]:
             x = x.contiguous(memory_format=torch.channels_last)
+        model.progress = epoch - 1 + (step - 1) / n_steps  # epochs done: the KL schedules' clock
         out = train_step(model, loss, opt, groups, x, target, y, cfg, autocast)
         tally.add(out, step, x.shape[0])
         progress = step % cfg["log_interval"] == 0 and step < n_steps
@@ -231,6 +232,18 @@ def save_figures(model, split, cfg, noise, epoch, z, copy_to=None):
     progress.add_epoch(cfg["out"], epoch, fixed, rows, titles)
 
 
+@torch.no_grad()
+def active_units(model, split, cfg, noise, copy_to=None):
+    """A variational model's active units on the test split (Burda et al. 2016), or None:
+    the units whose mean E_q[z_d | x] varies over the test images by more than 0.01."""
+    if not model.variational:
+        return None
+    codes = torch.cat([model.latent(x, y) for x, _, y in data.batches(
+        *split, 1000, output=cfg["output"], noise=noise, noise_seed=data.TEST_NOISE_SEED,
+        device=copy_to)])
+    return metrics.active_units(codes)[0]  # every process holds the whole test split
+
+
 def epoch_line(terms, weights):
     """The terms after the loss, each with the weight it enters the loss with (when not 1)."""
     return ", ".join(f"{weights[k]:g} x {k} {v:.4f}" if weights.get(k, 1) != 1 else f"{k} {v:.4f}"
@@ -320,10 +333,18 @@ def run(cfg, ckpt=None, signals=None):
               f"({epoch_line(train, weights)}) {seconds:.1f}s")
         if val:
             print(f"====> Validation loss: {val['loss']:.4f} ({epoch_line(val, {})})")
-        print(f"====> Test set loss: {test['loss']:.4f} ({epoch_line(test, {})})", flush=True)
+        active = active_units(model, splits["test"], cfg, noise, copy_to["test"])
+        print(f"====> Test set loss: {test['loss']:.4f} ({epoch_line(test, {})})"
+              + (f"; active units {active} of {model.latent_dim}" if active is not None else ""),
+              flush=True)
+        if active is not None and active < model.latent_dim / 4:
+            print(f"warning: posterior collapse: {active} of {model.latent_dim} latent units are "
+                  f"active (Cov_x E[z_d | x] > 0.01 on the test split); a lower --beta, "
+                  f"--kl-warmup or --free-bits keeps more")
         history.append({"epoch": epoch, **{f"train_{k}": v for k, v in train.items()},
                         **{f"val_{k}": v for k, v in val.items()},
                         **{f"test_{k}": v for k, v in test.items()},
+                        **({"test_active_units": active} if active is not None else {}),
                         "seconds": round(seconds, 3), "lr": lr})
         improved = bool(val) and val["loss"] < best  # chosen on validation, never on test
         best = min(best, val["loss"]) if val else best

@@ -201,6 +201,20 @@ def check_networks(image_shape, latent_dim, arch, hidden, act, dropout, archs=AR
         raise ValueError(f"dropout={dropout!r} must be in [0, 1)")
 
 
+def check_schedules(kl_warmup, kl_cycle, free_bits, capacity, capacity_epochs):
+    """ValueError for a negative schedule setting or two that cannot go together."""
+    for name, v in locals().items():
+        if not (isinstance(v, (int, float)) and 0 <= v < math.inf):
+            raise ValueError(f"{name}={v!r} must be a number >= 0 (0: off)")
+    if kl_warmup and kl_cycle:
+        raise ValueError(f"kl_warmup={kl_warmup} and kl_cycle={kl_cycle}: choose one schedule of beta")
+    if capacity and (kl_warmup or kl_cycle or free_bits):
+        raise ValueError(f"capacity={capacity} replaces beta's schedule and free bits with "
+                         f"beta * |KL - C|: give it alone")
+    if capacity_epochs and not capacity:
+        raise ValueError(f"capacity_epochs={capacity_epochs} is the ramp of capacity: give capacity too")
+
+
 def positive(**values):
     """ValueError naming the first value that is not a finite number > 0."""
     for name, v in values.items():
@@ -230,6 +244,15 @@ class VAE(nn.Module):
     """
     OPTIONS = {**NETWORK_OPTIONS,
                "beta": (float, "weight of the KL term (beta-VAE); 1 is the ELBO"),
+               "kl_warmup": (float, "epochs over which beta rises linearly from 0 (KL warm-up); 0: off"),
+               "kl_cycle": (float, "cyclical annealing (Fu et al. 2019): beta rises from 0 over "
+                                   "the first half of each cycle of this many epochs; 0: off"),
+               "free_bits": (float, "free bits (Kingma et al. 2016): each latent dimension's "
+                                    "batch-mean KL counts as at least this many nats; 0: off"),
+               "capacity": (float, "controlled capacity (Burgess et al. 2018): the loss has "
+                                   "beta * |KL - C| with C rising to this many nats; 0: off"),
+               "capacity_epochs": (float, "epochs over which C rises from 0 to --capacity "
+                                          "(0: C = --capacity from the start)"),
                "posterior_variance": (str, "how the encoder's second half h gives q(z|x)'s "
                                            "variance: logvar (exp(h)) or softplus (softplus(h) "
                                            "+ 1e-8, the Gaussian-decoder study's)")}
@@ -239,7 +262,8 @@ class VAE(nn.Module):
 
     def __init__(self, image_shape=(1, 28, 28), num_classes=None, latent_dim=20, arch="mlp",
                  hidden=None, act="relu", dropout=0.0, batchnorm=None, output="sigmoid",
-                 recon=None, beta=1.0, c=0.05, posterior_variance="logvar"):
+                 recon=None, beta=1.0, c=0.05, posterior_variance="logvar", kl_warmup=0.0,
+                 kl_cycle=0.0, free_bits=0.0, capacity=0.0, capacity_epochs=0.0):
         super().__init__()
         self.image_shape = tuple(image_shape)
         check_networks(self.image_shape, latent_dim, arch, hidden, act, dropout, self.ARCHS)
@@ -253,6 +277,11 @@ class VAE(nn.Module):
         self.latent_dim, self.arch, self.act, self.dropout = latent_dim, arch, act, dropout
         self.output, self.recon, self.beta, self.c = output, recon, beta, c
         self.posterior_variance = posterior_variance
+        check_schedules(kl_warmup=kl_warmup, kl_cycle=kl_cycle, free_bits=free_bits,
+                        capacity=capacity, capacity_epochs=capacity_epochs)
+        self.kl_warmup, self.kl_cycle, self.free_bits = kl_warmup, kl_cycle, free_bits
+        self.capacity, self.capacity_epochs = capacity, capacity_epochs
+        self.progress = None  # epochs done, set by the loop each step; None: past any schedule
         self.likelihood = recon  # the decoder's distribution that nll() uses
         self.batchnorm = arch != "mlp" if batchnorm is None else bool(batchnorm)
         self.hidden = (tuple(hidden) if hidden else self.default_hidden()) if arch == "mlp" else None
@@ -271,8 +300,34 @@ class VAE(nn.Module):
         return {"encoder": encoder, "decoder": decoder}
 
     @property
+    def scheduled(self):
+        return bool(self.kl_warmup or self.kl_cycle or self.free_bits or self.capacity)
+
+    @property
     def term_weights(self):
-        return {"kl": self.beta}
+        """With a schedule the loss adds kl_term (beta now times the KL, free bits or
+        |KL - C|), and the true KL is logged beside it."""
+        return {"kl": 0, "kl_term": 1, "capacity_c": 0} if self.scheduled else {"kl": self.beta}
+
+    def kl_terms(self, mu, logvar):
+        """({"kl": the batch-mean KL, and with a schedule "kl_term" (and the capacity C)},
+        what the loss adds for the KL)."""
+        per_dim = losses.kl_normal(mu, logvar, per_dim=True)  # (B, D)
+        kl = per_dim.sum(1).mean()
+        if not self.scheduled:
+            return {"kl": kl}, self.beta * kl
+        t = math.inf if self.progress is None else self.progress
+        terms = {"kl": kl}
+        if self.capacity:
+            terms["capacity_c"] = torch.full_like(kl, losses.capacity_target(
+                self.capacity, t, self.capacity_epochs))
+            terms["kl_term"] = self.beta * losses.capacity_kl(kl, terms["capacity_c"])
+            return terms, terms["kl_term"]
+        beta = (losses.warmup_weight(self.beta, t, self.kl_warmup) if self.kl_warmup else
+                losses.cyclical_weight(self.beta, t, self.kl_cycle) if self.kl_cycle and t < math.inf
+                else self.beta)
+        terms["kl_term"] = beta * (losses.free_bits_kl(per_dim, self.free_bits) if self.free_bits else kl)
+        return terms, terms["kl_term"]
 
     def encode(self, x, labels=None):
         return self.posterior(self.encoder(x))
@@ -325,12 +380,13 @@ class VAE(nn.Module):
         """Batch means of the per-image terms: loss = recon + beta * kl (nats per image)."""
         logits, mu, logvar = self(input, labels)
         recon = self.nll(logits, target).mean()
-        kl = losses.kl_normal(mu, logvar).mean()
-        return {"loss": recon + self.beta * kl, "recon": recon, "kl": kl}
+        terms, kl_loss = self.kl_terms(mu, logvar)
+        return {"loss": recon + kl_loss, "recon": recon, **terms}
 
     def test_loss(self, input, target, labels=None):
-        """The negative ELBO per image: beta = 1 whatever the training beta."""
+        """The negative ELBO per image: beta = 1 whatever the training beta or schedule."""
         out = self.loss(input, target, labels)
+        out = {k: v for k, v in out.items() if k not in ("kl_term", "capacity_c")}
         out["loss"] = out["recon"] + out["kl"]
         return out
 

@@ -186,8 +186,9 @@ class VAEGAN(VAE):
             recon = losses.gaussian(rec_features.to(f32), real_features.detach().to(f32), c=1.0)
         else:
             recon = self.nll(rec_logits, target)
-        out = {"recon": recon.mean(), "kl": losses.kl_normal(mu, logvar).mean()}
-        out["encoder"] = out["recon"] + self.beta * out["kl"]
+        terms, kl_loss = self.kl_terms(mu, logvar)  # beta * KL, or its schedule (vae.py)
+        out = {"recon": recon.mean(), **terms}
+        out["encoder"] = out["recon"] + kl_loss
         out["adv"] = (losses.gan_real(rec_logit) + losses.gan_real(prior_logit)).mean()
         out["decoder"] = self.gamma * out["recon"] + out["adv"]
         out["disc_real"] = losses.gan_real(real_logit).mean()

@@ -37,7 +37,7 @@ def test_missing_files_offline_give_one_line_naming_the_files(tmp_path, monkeypa
 
 
 def test_unknown_dataset_is_refused():
-    with pytest.raises(ValueError, match="mnist, fashion-mnist, cifar10, celeba, npz:PATH or folder:PATH"):
+    with pytest.raises(ValueError, match="mnist, fashion-mnist, cifar10, celeba, dsprites, npz:PATH or folder:PATH"):
         data.canonical_name("svhn")
 
 

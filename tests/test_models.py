@@ -116,7 +116,8 @@ def test_pytorch_examples_size():
 
 # The model contract (models.py), checked on every registered model.
 OPTIONS = {"vae": {"beta": 2.0}, "ae": {"sparsity": 0.1, "code": "relu", "contractive": 0.01},
-           "vaegan": {"beta": 2.0}, "cvae": {"beta": 2.0}}
+           "vaegan": {"beta": 2.0}, "cvae": {"beta": 2.0},
+           "btcvae": {"beta": 6.0, "mi_weight": 0.5, "kl_warmup": 2.0}}
 
 
 @pytest.mark.parametrize("arch", ["mlp", "conv", "conv3x3"])

@@ -1,0 +1,173 @@
+"""dSprites (Matthey et al. 2017): 64x64 binary images of one shape, on a grid of five
+factors, generated here; or read from DeepMind's file where the user has it.
+
+The grid, in the original order (the last factor varies fastest), 737,280 images:
+    shape        3   square, ellipse, heart
+    scale        6   0.5 to 1, evenly spaced
+    orientation 40   2 pi k / 40, k = 0..39 (counter-clockwise)
+    position x  32   0 to 1, evenly spaced (left to right)
+    position y  32   0 to 1, evenly spaced (top to bottom)
+
+The renderer. DeepMind did not publish theirs, so ours is exact about its own geometry but
+not pixel-identical to theirs. A shape at scale s has radius R = 12 s pixels. Its centre
+is at 12 + 40 p on each axis of the 64-pixel canvas (p the position; pixel i spans [i, i + 1)),
+so every shape stays inside. A pixel is on when its centre, rotated by minus the orientation
+about the shape's centre and divided by R, lands in the unit shape:
+    square   max(|u|, |v|) <= 1 / sqrt(2)   (its corners reach R when rotated)
+    ellipse  u^2 + (2 v)^2 <= 1              (semi-axes R and R / 2)
+    heart    (a^2 + b^2 - 1)^3 <= a^2 b^3, with (a, b) = 1.15 (u, v + 0.1)   (lobes up)
+
+The real file (dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz, 'imgs' of 0/1 bytes) is
+read instead when it is in the data root: the same order, so the same factors; its
+orientations are linspace(0, 2 pi, 40), which repeats 0 at the end.
+
+Neither is held in memory as images (2.8 GB as bytes): a split is a list of grid positions
+(`Sprites`) whose images are drawn, or unpacked from the real file's bits (360 MB), one
+batch at a time on the split's device.
+"""
+import hashlib
+import math
+import os
+
+import numpy as np
+import torch
+
+FACTORS = ("shape", "scale", "orientation", "x", "y")
+SIZES = (3, 6, 40, 32, 32)
+SHAPES = ["square", "ellipse", "heart"]
+COUNT = math.prod(SIZES)  # 737,280
+SIDE = 64
+FILE = "dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz"
+TEST_SIZE = 10_000  # a fixed random 10,000 positions held out as the test split
+VERSION = 1  # of the renderer: a run records it in its data hash
+
+
+def factors_of(index):
+    """Grid positions (N,) -> factor indices (N, 5), mixed radix, the last factor fastest."""
+    out, rest = [], index
+    for size in reversed(SIZES):
+        out.append(rest % size)
+        rest = rest // size
+    return torch.stack(out[::-1], 1)
+
+
+def index_of(factors):
+    """Factor indices (N, 5) -> grid positions (N,)."""
+    index = torch.zeros(len(factors), dtype=torch.long, device=factors.device)
+    for k, size in enumerate(SIZES):
+        index = index * size + factors[:, k]
+    return index
+
+
+def values(factors):
+    """Factor indices (N, 5) -> their values (N, 5): shape 1-3, scale, angle, x, y."""
+    f = factors.double()
+    return torch.stack([f[:, 0] + 1, 0.5 + f[:, 1] * 0.1, f[:, 2] * 2 * math.pi / 40,
+                        f[:, 3] / 31, f[:, 4] / 31], 1)
+
+
+def render(factors):
+    """uint8 images (N, 1, 64, 64), 0 or 255, of factor indices (N, 5), on their device."""
+    v = values(factors).float()
+    shape, radius, angle = factors[:, 0], 12 * v[:, 1], v[:, 2]
+    centre_x, centre_y = 12 + 40 * v[:, 3], 12 + 40 * v[:, 4]
+    pixel = torch.arange(SIDE, device=factors.device, dtype=torch.float32) + 0.5
+    dx = (pixel[None, None, :] - centre_x[:, None, None])  # (N, 1, 64): columns
+    dy = (centre_y[:, None, None] - pixel[None, :, None])  # (N, 64, 1): rows, y up
+    cos, sin = angle.cos()[:, None, None], angle.sin()[:, None, None]
+    u = (dx * cos + dy * sin) / radius[:, None, None]  # rotated by -angle, in radii
+    w = (dy * cos - dx * sin) / radius[:, None, None]
+    square = torch.maximum(u.abs(), w.abs()) <= 2 ** -0.5
+    ellipse = u * u + 4 * w * w <= 1
+    a, b = 1.15 * u, 1.15 * (w + 0.1)
+    heart = (a * a + b * b - 1) ** 3 <= a * a * b ** 3
+    on = torch.where(shape[:, None, None] == 0, square, torch.where(shape[:, None, None] == 1, ellipse, heart))
+    return (on.to(torch.uint8) * 255)[:, None]
+
+
+class Sprites:
+    """One split of dSprites standing in for a uint8 image tensor (N, 1, 64, 64): the grid
+    positions `index` (N,) on a device; its images are drawn (or unpacked from `bits`,
+    the real file's packed pixels, (737,280, 512) uint8) when a batch is taken."""
+    dtype = torch.uint8
+
+    def __init__(self, index, bits=None):
+        self.index, self.bits = index, bits
+
+    @property
+    def shape(self):
+        return torch.Size((len(self.index), 1, SIDE, SIDE))
+
+    @property
+    def device(self):
+        return self.index.device
+
+    def __len__(self):
+        return len(self.index)
+
+    def at(self, positions):
+        """Images (n, 1, 64, 64) uint8 of grid positions (n,)."""
+        if self.bits is None:
+            return render(factors_of(positions))
+        packed = self.bits.index_select(0, positions.to(self.bits.device))  # (n, 512)
+        shifts = torch.arange(7, -1, -1, device=packed.device, dtype=torch.uint8)
+        pixels = (packed[:, :, None] >> shifts) & 1  # np.packbits order: the first pixel highest
+        return (pixels.view(-1, 1, SIDE, SIDE) * 255).to(self.device)
+
+    def index_select(self, dim, idx):
+        return self.at(self.index.index_select(0, idx.to(self.device)))
+
+    def __getitem__(self, idx):
+        return self.at(self.index[idx])
+
+    def subset(self, idx):
+        """The split of some of these positions (still drawn on demand): --val-split."""
+        return Sprites(self.index.index_select(0, idx.to(self.device)), self.bits)
+
+    def to(self, device):
+        return Sprites(self.index.to(device), None if self.bits is None else self.bits.to(device))
+
+    def factors(self):
+        """Factor indices (N, 5) of the split's images."""
+        return factors_of(self.index)
+
+    def fingerprint(self):
+        """Bytes naming the split exactly: its positions and the renderer (or the file's pixels)."""
+        h = hashlib.blake2b(self.index.cpu().numpy().tobytes(), digest_size=16)
+        h.update(f"render v{VERSION}".encode() if self.bits is None else
+                 hashlib.blake2b(self.bits.cpu().numpy().tobytes(), digest_size=16).digest())
+        return h.digest()
+
+
+def read(root):
+    """{"train": (Sprites, shape labels), "test": (...)}: the fixed test positions (seed 0)
+    and the rest in a fixed random order, drawn by the renderer or, when root holds FILE,
+    unpacked from it."""
+    order = torch.randperm(COUNT, generator=torch.Generator().manual_seed(0))
+    bits, path = None, os.path.join(root, FILE)
+    if os.path.isfile(path):
+        images = np.load(path)["imgs"]  # (737280, 64, 64) of 0/1
+        if images.shape != (COUNT, SIDE, SIDE):
+            raise ValueError(f"{path}: 'imgs' is {images.shape}, not ({COUNT}, 64, 64); place "
+                             f"DeepMind's file there, or remove it to use the generated grid")
+        bits = torch.from_numpy(np.packbits(images.reshape(COUNT, -1), axis=1))
+    splits = {}
+    for split, index in (("test", order[:TEST_SIZE].sort().values), ("train", order[TEST_SIZE:])):
+        splits[split] = Sprites(index, bits), factors_of(index)[:, 0].clone()
+    return splits
+
+
+class GroundTruth:
+    """The factor grid as disentanglement metrics use it: sizes, uniform draws, and the
+    images (floats in [0, 1]) of chosen factors, on `device`."""
+    factor_sizes = list(SIZES)
+    factor_names = list(FACTORS)
+
+    def __init__(self, sprites, device="cpu"):
+        self.sprites, self.device = sprites, torch.device(device)
+
+    def sample_factors(self, n, generator):
+        return torch.stack([torch.randint(0, s, (n,), generator=generator) for s in SIZES], 1)
+
+    def images(self, factors):
+        return self.sprites.at(index_of(factors.to(self.device))).float() / 255
