@@ -256,6 +256,15 @@ def identity(splits):
     return out
 
 
+def ground_truth(name, splits):
+    """The generative factors of a dataset that has them, for disentanglement metrics
+    (dsprites.GroundTruth: sizes, names, uniform draws, the images of chosen factors), or
+    None."""
+    if canonical_name(name) == "dsprites":
+        return dsprites.GroundTruth(splits["train"][0], splits["train"][0].device)
+    return None
+
+
 def split_off(images, labels, size, seed=1):
     """(train, validation): `size` images (a count, or a fraction of the split when below 1)
     drawn with a fixed seed, whatever --seed, so every run of a comparison holds out the same."""

@@ -89,7 +89,8 @@ def beta_vae_score(represent, ground_truth, seed, batch_size=64, num_train=10000
 def factor_vae_votes(represent, ground_truth, n, batch_size, gen, variance, active, batch=512):
     """n votes of the FactorVAE classifier (Kim & Mnih 2018, sec. 4): factor k ~ U{0..K-1}
     fixed at a random value over batch_size draws; the active unit with the least
-    variance of its code divided by its std over the data votes for k.
+    variance of its code, over its variance on the whole data (the normalisation by the
+    global std, squared), votes for k.
     Returns counts (K, number of active units)."""
     K = len(ground_truth.factor_sizes)
     chunk = max(1, 8192 // batch_size)
@@ -236,11 +237,17 @@ def evaluate_all(represent, ground_truth, seed=0, batch=512):
         nonlocal start
         out["seconds_" + name], start = time.perf_counter() - start, time.perf_counter()
 
-    out.update(beta_vae_score(represent, ground_truth, seed, batch=batch)); lap("beta_vae")
-    out.update(factor_vae_score(represent, ground_truth, seed, batch=batch)); lap("factor_vae")
-    codes, factors = codes_and_factors(represent, ground_truth, 15000, seed, batch); lap("codes")
+    out.update(beta_vae_score(represent, ground_truth, seed, batch=batch))
+    lap("beta_vae")
+    out.update(factor_vae_score(represent, ground_truth, seed, batch=batch))
+    lap("factor_vae")
+    codes, factors = codes_and_factors(represent, ground_truth, 15000, seed, batch)
+    lap("codes")
     train, test = (codes[:10000], factors[:10000]), (codes[10000:], factors[10000:])
-    out.update(mig(*train)); lap("mig")
-    out.update(dci(*train, *test, seed=seed)); lap("dci")
-    out["sap"] = sap(*train, *test)["sap"]; lap("sap")
+    out.update(mig(*train))
+    lap("mig")
+    out.update(dci(*train, *test, seed=seed))
+    lap("dci")
+    out["sap"] = sap(*train, *test)["sap"]
+    lap("sap")
     return out

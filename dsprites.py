@@ -66,23 +66,33 @@ def values(factors):
                         f[:, 3] / 31, f[:, 4] / 31], 1)
 
 
+WINDOW = 31  # every pixel a shape covers lies within 14 px of its centre (13.97 at scale 1)
+
+
 def render(factors):
-    """uint8 images (N, 1, 64, 64), 0 or 255, of factor indices (N, 5), on their device."""
+    """uint8 images (N, 1, 64, 64), 0 or 255, of factor indices (N, 5), on their device:
+    each shape tested on the 31x31 window of pixels around its centre, then placed."""
     v = values(factors).float()
-    shape, radius, angle = factors[:, 0], 12 * v[:, 1], v[:, 2]
+    shape, radius, angle = factors[:, 0, None, None], 12 * v[:, 1, None, None], v[:, 2, None, None]
     centre_x, centre_y = 12 + 40 * v[:, 3], 12 + 40 * v[:, 4]
-    pixel = torch.arange(SIDE, device=factors.device, dtype=torch.float32) + 0.5
-    dx = (pixel[None, None, :] - centre_x[:, None, None])  # (N, 1, 64): columns
-    dy = (centre_y[:, None, None] - pixel[None, :, None])  # (N, 64, 1): rows, y up
-    cos, sin = angle.cos()[:, None, None], angle.sin()[:, None, None]
-    u = (dx * cos + dy * sin) / radius[:, None, None]  # rotated by -angle, in radii
-    w = (dy * cos - dx * sin) / radius[:, None, None]
+    step = torch.arange(WINDOW, device=factors.device)
+    left = (centre_x.floor().long() - WINDOW // 2).clamp(0, SIDE - WINDOW)  # (N,)
+    top = (centre_y.floor().long() - WINDOW // 2).clamp(0, SIDE - WINDOW)
+    cols, rows = left[:, None] + step, top[:, None] + step  # (N, 31) pixel indices
+    dx = (cols + 0.5 - centre_x[:, None])[:, None, :]  # (N, 1, 31)
+    dy = (centre_y[:, None] - rows - 0.5)[:, :, None]  # (N, 31, 1): y up
+    cos, sin = angle.cos(), angle.sin()
+    u = (dx * cos + dy * sin) / radius  # rotated by -angle, in radii: (N, 31, 31)
+    w = (dy * cos - dx * sin) / radius
     square = torch.maximum(u.abs(), w.abs()) <= 2 ** -0.5
     ellipse = u * u + 4 * w * w <= 1
     a, b = 1.15 * u, 1.15 * (w + 0.1)
     heart = (a * a + b * b - 1) ** 3 <= a * a * b ** 3
-    on = torch.where(shape[:, None, None] == 0, square, torch.where(shape[:, None, None] == 1, ellipse, heart))
-    return (on.to(torch.uint8) * 255)[:, None]
+    on = torch.where(shape == 0, square, torch.where(shape == 1, ellipse, heart))
+    canvas = torch.zeros(len(factors), SIDE * SIDE, dtype=torch.uint8, device=factors.device)
+    where = (rows[:, :, None] * SIDE + cols[:, None, :]).flatten(1)  # (N, 961)
+    canvas.scatter_(1, where, on.flatten(1).to(torch.uint8) * 255)
+    return canvas.view(-1, 1, SIDE, SIDE)
 
 
 class Sprites:
@@ -160,14 +170,15 @@ def read(root):
 class GroundTruth:
     """The factor grid as disentanglement metrics use it: sizes, uniform draws, and the
     images (floats in [0, 1]) of chosen factors, on `device`."""
-    factor_sizes = list(SIZES)
-    factor_names = list(FACTORS)
-
     def __init__(self, sprites, device="cpu"):
         self.sprites, self.device = sprites, torch.device(device)
+        self.factor_sizes, self.factor_names = list(SIZES), list(FACTORS)  # SIZES as now (tests shrink it)
 
     def sample_factors(self, n, generator):
         return torch.stack([torch.randint(0, s, (n,), generator=generator) for s in SIZES], 1)
 
+    def index_of(self, factors):
+        return index_of(factors.to(self.device))
+
     def images(self, factors):
-        return self.sprites.at(index_of(factors.to(self.device))).float() / 255
+        return self.sprites.at(self.index_of(factors)).float() / 255

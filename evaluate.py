@@ -16,10 +16,12 @@ import math
 import os
 import sys
 import time
+import types
 
 import torch
 
 import data
+import disentanglement
 import features
 import figures
 import losses
@@ -77,7 +79,26 @@ UNITS = {
     "features": "the feature networks of the sample-quality numbers: name, weights hash, "
                 "test accuracy, and the counts of samples and test images compared",
     "*_inception": "the same number in Inception v3's 2048 pool features",
+    "beta_vae": "datasets with factors: BetaVAE score (Higgins et al. 2017), a logistic "
+                "regression's accuracy at telling which factor a batch of 64 pairs shares from "
+                "the mean |z1 - z2| (10,000 train, 5,000 eval points; chance 1/K)",
+    "factor_vae": "FactorVAE score (Kim & Mnih 2018): majority-vote accuracy of the unit of "
+                  "least normalised variance when one factor is fixed (units with std < 0.05 "
+                  "pruned; 10,000 train, 5,000 eval votes of 64)",
+    "mig": "mutual information gap (Chen et al. 2018): per factor, the gap between the two "
+           "units with the most mutual information with it (20-bin histograms of the codes, "
+           "10,000 points), over its entropy, averaged",
+    "dci_disentanglement": "DCI (Eastwood & Williams 2018) with gradient-boosted trees' "
+                           "importances (750 training points, 5,000 test): disentanglement, "
+                           "completeness (dci_completeness) and test accuracy "
+                           "(dci_informativeness)",
+    "sap": "SAP (Kumar et al. 2018): per factor, the gap between the two best units' "
+           "linear-SVM accuracies (10,000 train, 5,000 test points), averaged",
+    "mutual_info": "(latent units x factors) mutual information in nats behind MIG",
 }
+TRAIN_IMAGES = 60_000  # train_loss and the probe use at most the first this many training images
+
+
 def build_parser():
     p = Parser(prog="evaluate.py", description="Metrics and figures for train.py run folders.",
                formatter_class=Help)
@@ -201,7 +222,8 @@ def measure(model, cfg, splits, args, history, epoch):
     torch.manual_seed(args.seed)
     noise = data.parse_noise(cfg["noise"])
     test = metrics.test_loss(model, splits["test"], cfg, noise)
-    m = {"test_loss": test["loss"], "train_loss": metrics.test_loss(model, splits["train"], cfg, noise)["loss"]}
+    some_train = (splits["train"][0][:TRAIN_IMAGES], splits["train"][1][:TRAIN_IMAGES])
+    m = {"test_loss": test["loss"], "train_loss": metrics.test_loss(model, some_train, cfg, noise)["loss"]}
     m["gap"] = m["test_loss"] - m["train_loss"]
     row = next(r for r in history if int(r["epoch"]) == epoch)  # the weights' epoch
     m["history_train_loss"], m["history_test_loss"] = float(row["train_loss"]), float(row["test_loss"])
@@ -261,8 +283,8 @@ def measure(model, cfg, splits, args, history, epoch):
         m["iw_samples"], m["iw_seconds"] = k, round(seconds, 2)
         m["iw_images_per_second"] = round(n_test / seconds, 1)
     if cfg["num_classes"]:  # a dataset without labels has nothing to probe for
-        m["probe_accuracy"] = metrics.linear_probe(codes_of(model, splits["train"], cfg),
-                                                   splits["train"][1], codes, splits["test"][1])
+        m["probe_accuracy"] = metrics.linear_probe(codes_of(model, some_train, cfg),
+                                                   some_train[1], codes, splits["test"][1])
     return m, codes
 
 
@@ -272,6 +294,10 @@ def feature_spaces(cfg, splits, root, device, args):
     and cached on first use), and Inception v3 for RGB data (grey data too when given its
     weights as a file) unless --inception-weights none."""
     spaces, test = [], splits["test"][0]
+    if data.ground_truth(cfg["dataset"], splits) is not None:
+        print(f"{cfg['dataset']}: sample quality is not measured (no feature network for its "
+              f"factor grid); its disentanglement is")
+        return []
     if cfg["num_classes"]:
         net, info = features.domain_network(cfg["dataset"], root, splits, cfg["num_classes"])
         spaces.append(("", net.to(device), info))
@@ -344,6 +370,31 @@ def sample_quality(model, cfg, split, spaces, n, seed):
 
 
 @torch.no_grad()
+def factor_metrics(model, cfg, splits):
+    """BetaVAE, FactorVAE, MIG, DCI and SAP (disentanglement.py) of the model's code (z = mu,
+    or the AE's h) on a dataset with factors. The code of every image of the grid is
+    computed once (batches of 1,000), so the metrics' millions of draws are look-ups."""
+    truth = data.ground_truth(cfg["dataset"], splits)
+    t0, count = time.perf_counter(), math.prod(truth.factor_sizes)
+    positions = torch.arange(count, device=splits["train"][0].device)
+    table = torch.cat([model.latent(data.to_range(truth.sprites.at(p).float() / 255, cfg["output"]))
+                       for p in positions.split(1000)])  # (grid size, D)
+    print(f"  factors: the codes of all {count:,} images of the grid in "
+          f"{time.perf_counter() - t0:.0f} s", flush=True)
+
+    # the grid as the metrics see it: an "image" is its grid position, its code a look-up
+    positions = types.SimpleNamespace(factor_sizes=truth.factor_sizes, images=truth.index_of,
+                                      sample_factors=truth.sample_factors)
+    found = disentanglement.evaluate_all(lambda index: table[index.to(table.device)], positions)
+    print(f"  disentanglement metrics in {time.perf_counter() - t0:.0f} s (MIG {found['mig']:.3f})",
+          flush=True)
+    return {**{k: v for k, v in found.items() if not k.startswith("seconds_")},
+            "mutual_info": found["mutual_info"].tolist(), "factor_entropy": found["factor_entropy"].tolist(),
+            "importance": found["importance"].tolist(), "factor_names": truth.factor_names,
+            "factor_seconds": round(time.perf_counter() - t0, 1)}
+
+
+@torch.no_grad()
 def draw(model, cfg, split, m, codes, history, name, out, args):
     """The figures of one run, into folder `out`."""
     n, gen = args.n, torch.Generator().manual_seed(args.seed)
@@ -384,6 +435,14 @@ def draw(model, cfg, split, m, codes, history, name, out, args):
         center, spread = codes.mean(0).cpu(), codes.std(0).cpu()
         order = spread.argsort(descending=True)[:min(8, len(spread))].tolist()
         rows = [f"h{d + 1} (sd {spread[d]:.2f})" for d in order]
+    if "mutual_info" in m:  # a dataset with factors: name each traversed unit by its factor
+        share = torch.tensor(m["mutual_info"]) / torch.tensor(m["factor_entropy"]).clamp_min(1e-12)
+        rows = [f"{r}: {m['factor_names'][share[d].argmax()]} ({share[d].max():.2f})"
+                for r, d in zip(rows, order)]
+        figures.factor_heatmap(m["mutual_info"], m["factor_entropy"], m["factor_names"],
+                               path("factors.png"), f"{name}: mutual information of each unit "
+                               f"({code}) with each factor, over the factor's entropy",
+                               "z" if variational else "h")
     device = x.device
     figures.traversal(model, x, order, center.to(device), spread.to(device), n,
                       path("traversal.png"), f"{name}: one dimension at a time, in "
@@ -492,6 +551,8 @@ def evaluate(dirs, names, out, device, args):
         model.to(device).eval()
         print(f"{run_dir}: {cfg['model']} on {cfg['dataset']}, epoch {epoch} ({args.weights} weights)", flush=True)
         m, codes = measure(model, cfg, splits[key], args, history, epoch)
+        if data.ground_truth(cfg["dataset"], splits[key]) is not None:
+            m.update(factor_metrics(model, cfg, splits[key]))
         if args.fid_samples:
             if key not in spaces:
                 spaces[key] = feature_spaces(cfg, splits[key], key[1], device, args)

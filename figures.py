@@ -322,3 +322,28 @@ def kl_bars(kl_per_dim, path):
         ax.set_ylabel("KL (nats per image)")
     fig.tight_layout()
     save(fig, path)
+
+
+def factor_heatmap(mutual_info, entropy, factors, path, title, unit="z"):
+    """Mutual information of each latent unit (rows) with each factor (columns), over the
+    factor's entropy (0 to 1: the share of the factor the unit pins down), each cell
+    written out. (D, K) and (K,); 140 + 90 K (or the title's width) by 70 + 26 D px."""
+    share = (torch.as_tensor(mutual_info, dtype=torch.float64)
+             / torch.as_tensor(entropy, dtype=torch.float64).clamp_min(1e-12))
+    D, K = share.shape
+    width, height = max(140 + 90 * K, 7 * len(title) + 20), 70 + 26 * D  # the title fits
+    fig = figure(width, height)
+    left = (width - 90 * K) / 2 + 20  # the cells centred, with room for the unit names
+    ax = fig.add_axes([left / width, 20 / height, 90 * K / width, 26 * D / height])
+    ax.imshow(share.numpy(), cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    for d in range(D):
+        for k in range(K):
+            v = share[d, k].item()
+            ax.text(k, d, f"{v:.2f}", ha="center", va="center", fontsize=8,
+                    color="black" if v > 0.6 else "white")
+    ax.set_xticks(range(K), factors, fontsize=9)
+    ax.xaxis.tick_top()
+    ax.set_yticks(range(D), [f"{unit}{d + 1}" for d in range(D)], fontsize=8)
+    ax.tick_params(length=0)
+    fig.suptitle(title, x=0.5, y=1 - 4 / height, va="top", fontsize=10)
+    save(fig, path)

@@ -57,26 +57,44 @@ def autoencoder_measures(run_dir, data_root, quick=False):
             and (k != "PSNR input dB" or cfg["noise"])}
 
 
-def sample_quality_measures(run_dir, data_root, quick=False):
-    """The likelihood and the sample quality of one finished run, as evaluate.py measures
-    them (--iw-samples 1000, or 100 with --quick; 10,000 samples in the domain network's
-    features): its metrics.json is reused when it holds them for the run's last weights."""
+def evaluated(run_dir, data_root, flags, ready):
+    """The run's metrics.json after `python evaluate.py RUN *flags`, reused when ready(it)
+    says it already holds what is wanted for the run's last weights."""
     import json
 
     import evaluate
-    k, path = 100 if quick else 1000, os.path.join(run_dir, "metrics.json")
+    path = os.path.join(run_dir, "metrics.json")
     m = json.load(open(path)) if os.path.isfile(path) else {}
-    if not (m.get("iw_samples") == k and "fid" in m and m.get("weights") == "last"
-            and m["features"]["domain"]["samples"] == 10000
-            and os.path.getmtime(path) >= os.path.getmtime(os.path.join(run_dir, "checkpoint.pt"))):
-        code = evaluate.main([run_dir, "--iw-samples", str(k), "--no-figures", "--data-root", data_root])
+    if not (m and m.get("weights") == "last" and ready(m) and os.path.getmtime(path)
+            >= os.path.getmtime(os.path.join(run_dir, "checkpoint.pt"))):
+        code = evaluate.main([run_dir, *flags, "--data-root", data_root])
         if code:
             raise SystemExit(code)
         m = json.load(open(path))
+    return m
+
+
+def sample_quality_measures(run_dir, data_root, quick=False):
+    """The likelihood and the sample quality of one finished run, as evaluate.py measures
+    them (--iw-samples 1000, or 100 with --quick; 10,000 samples in the domain network's
+    features)."""
+    k = 100 if quick else 1000
+    m = evaluated(run_dir, data_root, ["--iw-samples", str(k), "--no-figures"],
+                  lambda m: m.get("iw_samples") == k and m.get("features", {}).get(
+                      "domain", {}).get("samples") == 10000)
     found = {"NLL (IW)": m["nll_iw"], "FID": m["fid"], "KID": m["kid"], "precision": m["precision"],
              "recall": m["recall"], "coverage": m["coverage"], "FID rec": m["fid_recon"],
              "classes (entropy)": m["class_entropy"], "feature network": m["features"]["domain"]["hash"]}
     return {**found, **({"class match": m["class_match"]} if "class_match" in m else {})}
+
+
+def disentanglement_measures(run_dir, data_root, quick=False):
+    """The five disentanglement metrics of one finished run (evaluate.py, with its figures:
+    the factor heat map and the traversals named by factor)."""
+    m = evaluated(run_dir, data_root, ["--fid-samples", "0"], lambda m: "mig" in m)
+    return {"BetaVAE": m["beta_vae"], "FactorVAE": m["factor_vae"], "MIG": m["mig"],
+            "DCI D": m["dci_disentanglement"], "DCI C": m["dci_completeness"],
+            "DCI I": m["dci_informativeness"], "SAP": m["sap"]}
 
 
 GAUSSIAN_ARCHS = {"mlp": ["--hidden", "300,100,10", "--lr", "0.0025"],
@@ -204,6 +222,24 @@ EXPERIMENTS = {
              "in its column; numbers from another hash do not compare); classes (entropy): of "
              "the classes the domain CNN gives the samples, nats (log 10 = 2.30 when all ten "
              "are drawn alike); class match: the CVAE's samples classified as the class asked"),
+    "dsprites-beta": dict(
+        title="what beta does to dSprites' latent space: beta-VAE at beta 1, 4, 16 and the "
+              "beta-TCVAE at beta 4 (MLP 4096-512-512, latent 10, generated dSprites)",
+        base=["--dataset", "dsprites", "--hidden", "512,512", "--latent-dim", "10",
+              "--batch-size", "128"],
+        settings={"beta1": ["--model", "vae", "--beta", "1"],
+                  "beta4": ["--model", "vae", "--beta", "4"],
+                  "beta16": ["--model", "vae", "--beta", "16"],
+                  "btcvae-beta4": ["--model", "btcvae", "--beta", "4"]},
+        epochs=(2, 1), layout="final",
+        columns=[("test recon", "test_recon"), ("test KL", "test_kl"),
+                 ("active units", "test_active_units"), ("test loss", "test_loss")],
+        published={}, final=disentanglement_measures,
+        note="test recon: BCE summed over the 4,096 pixels per image (z sampled), test KL in "
+             "nats, both on the 10,000 held-out images; test loss: the negative ELBO; active "
+             "units: Cov_x E[z_d | x] > 0.01; the metrics (0 to 1, higher is more "
+             "disentangled; BetaVAE and FactorVAE chance is 1/5) as in disentanglement_lib on "
+             "the posterior mean, from the codes of all 737,280 images (evaluate.py, GUIDE.md)"),
     "autoencoders": dict(
         title="the autoencoder family on MNIST (MLP 784-400-20: plain, denoising, sparse, "
               "contractive; the VAE beside them)",

@@ -14,7 +14,9 @@ COLUMNS = [("test_loss", "test loss", 2), ("train_loss", "train loss", 2), ("gap
            ("fid", "FID", 2), ("kid", "KID", 4), ("precision", "precision", 3),
            ("recall", "recall", 3), ("fid_recon", "FID rec", 2), ("class_match", "class match", 3),
            ("fid_inception", "FID (Inc.)", 2), ("kid_inception", "KID (Inc.)", 4),
-           ("fid_recon_inception", "FID rec (Inc.)", 2)]
+           ("fid_recon_inception", "FID rec (Inc.)", 2), ("beta_vae", "BetaVAE", 3),
+           ("factor_vae", "FactorVAE", 3), ("mig", "MIG", 3), ("dci_disentanglement", "DCI D", 3),
+           ("dci_completeness", "DCI C", 3), ("dci_informativeness", "DCI I", 3), ("sap", "SAP", 3)]
 
 
 
@@ -34,8 +36,10 @@ GROUPED = [("test_loss", "test loss", 2), ("nelbo", "NELBO", 2), ("nll_iw", "NLL
            ("mse", "MSE", 4), ("psnr", "PSNR dB", 2), ("active_units", "AU", 1),
            ("probe_accuracy", "probe acc", 3), ("fid", "FID", 2), ("kid", "KID", 4),
            ("precision", "precision", 3), ("recall", "recall", 3), ("fid_recon", "FID rec", 2),
-           ("fid_inception", "FID (Inc.)", 2)]
-COMPARED = ("test_loss", "nll_iw", "mse", "fid")  # the differences group_table tests
+           ("fid_inception", "FID (Inc.)", 2), ("beta_vae", "BetaVAE", 3),
+           ("factor_vae", "FactorVAE", 3), ("mig", "MIG", 3), ("dci_disentanglement", "DCI D", 3),
+           ("sap", "SAP", 3)]
+COMPARED = ("test_loss", "nll_iw", "mse", "fid", "mig")  # the differences group_table tests
 
 
 def groups(rows, configs):

@@ -111,3 +111,22 @@ def test_a_run_on_dsprites_trains_resumes_and_refuses_other_sizes(small_grid, tm
     capsys.readouterr()
     assert train.main(base + ["--image-size", "32", "--out", str(tmp_path / "other")]) == 2
     assert "dsprites is drawn at 64x64 in grey" in capsys.readouterr().err
+
+
+def test_evaluate_reports_the_disentanglement_metrics_and_their_figure(small_grid, tmp_path, capsys):
+    import json
+
+    import evaluate
+    run = str(tmp_path / "run")
+    assert train.main(["--dataset", "dsprites", "--data-root", str(tmp_path), "--hidden", "32",
+                       "--latent-dim", "4", "--batch-size", "8", "--epochs", "1", "--out", run]) == 0
+    assert evaluate.main([run]) == 0
+    out = capsys.readouterr().out
+    m = json.load(open(os.path.join(run, "metrics.json")))
+    for key in ("beta_vae", "factor_vae", "mig", "dci_disentanglement", "dci_completeness",
+                "dci_informativeness", "sap"):
+        assert 0 <= m[key] <= 1, key
+    assert len(m["mutual_info"]) == 4 and len(m["mutual_info"][0]) == 5
+    assert m["factor_names"] == list(dsprites.FACTORS) and "fid" not in m
+    assert "| MIG |" in out and "sample quality is not measured" in out
+    assert os.path.isfile(os.path.join(run, "eval", "factors.png"))
