@@ -1,4 +1,5 @@
-"""Feature spaces for the sample-quality metrics (metrics.fid, kid, precision_recall, ...).
+"""Feature spaces for the sample-quality metrics (metrics.fid, kid, manifold_metrics), and
+those metrics measured in them for one model (sample_quality, which evaluate.py calls).
 
 FIDs from different feature networks, or from different sample counts, do not compare, so
 every number measured here carries the network's name, the hash of its weights and the
@@ -24,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data
+import metrics
 
 FEATURES = 128  # the domain network's feature size
 SEED = 0  # its weights' seed, whatever --seed
@@ -211,3 +213,81 @@ class InceptionFeatures(nn.Module):
         return self.net((x - self.mean) / self.std)
 
 
+def spaces_for(cfg, splits, root, device, weights="download"):
+    """[(suffix of its metric names, network, info, the test images' features)] for the
+    sample-quality metrics: the dataset's domain network when its data have labels (trained
+    and cached on first use), and Inception v3 for RGB data (grey data too when given its
+    weights as a file) unless weights is "none" (evaluate.py's --inception-weights)."""
+    spaces, test = [], splits["test"][0]
+    if data.ground_truth(cfg["dataset"], splits) is not None:
+        print(f"{cfg['dataset']}: sample quality is not measured (no feature network for its "
+              f"factor grid); its disentanglement is")
+        return []
+    if cfg["num_classes"]:
+        net, info = domain_network(cfg["dataset"], root, splits, cfg["num_classes"])
+        spaces.append(("", net.to(device), info))
+        print(f"Sample quality in the features of the {info['name']} (weights {info['hash']}, "
+              f"test accuracy {100 * info['test_accuracy']:.2f}%)")
+    else:
+        print(f"{cfg['dataset']} has no labels, so no domain feature network: sample quality "
+              f"only in Inception's features, where its weights are at hand")
+    if weights != "none" and (test.shape[1] == 3 or weights != "download"):
+        net, info = inception(weights)
+        if net is None:
+            print(info)
+        else:
+            spaces.append(("_inception", InceptionFeatures(net).to(device), info))
+    return [(suffix, net, info, embed([(suffix, net)], data.batches(*splits["test"], 500))[0][suffix])
+            for suffix, net, info in spaces]
+
+
+@torch.no_grad()
+def embed(spaces, batches):
+    """({suffix: (N, F) float64 features}, the domain network's logits or None) of batches
+    (images in [0, 1] first in each)."""
+    found, logits = {suffix: [] for suffix, *_ in spaces}, []
+    for batch in batches:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        for suffix, net, *_ in spaces:
+            f = net.features(x)
+            found[suffix].append(f.double())
+            if suffix == "":
+                logits.append(net.head(f))
+    return {k: torch.cat(v) for k, v in found.items()}, torch.cat(logits) if logits else None
+
+
+@torch.no_grad()
+def sample_quality(model, cfg, split, spaces, n, seed):
+    """FID, KID, precision, recall, density and coverage of n samples from the prior (when
+    the model samples) against the test images, in each feature space; the FID of the
+    test images' reconstructions (from the inputs of the test loss); the domain
+    classifier's view of the samples; and what was compared ("features")."""
+    m, about, t0 = {}, {}, time.perf_counter()
+    device = split[0].device
+    fakes, asked = None, None
+    if model.can_sample:
+        z = torch.randn(n, model.latent_dim, generator=torch.Generator().manual_seed(seed)).to(device)
+        asked = (torch.arange(n, device=device) % cfg["num_classes"]) if model.conditional else None
+        fakes, logits = embed(spaces, (data.to_unit(model.generate(
+            z[i:i + 1000], None if asked is None else asked[i:i + 1000]), model.output).clamp(0, 1)
+            for i in range(0, n, 1000)))
+        if logits is not None:
+            m.update(metrics.classifier_view(logits, asked))
+    recons = embed(spaces, (data.to_unit(model.reconstruct(x, y), cfg["output"]).clamp(0, 1)
+                            for x, _, y in data.batches(*split, 500, output=cfg["output"],
+                                                        noise=data.parse_noise(cfg["noise"]),
+                                                        noise_seed=data.TEST_NOISE_SEED)))[0]
+    for suffix, net, info, real in spaces:
+        if fakes is not None:
+            fake = fakes[suffix]
+            m["fid" + suffix] = metrics.fid(real, fake)
+            m["kid" + suffix], m["kid_std" + suffix] = metrics.kid(real, fake)
+            m.update({k + suffix: v for k, v in metrics.manifold_metrics(real, fake).items()})
+        m["fid_recon" + suffix] = metrics.fid(real, recons[suffix])
+        about["inception" if suffix else "domain"] = {**info, "samples": n if fakes is not None
+                                                      else 0, "test_images": len(real)}
+    m["features"] = about
+    print(f"  sample quality: {n if fakes is not None else 0:,} samples and "
+          f"{len(split[0]):,} reconstructions against the test images, "
+          f"{time.perf_counter() - t0:.1f} s", flush=True)
+    return m
