@@ -25,6 +25,17 @@ RESUME_SAFE = {"epochs", "device", "log_interval", "data_root", "download", "res
 
 
 ADDED = {"image_size": None, "channels": None, "val_split": 0, "skip_bad_images": False}  # run-level flags added after format 2
+MODEL_ADDED = {"kl_warmup": 0.0, "kl_cycle": 0.0, "free_bits": 0.0, "capacity": 0.0,
+               "capacity_epochs": 0.0}  # model options added after format 2, at their "off"
+
+
+def fill_added(saved):
+    """A saved config (or a checkpoint's) of an older version with the flags and the model
+    options added since, at the values that reproduce what that version did."""
+    options = models.MODELS[saved["model"]].OPTIONS if saved.get("model") in models.MODELS else {}
+    for key, value in [*ADDED.items(), *((k, v) for k, v in MODEL_ADDED.items() if k in options)]:
+        saved.setdefault(key, value)
+    return saved
 
 
 class Help(argparse.HelpFormatter):
@@ -198,8 +209,7 @@ def saved_config(run_dir):
                          f"{', '.join(models.MODELS)} (model {model!r}); pass a folder written "
                          f"by train.py")
     runs.check_format(saved, path)
-    for key, value in ADDED.items():  # flags added since format 2: older runs did without
-        saved.setdefault(key, value)
+    fill_added(saved)  # flags and options added since format 2: older runs did without
     missing = sorted((set(defaults()) | {"image_shape", "num_classes"}
                       | set(models.MODELS[model].OPTIONS)) - set(saved))
     if missing:
@@ -369,8 +379,7 @@ def resolve(argv):
         cfg["resume_commands"] = cfg.get("resume_commands", []) + [shlex.join(["train.py"] + argv)]
         check(cfg, set())
         ckpt = runs.load_checkpoint(ckpt_path)
-        for key, value in ADDED.items():  # a checkpoint of an older version lacks them too
-            ckpt["config"].setdefault(key, value)
+        fill_added(ckpt["config"])  # a checkpoint of an older version lacks them too
         runs.check_pair(ckpt, cfg, ckpt_path, ignore=RESUME_SAFE | {"classes"})  # derived
         done = ckpt["epoch"] + (ckpt["mid_epoch"] is not None)  # an unfinished epoch counts
         if cfg["epochs"] < done:

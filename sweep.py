@@ -101,7 +101,7 @@ def differences(run_dir, argv):
     (its seed and epochs too): ["--lr 0.001 there, 0.0025 planned", ...]."""
     i = argv.index("--out")
     planned = flags.resolve([*argv[:i + 1], os.path.normpath(run_dir) + "-unused", *argv[i + 2:]])[0]
-    saved = runs.load_config(run_dir)
+    saved = flags.fill_added(runs.load_config(run_dir))  # an older version's run: as it ran
     return [f"--{k.replace('_', '-')} {saved.get(k)!r} there, {planned.get(k)!r} planned"
             for k in sorted((set(saved) | set(planned)) - BOOKKEEPING) if saved.get(k) != planned.get(k)]
 

@@ -310,7 +310,8 @@ def test_old_runs_without_the_new_keys_still_resume_and_evaluate(tiny_data, tmp_
     import evaluate
     out = str(tmp_path / "run")
     assert train.main(["--data-root", tiny_data, "--out", out, *SMALL]) == 0
-    new = ["classes", "val_split", "skip_bad_images", "image_size", "channels", "data"]
+    new = ["classes", "val_split", "skip_bad_images", "image_size", "channels", "data",
+           "kl_warmup", "kl_cycle", "free_bits", "capacity", "capacity_epochs"]
     path = os.path.join(out, "config.json")
     cfg = json.load(open(path))
     json.dump({k: v for k, v in cfg.items() if k not in new}, open(path, "w"))
@@ -319,6 +320,8 @@ def test_old_runs_without_the_new_keys_still_resume_and_evaluate(tiny_data, tmp_
     torch.save(ckpt, os.path.join(out, "checkpoint.pt"))
     assert train.main(["--resume", out, "--epochs", "2"]) == 0
     assert evaluate.main([out, "--no-figures", "--iw-samples", "0"]) == 0
+    import sweep  # the same run planned again is this one, not a run with other settings
+    assert sweep.differences(out, ["--data-root", tiny_data, "--out", out, *SMALL[:-1], "2"]) == []
 
 
 def test_celeba_best_weights_are_evaluated(tmp_path):
