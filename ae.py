@@ -41,6 +41,7 @@ class AE(nn.Module):
                "contractive": (float, "weight L of the contractive penalty "
                                       "L * ||dh/dx||_F^2 per image")}
     variational, can_sample, conditional, gated = False, False, False, False
+    closed_form = False  # optimised by train.py's loop (PCA is fitted in one pass)
     LOSS = "reconstruction term"
     ARCHS = ARCHS
 
@@ -173,6 +174,10 @@ class AE(nn.Module):
         h = self.encode(input)
         recon = losses.reconstruction(self.recon, self.decode(h), target, self.output, self.c).mean()
         return {"loss": recon, "recon": recon}
+
+    def anomaly_scores(self, input, target, labels=None):
+        """No scores of its own: evaluate.py's reconstruction error and code distance apply."""
+        return {}
 
     def parameter_groups(self):
         return {"model": list(self.parameters())}

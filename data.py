@@ -188,14 +188,15 @@ def corrupted_file(name, root, train):
 
 
 def load(name, root="./data", device="cpu", download=True, budget=float("inf"), size=None,
-         channels=None, skip_bad=False, val_split=0):
+         channels=None, skip_bad=False, val_split=0, keep=None):
     """Both splits: {"train": (images, labels), "test": (images, labels)} (and "val" for a
     dataset with its own validation split: celeba), each on `device`
     when its images fit `budget` bytes, else left in host memory (pinned for a GPU), to be
     copied over a batch at a time: pass batches(..., device=device) for those.
     size, channels: --image-size and --channels (see fit); skip_bad: --skip-bad-images;
     val_split: --val-split, held out of the training split here (split_off), before the
-    splits are placed."""
+    splits are placed. keep: the class indices the training split keeps (--classes; see
+    kept_classes); the test split stays whole."""
     name = canonical_name(name)
     kind, _, path = name.partition(":")
     if kind == "npz":
@@ -212,6 +213,8 @@ def load(name, root="./data", device="cpu", download=True, budget=float("inf"), 
         check_splits(name, root, read)
     read = {split: (fit(images, size, channels) if torch.is_tensor(images) else images, labels)
             for split, (images, labels) in read.items()}
+    if keep is not None:
+        read["train"] = keep_classes(*read["train"], keep, name)
     if val_split and "val" not in read:
         read["train"], read["val"] = split_off(*read["train"], val_split)
     splits = {}
@@ -256,6 +259,29 @@ def identity(splits):
     return out
 
 
+def kept_classes(cfg):
+    """The class indices a run trains on (--classes, or all but --exclude-classes), or None
+    for all of them."""
+    if cfg.get("train_classes") is not None:
+        return list(cfg["train_classes"])
+    if cfg.get("exclude_classes") is not None:
+        return [c for c in range(cfg["num_classes"]) if c not in cfg["exclude_classes"]]
+    return None
+
+
+def keep_classes(images, labels, keep, name="the data"):
+    """(images, labels) of the classes in `keep` only."""
+    index = torch.isin(labels, torch.tensor(keep, device=labels.device)).nonzero().squeeze(1)
+    if not len(index):
+        raise DataError(f"{name}: no training image is of class {', '.join(map(str, keep))}")
+    return rows(images, index), labels.index_select(0, index)
+
+
+def rows(images, index):
+    """The images at `index` (N,), as the split's own kind (a Sprites stays positions)."""
+    return images.subset(index) if isinstance(images, dsprites.Sprites) else images.index_select(0, index)
+
+
 def ground_truth(name, splits):
     """The generative factors of a dataset that has them, for disentanglement metrics
     (dsprites.GroundTruth: sizes, names, uniform draws, the images of chosen factors), or
@@ -275,8 +301,8 @@ def split_off(images, labels, size, seed=1):
                         f"give a count in [1, {n - 1}] or a fraction in (0, 1)")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(images.device)
     val, train = order[:count].sort().values, order[count:].sort().values
-    take = images.subset if isinstance(images, dsprites.Sprites) else lambda i: images.index_select(0, i)
-    return ((take(train), labels.index_select(0, train)), (take(val), labels.index_select(0, val)))
+    return ((rows(images, train), labels.index_select(0, train)),
+            (rows(images, val), labels.index_select(0, val)))
 
 
 def fits(images, budget):

@@ -20,6 +20,7 @@ import types
 
 import torch
 
+import anomaly
 import data
 import disentanglement
 import features
@@ -95,6 +96,9 @@ UNITS = {
     "sap": "SAP (Kumar et al. 2018): per factor, the gap between the two best units' "
            "linear-SVM accuracies (10,000 train, 5,000 test points), averaged",
     "mutual_info": "(latent units x factors) mutual information in nats behind MIG",
+    "auroc_*": "runs trained on some classes (--classes): the area under the ROC curve of "
+               "an anomaly score (anomaly.py), the other classes' test images positive; "
+               "auprc_*: the average precision; anomaly: per held-out class",
 }
 TRAIN_IMAGES = 60_000  # train_loss and the probe use at most the first this many training images
 
@@ -218,11 +222,14 @@ def duration(seconds):
 
 @torch.no_grad()
 def measure(model, cfg, splits, args, history, epoch):
-    """Every metric of one run (see UNITS), as plain numbers and lists."""
+    """Every metric of one run (see UNITS), as plain numbers and lists; the test codes; and
+    per test image what the anomaly scores reuse ({"nll_iw": (N,)} when measured)."""
     torch.manual_seed(args.seed)
     noise = data.parse_noise(cfg["noise"])
     test = metrics.test_loss(model, splits["test"], cfg, noise)
-    some_train = (splits["train"][0][:TRAIN_IMAGES], splits["train"][1][:TRAIN_IMAGES])
+    kept = data.kept_classes(cfg)  # a run trained on some classes: its training split is theirs
+    train = splits["train"] if kept is None else data.keep_classes(*splits["train"], kept)
+    some_train = (train[0][:TRAIN_IMAGES], train[1][:TRAIN_IMAGES])
     m = {"test_loss": test["loss"], "train_loss": metrics.test_loss(model, some_train, cfg, noise)["loss"]}
     m["gap"] = m["test_loss"] - m["train_loss"]
     row = next(r for r in history if int(r["epoch"]) == epoch)  # the weights' epoch
@@ -230,7 +237,7 @@ def measure(model, cfg, splits, args, history, epoch):
     m.update({k: v for k, v in test.items() if k.startswith("acc_")})
     variational = model.variational
     k = args.iw_samples if variational else 0
-    sums, codes, kl_dims = {}, [], []
+    sums, codes, kl_dims, per_image = {}, [], [], {}
     n_test, t0, done, announced = splits["test"][0].shape[0], time.perf_counter(), 0, False
     for x, target, y in data.batches(*splits["test"], 1000, output=cfg["output"], noise=noise,
                                      noise_seed=data.TEST_NOISE_SEED):
@@ -255,6 +262,7 @@ def measure(model, cfg, splits, args, history, epoch):
                           f"({rate:,.0f} images/s)", flush=True)
                     announced = True
             per.update({key: torch.cat([p[key] for p in parts]) for key in ("nll_iw", "recon", "recon_var")})
+            per_image.setdefault("nll_iw", []).append(per["nll_iw"])
         for key, v in per.items():
             sums[key] = sums.get(key, 0) + v.double().sum()
         done += x.shape[0]
@@ -282,10 +290,43 @@ def measure(model, cfg, splits, args, history, epoch):
                                                  cfg["output"])
         m["iw_samples"], m["iw_seconds"] = k, round(seconds, 2)
         m["iw_images_per_second"] = round(n_test / seconds, 1)
-    if cfg["num_classes"]:  # a dataset without labels has nothing to probe for
+    if cfg["num_classes"] and (kept is None or len(kept) > 1):  # nothing to probe with one class
         m["probe_accuracy"] = metrics.linear_probe(codes_of(model, some_train, cfg),
                                                    some_train[1], codes, splits["test"][1])
-    return m, codes
+    return m, codes, {k: torch.cat(v) for k, v in per_image.items()}
+
+
+def detect(model, cfg, splits, codes, per_image, kept, m, run_dir, folder, name, n):
+    """Anomaly scores of a run trained on the classes `kept` (anomaly.py) into m, their
+    per-image CSV into the run folder, and (folder given) roc.png and anomalies.png."""
+    train = data.keep_classes(*splits["train"], kept)
+    train_codes = codes_of(model, (train[0][:TRAIN_IMAGES], train[1][:TRAIN_IMAGES]), cfg)
+    found = anomaly.scores(model, cfg, splits, train_codes, codes, per_image)
+    labels = splits["test"][1].cpu()
+    m.update(anomaly.report(found, labels, kept, cfg["classes"]))
+    anomaly.save_csv(found, labels, kept, os.path.join(run_dir, "anomaly_scores.csv"))
+    best = max(found, key=lambda k: m[f"auroc_{k}"])
+    aurocs = ", ".join(f"{k} AUROC {m['auroc_' + k]:.3f}" for k in found)
+    print(f"  anomalies: {aurocs} (normal: {', '.join(m['anomaly']['normal_classes'])})", flush=True)
+    if folder is None:
+        return
+    os.makedirs(folder, exist_ok=True)
+    normal = ", ".join(m["anomaly"]["normal_classes"])
+    figures.roc_curves(found, ~torch.isin(labels, torch.tensor(kept)), os.path.join(folder, "roc.png"),
+                       f"{name}: anomalies among the test images (normal: {normal})")
+    order = found[best].argsort()
+    x = lambda idx: data.to_unit(evaluate_inputs(splits["test"], cfg, idx), cfg["output"])  # noqa: E731
+    figures.image_rows([x(order[:n]), x(order.flip(0)[:n])], ["most normal", "most unusual"],
+                       os.path.join(folder, "anomalies.png"), f"{name}: test images by {best} "
+                       f"(normal: {normal})")
+
+
+def evaluate_inputs(split, cfg, index):
+    """The clean test images at `index`, scaled as the model sees them."""
+    images, labels = split
+    return next(data.batches(data.rows(images, index.to(images.device)),
+                             labels.index_select(0, index.to(labels.device)), len(index),
+                             output=cfg["output"]))[1]
 
 
 @torch.no_grad()
@@ -469,7 +510,12 @@ def evaluate(dirs, names, out, device, args):
                   f"on (their sizes or hash differ); its numbers are on these data")
         model.to(device).eval()
         print(f"{run_dir}: {cfg['model']} on {cfg['dataset']}, epoch {epoch} ({args.weights} weights)", flush=True)
-        m, codes = measure(model, cfg, splits[key], args, history, epoch)
+        m, codes, per_image = measure(model, cfg, splits[key], args, history, epoch)
+        kept = data.kept_classes(cfg)
+        if kept is not None:  # trained on some classes: the others are the anomalies
+            folder = out if len(dirs) == 1 else os.path.join(out, name)
+            detect(model, cfg, splits[key], codes, per_image, kept, m, run_dir,
+                   folder if args.figures else None, name, args.n)
         if data.ground_truth(cfg["dataset"], splits[key]) is not None:
             m.update(factor_metrics(model, cfg, splits[key]))
         if args.fid_samples and key not in spaces:

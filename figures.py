@@ -347,3 +347,24 @@ def factor_heatmap(mutual_info, entropy, factors, path, title, unit="z"):
     ax.tick_params(length=0)
     fig.suptitle(title, x=0.5, y=1 - 4 / height, va="top", fontsize=10)
     save(fig, path)
+
+
+def roc_curves(scores, positive, path, title):
+    """One ROC curve per score {name: (N,)} for the positives (N,) bools (the anomalies),
+    each named with its AUROC; the diagonal is chance. 520 x 480 px."""
+    import metrics
+    fig = figure(520, 480)
+    ax = fig.add_axes([0.13, 0.12, 0.82, 0.78])
+    for name, s in scores.items():
+        tp, fp = metrics.curve_points(s, positive)
+        ax.plot(torch.cat([tp.new_zeros(1), fp / fp[-1]]).numpy(),
+                torch.cat([tp.new_zeros(1), tp / tp[-1]]).numpy(),
+                label=f"{name} (AUROC {metrics.auroc(s, positive):.3f})")
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle=":", linewidth=1)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("false positive rate (normal test images flagged)")
+    ax.set_ylabel("true positive rate (anomalies flagged)")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    save(fig, path)

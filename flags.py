@@ -24,7 +24,8 @@ RESUME_SAFE = {"epochs", "device", "log_interval", "data_root", "download", "res
                "compile", "channels_last", "data_budget"}
 
 
-ADDED = {"image_size": None, "channels": None, "val_split": 0, "skip_bad_images": False}  # run-level flags added after format 2
+ADDED = {"image_size": None, "channels": None, "val_split": 0, "skip_bad_images": False,
+         "train_classes": None, "exclude_classes": None}  # run-level flags added after format 2
 MODEL_ADDED = {"kl_warmup": 0.0, "kl_cycle": 0.0, "free_bits": 0.0, "capacity": 0.0,
                "capacity_epochs": 0.0}  # model options added after format 2, at their "off"
 
@@ -132,6 +133,10 @@ def build_parser():
     a("--val-split", type=split_size, default=0, help="hold out this many training images "
       "(or this fraction, below 1) as a validation split, the same in every run: best.pt is "
       "chosen on it (0: none, and no best.pt; the test split is never used to choose)")
+    a("--classes", dest="train_classes", default=None, help="train only on these classes, by "
+      "index or name, comma-separated (3, or 0,1,2, or Trouser): one-class training for "
+      "anomaly detection; the test split stays whole (default: every class)")
+    a("--exclude-classes", default=None, help="train on every class but these (as --classes)")
     a("--weight-decay", type=float, default=0.0, help="L2 penalty, as Adam's weight_decay")
     a("--l1", type=float, default=0.0, help="L1 weight penalty: adds L1 * sum|w| to the loss")
     a("--augment", action="store_true", help="--hflip and --crop together")
@@ -238,6 +243,8 @@ def saved_types(model):
     for a in build_parser()._actions:
         if a.dest in run_level:
             kind = bool if a.nargs == 0 else {int: int, float: float, split_size: float}.get(a.type, str)
+            if a.dest in ("train_classes", "exclude_classes"):
+                kind = tuple  # saved resolved: a list of class indices
             types[a.dest] = (kind, a.default is None)
     cls = models.MODELS[model]
     for name, default in models.defaults(cls).items():
@@ -267,6 +274,10 @@ def check_model(cfg, given=()):
         owners = [m for m, c in models.MODELS.items() if foreign[0] in c.OPTIONS]
         raise ValueError(f"--{foreign[0].replace('_', '-')} is not an option of --model "
                          f"{cfg['model']}; it belongs to {', '.join(owners)}")
+    if cls.closed_form:  # fitted in one pass: one epoch
+        if "epochs" in given and cfg["epochs"] != 1:
+            raise ValueError(f"--model {cfg['model']} is fitted in closed form in one pass; drop --epochs")
+        cfg["epochs"] = 1
     try:
         model = models.from_config(cfg, device="meta")
     except ValueError as e:
@@ -293,6 +304,13 @@ def check(cfg, given):
     shape, classes = data.describe(cfg["dataset"], cfg["image_size"], cfg["channels"])
     cfg["image_shape"], cfg["classes"] = list(shape), classes
     cfg["num_classes"] = len(classes) if classes else None
+    for name, flag in (("train_classes", "--classes"), ("exclude_classes", "--exclude-classes")):
+        if cfg[name] is not None:
+            cfg[name] = class_indices(cfg[name], classes, flag, cfg["dataset"])
+    if cfg["train_classes"] is not None and cfg["exclude_classes"] is not None:
+        raise ValueError("give --classes or --exclude-classes, not both")
+    if cfg["exclude_classes"] is not None and len(cfg["exclude_classes"]) == len(classes):
+        raise ValueError("--exclude-classes leaves no class to train on")
     if cfg["scheduler"] not in ("none", "step"):
         raise ValueError(f"unknown --scheduler {cfg['scheduler']!r}; use none or step")
     for name in ("weight_decay", "l1"):
@@ -311,6 +329,26 @@ def check(cfg, given):
         cfg["hflip"] = cfg["crop"] = True
     check_model(cfg, given)
     return cfg
+
+
+def class_indices(value, classes, flag, dataset):
+    """--classes '0,1' or 'Trouser,Bag' (or a saved list) -> sorted class indices."""
+    if not classes:
+        raise ValueError(f"{flag} needs labelled data; {dataset} has no labels")
+    tokens = value if isinstance(value, list) else [t.strip() for t in str(value).split(",")]
+    names = {c.lower(): i for i, c in enumerate(classes)}
+    found = []
+    for t in tokens:
+        if isinstance(t, int) or str(t).isdigit():
+            i = int(t)
+        else:
+            i = names.get(str(t).lower(), -1)
+        if not 0 <= i < len(classes):
+            raise ValueError(f"{flag}: {t!r} is not a class of {dataset}; give indices 0 to "
+                             f"{len(classes) - 1} or names ({', '.join(classes[:10])}"
+                             f"{', ...' if len(classes) > 10 else ''})")
+        found.append(i)
+    return sorted(set(found))
 
 
 def pick_device(name):

@@ -314,3 +314,38 @@ def betainc(a, b, x):
         if i > 0 and abs(c * d - 1) < 1e-14:
             break
     return front * (f - 1)
+
+
+def midranks(x):
+    """Ranks 1..N of the values of x (N,), tied values sharing the mean of their ranks."""
+    _, inverse, counts = torch.unique(x, return_inverse=True, return_counts=True)  # sorted
+    ends = counts.cumsum(0).double()
+    return (ends - (counts - 1) / 2)[inverse]
+
+
+def auroc(scores, positive):
+    """The area under the ROC curve of scores (N,) for the positives (N,) bools, as the
+    Mann-Whitney statistic: P(a positive scores above a negative) + P(a tie) / 2."""
+    positive = positive.bool()
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if not n_pos or not n_neg:
+        raise ValueError("auroc needs positives and negatives")
+    return ((midranks(scores.double())[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)).item()
+
+
+def curve_points(scores, positive):
+    """(true positives, false positives) at each distinct threshold, from the highest score
+    down (tied scores cross a threshold together)."""
+    order = scores.double().argsort(descending=True)
+    s, y = scores.double()[order], positive.double()[order]
+    last = torch.ones_like(s, dtype=torch.bool)
+    last[:-1] = s[1:] != s[:-1]  # the last of each run of equal scores
+    return y.cumsum(0)[last], (1 - y).cumsum(0)[last]
+
+
+def average_precision(scores, positive):
+    """The area under the precision-recall curve as the average precision (the definition
+    sklearn's average_precision_score uses): sum over thresholds of (R_n - R_n-1) P_n."""
+    tp, fp = curve_points(scores, positive)
+    recall = tp / tp[-1]
+    return (torch.diff(recall, prepend=recall.new_zeros(1)) * tp / (tp + fp)).sum().item()

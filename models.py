@@ -44,6 +44,14 @@ latent(x, labels=None) -> (B, D)
     h for an AE. generate(z, labels=None) decodes codes to images in the data's range;
     reconstruct(x, labels=None) is generate(latent(x)). Neither changes batch-norm
     statistics, whatever the mode.
+anomaly_scores(input, target, labels) -> {name: (B,)}
+    The model's own per-image scores of how unusual each image is, higher for the more
+    unusual (the VAE's negative ELBO, the VAE-GAN's discriminator); {} when it has none.
+    evaluate.py adds the reconstruction error and the code's distance to the training codes.
+closed_form (a class attribute)
+    True for a model fitted in one pass instead of optimised (PCA): train.py calls
+    fit(batches of training inputs) once, in its single epoch, and builds no optimizer; its
+    parameter_groups() and objectives() are empty.
 variational, can_sample, conditional (class attributes)
     A variational model also has encode(x, labels) -> (mu, logvar), decode(z, labels)
     -> logits, nll(logits, target) -> (B,), or (n, B) for logits (n, B, ...) holding n
@@ -62,10 +70,11 @@ import torch
 from ae import AE
 from btcvae import BetaTCVAE
 from cvae import CVAE
+from pca import PCA
 from vae import VAE
 from vaegan import VAEGAN
 
-MODELS = {"vae": VAE, "ae": AE, "vaegan": VAEGAN, "cvae": CVAE, "btcvae": BetaTCVAE}
+MODELS = {"vae": VAE, "ae": AE, "vaegan": VAEGAN, "cvae": CVAE, "btcvae": BetaTCVAE, "pca": PCA}
 
 
 def defaults(cls):

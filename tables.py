@@ -16,7 +16,10 @@ COLUMNS = [("test_loss", "test loss", 2), ("train_loss", "train loss", 2), ("gap
            ("fid_inception", "FID (Inc.)", 2), ("kid_inception", "KID (Inc.)", 4),
            ("fid_recon_inception", "FID rec (Inc.)", 2), ("beta_vae", "BetaVAE", 3),
            ("factor_vae", "FactorVAE", 3), ("mig", "MIG", 3), ("dci_disentanglement", "DCI D", 3),
-           ("dci_completeness", "DCI C", 3), ("dci_informativeness", "DCI I", 3), ("sap", "SAP", 3)]
+           ("dci_completeness", "DCI C", 3), ("dci_informativeness", "DCI I", 3), ("sap", "SAP", 3),
+           ("auroc_recon_error", "AUROC rec", 3), ("auroc_nelbo", "AUROC ELBO", 3),
+           ("auroc_nll_iw", "AUROC NLL", 3), ("auroc_code_distance", "AUROC code", 3),
+           ("auroc_discriminator", "AUROC D", 3)]
 
 
 
@@ -38,7 +41,9 @@ GROUPED = [("test_loss", "test loss", 2), ("nelbo", "NELBO", 2), ("nll_iw", "NLL
            ("precision", "precision", 3), ("recall", "recall", 3), ("fid_recon", "FID rec", 2),
            ("fid_inception", "FID (Inc.)", 2), ("beta_vae", "BetaVAE", 3),
            ("factor_vae", "FactorVAE", 3), ("mig", "MIG", 3), ("dci_disentanglement", "DCI D", 3),
-           ("sap", "SAP", 3)]
+           ("sap", "SAP", 3), ("auroc_recon_error", "AUROC rec", 3), ("auroc_nelbo", "AUROC ELBO", 3),
+           ("auroc_nll_iw", "AUROC NLL", 3), ("auroc_code_distance", "AUROC code", 3),
+           ("auroc_discriminator", "AUROC D", 3)]
 COMPARED = ("test_loss", "nll_iw", "mse", "fid", "mig")  # the differences group_table tests
 
 

@@ -127,6 +127,15 @@ def train_epoch(model, opt, split, cfg, epoch, noise, signals=None, resume=None,
     return tally.means(), time.perf_counter() - t0
 
 
+def fit_closed_form(model, split, cfg, noise, copy_to=None):
+    """A closed-form model's one pass (models.py: closed_form): fit() on the training split's
+    inputs, then its loss terms on that split; returns them and the seconds taken."""
+    t0 = time.perf_counter()
+    model.fit(x for x, _, _ in data.batches(*split, 1000, output=cfg["output"], noise=noise,
+                                            noise_seed=data.TEST_NOISE_SEED, device=copy_to))
+    return metrics.test_loss(model, split, cfg, noise, copy_to), time.perf_counter() - t0
+
+
 def check_memory(model, cfg):
     """ValueError when the model's weights, gradients and Adam's two moments (16 bytes per
     parameter, before any activation) do not fit the device's memory."""
@@ -255,6 +264,7 @@ def describe(options):
     words = [options.get("arch", "") + (" " + "-".join(map(str, options["hidden"]))
                                         if options.get("hidden") else ""),
              f"latent {options['latent_dim']}"]
+    words = [w for w in words if w]
     if "recon" in options:
         words.append(options["recon"] + (f" c={options['c']:g}" if options["recon"] == "gaussian" else ""))
     if options.get("beta", 1) != 1:
@@ -272,12 +282,17 @@ def run(cfg, ckpt=None, signals=None):
     writer = rank == 0  # under torchrun, rank 0 alone writes the run folder
     print(f"Run folder: {cfg['out']} (its config.json keeps every setting)")
     print(f"Device: {device}" + (f", {processes} processes" if parallel.active() else ""))
-    print(f"Training: {cfg['model']} on {cfg['dataset']}, {cfg['epochs']} epoch(s) of batch "
-          f"{cfg['batch_size']}, Adam lr {cfg['lr']:g}, seed {cfg['seed']}")
+    kept = data.kept_classes(cfg)
+    print(f"Training: {cfg['model']} on {cfg['dataset']}"
+          + (f" (classes {', '.join(cfg['classes'][c] for c in kept)} only)" if kept else "")
+          + (", fitted in closed form" if models.MODELS[cfg["model"]].closed_form else
+             f", {cfg['epochs']} epoch(s) of batch {cfg['batch_size']}, Adam lr {cfg['lr']:g}")
+          + f", seed {cfg['seed']}")
     torch.manual_seed(cfg["seed"] + rank)  # each process its own z, dropout and noise draws
     budget = parallel.data_budget(cfg, device)
     splits = data.load(cfg["dataset"], cfg["data_root"], device, cfg["download"], budget,
-                       cfg["image_size"], cfg["channels"], cfg["skip_bad_images"], cfg["val_split"])
+                       cfg["image_size"], cfg["channels"], cfg["skip_bad_images"], cfg["val_split"],
+                       data.kept_classes(cfg))
     copy_to = {name: None if data.fits(images, budget) else device
                for name, (images, _) in splits.items()}
     for name, (images, _) in splits.items():
@@ -315,8 +330,11 @@ def run(cfg, ckpt=None, signals=None):
     signals.phase = "training"
     for epoch in range(start, cfg["epochs"] + 1):
         try:
-            train, seconds = train_epoch(model, opt, splits["train"], cfg, epoch, noise,
-                                         signals, mid_epoch, autocast, copy_to["train"], loss)
+            if model.closed_form:  # fitted in one pass (PCA): no optimizer, no steps
+                train, seconds = fit_closed_form(model, splits["train"], cfg, noise, copy_to["train"])
+            else:
+                train, seconds = train_epoch(model, opt, splits["train"], cfg, epoch, noise,
+                                             signals, mid_epoch, autocast, copy_to["train"], loss)
         except runs.Stop as stop:  # the epoch's state so far, and the weights after its last step
             save(state(epoch - 1, stop.mid_epoch), "checkpoint.pt")
             stop.where = f"epoch {epoch}, step {stop.mid_epoch['step']}"
@@ -326,7 +344,7 @@ def run(cfg, ckpt=None, signals=None):
         val = metrics.test_loss(model, splits["val"], cfg, noise, copy_to["val"]) if (
             "val" in splits) else {}
         seconds += time.perf_counter() - t0
-        lr = next(iter(opt.values())).param_groups[0]["lr"]
+        lr = next(iter(opt.values())).param_groups[0]["lr"] if opt else None
         for s in sched.values():
             s.step()
         print(f"====> Epoch: {epoch} Average loss: {train['loss']:.4f} "

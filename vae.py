@@ -258,6 +258,7 @@ class VAE(nn.Module):
                                            "+ 1e-8, the Gaussian-decoder study's)")}
     RECONS, ARCHS = losses.RECONS, ARCHS
     variational, can_sample, conditional, gated = True, True, False, False
+    closed_form = False  # optimised by train.py's loop (PCA is fitted in one pass)
     LOSS = "negative ELBO"  # what test_loss's "loss" is, for legends and tables
 
     def __init__(self, image_shape=(1, 28, 28), num_classes=None, latent_dim=20, arch="mlp",
@@ -389,6 +390,14 @@ class VAE(nn.Module):
         out = {k: v for k, v in out.items() if k not in ("kl_term", "capacity_c")}
         out["loss"] = out["recon"] + out["kl"]
         return out
+
+    @torch.no_grad()
+    def anomaly_scores(self, input, target, labels=None):
+        """{score: (B,)}, higher for a more unusual image: the negative ELBO (z sampled once)."""
+        with evaluating(self):
+            mu, logvar = self.encode(input, labels)
+            z = self.reparameterize(mu, logvar)
+            return {"nelbo": self.nll(self.decode(z, labels), target) + losses.kl_normal(mu, logvar)}
 
     def parameter_groups(self):
         return {"model": list(self.parameters())}

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 import losses
-from vae import ACTIVATIONS, VAE, conv_kernels, conv_widths, positive
+from vae import ACTIVATIONS, VAE, conv_kernels, conv_widths, evaluating, positive
 
 
 def mlp_networks(image_shape, latent_dim, hidden, act="relu", dropout=0.0, batchnorm=True):
@@ -225,6 +225,15 @@ class VAEGAN(VAE):
         steps = {"encoder": out["encoder"],
                  "decoder": out["decoder"] if train_adv else self.gamma * out["recon"]}
         return {**steps, "discriminator": out["disc"]} if train_disc else steps
+
+    @torch.no_grad()
+    def anomaly_scores(self, input, target, labels=None):
+        """The VAE's scores, and how fake the discriminator finds each image: -logit D(x)
+        (batch norm with its running statistics, so one image's score is its own)."""
+        scores = super().anomaly_scores(input, target, labels)
+        with evaluating(self):
+            scores["discriminator"] = -self.discriminate(target)[0]
+        return scores
 
     @torch.no_grad()
     def test_loss(self, input, target, labels=None):
