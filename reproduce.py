@@ -97,6 +97,55 @@ def disentanglement_measures(run_dir, data_root, quick=False):
             "DCI I": m["dci_informativeness"], "SAP": m["sap"]}
 
 
+def anomaly_measures(run_dir, data_root, quick=False):
+    """The AUROC of each anomaly score of one run trained on one class (evaluate.py)."""
+    m = evaluated(run_dir, data_root, ["--fid-samples", "0", "--no-figures"],
+                  lambda m: "auroc_recon_error" in m)
+    return {"AUROC rec": m["auroc_recon_error"], "AUROC code": m["auroc_code_distance"],
+            "AUROC ELBO": m.get("auroc_nelbo")}
+
+
+ONE_CLASS_MODELS = {"pca": ["--model", "pca", "--epochs", "1"],
+                    "ae-mlp": ["--model", "ae", "--epochs", "20"],
+                    "ae-conv": ["--model", "ae", "--arch", "conv", "--epochs", "5"],
+                    "vae-mlp": ["--model", "vae", "--epochs", "20"],
+                    "vae-conv": ["--model", "vae", "--arch", "conv", "--epochs", "5"]}
+ONE_CLASS_PUBLISHED = {}  # dataset: {method: [AUROC % of classes 0-9]}, Ruff et al. 2018, Table 1
+
+
+def one_class_summary(found):
+    """Per dataset, one row per normal class: each model's best score (the score with the
+    highest mean AUROC over the ten classes) as mean +- std over seeds, in %, and the
+    published methods beside them; the mean over the classes last."""
+    lines = []
+    for dataset in dict.fromkeys(s.split("-")[0] for s in next(iter(found.values()))):
+        best = {}
+        for model in ONE_CLASS_MODELS:
+            means = {label: sum(sum(v) / len(v) for s, v in by.items() if s.startswith(f"{dataset}-")
+                                and s.endswith(f"-{model}") and None not in v) / 10
+                     for label, by in found.items()}
+            best[model] = max((label for label in means if means[label]), key=means.get)
+        published = ONE_CLASS_PUBLISHED.get(dataset, {})
+        lines += [f"{dataset}, AUROC in % (each model's best score named in the header; "
+                  f"mean ± std over seeds):", "",
+                  "| normal class | " + " | ".join(f"{m} ({best[m][6:]})" for m in best)
+                  + "".join(f" | {p} (published)" for p in published) + " |",
+                  "|---" * (1 + len(best) + len(published)) + "|"]
+        columns = {m: [] for m in best}
+        for c in range(10):
+            cells = []
+            for m, label in best.items():
+                v = [100 * x for x in found[label].get(f"{dataset}-{c}-{m}", [])]
+                columns[m].append(sum(v) / len(v) if v else float("nan"))
+                cells.append(spread(v))
+            lines.append(f"| {c} | " + " | ".join(cells) + "".join(
+                f" | {published[p][c]:.1f}" for p in published) + " |")
+        lines.append("| mean | " + " | ".join(f"**{sum(v) / len(v):.2f}**" for v in columns.values())
+                     + "".join(f" | {sum(published[p]) / 10:.2f}" for p in published) + " |")
+        lines.append("")
+    return lines
+
+
 GAUSSIAN_ARCHS = {"mlp": ["--hidden", "300,100,10", "--lr", "0.0025"],
                   "cnn": ["--arch", "conv3x3", "--lr", "0.0015"]}
 GAUSSIAN_DATASETS = {"mnist": "mnist", "fashion": "fashion-mnist"}
@@ -240,6 +289,21 @@ EXPERIMENTS = {
              "units: Cov_x E[z_d | x] > 0.01; the metrics (0 to 1, higher is more "
              "disentangled; BetaVAE and FactorVAE chance is 1/5) as in disentanglement_lib on "
              "the posterior mean, from the codes of all 737,280 images (evaluate.py, GUIDE.md)"),
+    "one-class": dict(
+        title="one-class anomaly detection on MNIST and Fashion-MNIST (train on one class, "
+              "the other nine are the anomalies): PCA, AE and VAE, MLP and conv, code size 32",
+        base=["--latent-dim", "32"],
+        settings={f"{short}-{c}-{model}": ["--dataset", dataset, "--classes", str(c), *flags]
+                  for short, dataset in (("mnist", "mnist"), ("fashion", "fashion-mnist"))
+                  for c in range(10) for model, flags in ONE_CLASS_MODELS.items()},
+        epochs=(20, 2), layout="final", columns=[("test loss", "test_loss")], published={},
+        final=anomaly_measures, summary=one_class_summary,
+        note="test loss: each model's own, on the whole test split (mostly anomalies); AUROC "
+             "(0.5 is chance) of the anomaly scores over the 10,000 test images, the nine other "
+             "classes positive: rec the squared reconstruction error on [0, 1] pixels, code the "
+             "mean distance to the 5 nearest training codes, ELBO the negative ELBO (VAEs); "
+             "epochs: 20 for the MLPs, 5 for the conv nets, 1 pass for PCA (the one class's "
+             "6,000 training images; so the whole benchmark fits in about an hour here)"),
     "autoencoders": dict(
         title="the autoencoder family on MNIST (MLP 784-400-20: plain, denoising, sparse, "
               "contractive; the VAE beside them)",
@@ -285,12 +349,25 @@ def plan(name, exp, args):
     if unknown:
         raise ValueError(f"--settings: {', '.join(unknown)} not a setting of {name}; its settings "
                          f"are {', '.join(exp['settings'])}")
+    def epochs_of(flags):  # a setting may give its own (PCA: 1); --quick caps it
+        own = int(flags[flags.index("--epochs") + 1]) if "--epochs" in flags else exp["epochs"][0]
+        return str(min(own, epochs))
+
     return folder, [(f"{setting}-seed{seed}",
-                     [*exp["base"], *dataset, *flags, "--seed", seed, "--epochs", str(epochs),
+                     [*exp["base"], *dataset, *without_epochs(flags),
+                      "--seed", seed, "--epochs", epochs_of(flags),
                       "--data-root", args.data_root, "--log-interval", "1000",
                       "--out", os.path.join(folder, f"{setting}-seed{seed}")])
                     for setting, flags in exp["settings"].items() if setting in chosen
                     for seed in seeds]
+
+
+def without_epochs(flags):
+    """A setting's flags less its own --epochs and the value after it."""
+    if "--epochs" not in flags:
+        return flags
+    i = flags.index("--epochs")
+    return flags[:i] + flags[i + 2:]
 
 
 def value(row, how):
@@ -359,9 +436,10 @@ def measured(exp, folder, todo, data_root, quick=False):
     found = dict(sorted(found.items(), key=lambda item: -len(item[1])))
     lines = ["At the last epoch:", "", "| setting | " + " | ".join(found) + " |",
              "|---" * (len(found) + 1) + "|"]
-    return lines + [f"| {setting} | " + " | ".join(spread(found[label].get(setting, []))
-                                                   for label in found) + " |"
-                    for setting in dict.fromkeys(map(setting_of, (n for n, _ in todo)))]
+    lines += [f"| {setting} | " + " | ".join(spread(found[label].get(setting, []))
+                                             for label in found) + " |"
+              for setting in dict.fromkeys(map(setting_of, (n for n, _ in todo)))]
+    return lines + ([""] + exp["summary"](found) if "summary" in exp else [])
 
 
 def draw(exp, folder, todo, data_root):

@@ -107,3 +107,20 @@ def test_the_sample_quality_study_measures_each_run_once(tiny_data, tmp_path, ca
     import evaluate  # the same command again reads each run's metrics.json, evaluating nothing
     monkeypatch.setattr(evaluate, "main", lambda argv: pytest.fail("evaluated again"))
     assert reproduce.main(argv) == 0
+
+
+def test_the_one_class_benchmark_reports_the_best_score_per_class(tiny_data, tmp_path, capsys, monkeypatch):
+    settings = [f"mnist-{c}-{m}" for c in range(10) for m in ("pca", "ae-mlp")]
+    monkeypatch.setitem(reproduce.ONE_CLASS_PUBLISHED, "mnist", {"a baseline": list(range(90, 100))})
+    models_ = dict(reproduce.ONE_CLASS_MODELS)
+    monkeypatch.setattr(reproduce, "ONE_CLASS_MODELS", {k: models_[k] for k in ("pca", "ae-mlp")})
+    assert reproduce.main(["one-class", "--quick", "--data-root", tiny_data, "--runs", str(tmp_path),
+                           "--settings", ",".join(settings)]) == 0
+    text = capsys.readouterr().out
+    assert "| normal class | pca (rec) | ae-mlp (" in text and "a baseline (published)" in text
+    rows = [line for line in text.splitlines() if line.startswith("| mean |")]
+    assert len(rows) == 1 and rows[0].endswith("| 94.50 |")
+    assert all(f"| {c} | " in text for c in range(10))
+    history = reproduce.runs.load_checkpoint(os.path.join(tmp_path, "one-class-quick", "mnist-3-pca-seed1",
+                                                          "checkpoint.pt"))["history"]
+    assert len(history) == 1  # PCA's own --epochs 1, whatever --quick's 2
