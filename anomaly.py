@@ -16,6 +16,7 @@ import os
 import torch
 
 import data
+import figures
 import metrics
 
 NEAREST = 5  # code_distance: the training codes averaged over
@@ -76,3 +77,36 @@ def save_csv(found, labels, kept, path):
         for i in range(len(labels)):
             w.writerow([i, int(labels[i]), int(normal[i]), *(f"{found[k][i].item():.6g}" for k in names)])
     os.replace(path + ".tmp", path)
+
+
+def detect(model, cfg, splits, test_codes, train_codes, per_image, kept, run_dir, folder, name, n):
+    """Every score of a run trained on the classes `kept`, their AUROCs and AUPRCs (returned,
+    for metrics.json), the per-image CSV in the run folder and, with a folder, roc.png and
+    anomalies.png (n of the most normal and the most unusual test images by the best
+    score). splits: as the run was trained (its training split of those classes only)."""
+    found = scores(model, cfg, splits, train_codes, test_codes, per_image)
+    labels = splits["test"][1].cpu()
+    m = report(found, labels, kept, cfg["classes"])
+    save_csv(found, labels, kept, os.path.join(run_dir, "anomaly_scores.csv"))
+    aurocs = ", ".join(f"{k} AUROC {m['auroc_' + k]:.3f}" for k in found)
+    normal = ", ".join(m["anomaly"]["normal_classes"])
+    print(f"  anomalies: {aurocs} (normal: {normal})", flush=True)
+    if folder is not None:
+        os.makedirs(folder, exist_ok=True)
+        figures.roc_curves(found, ~torch.isin(labels, torch.tensor(kept)), os.path.join(folder, "roc.png"),
+                           f"{name}: anomalies among the test images (normal: {normal})")
+        best = max(found, key=lambda k: m[f"auroc_{k}"])
+        order = found[best].argsort()
+        images = lambda index: data.to_unit(clean_images(splits["test"], cfg, index), cfg["output"])  # noqa: E731
+        figures.image_rows([images(order[:n]), images(order.flip(0)[:n])], ["most normal", "most unusual"],
+                           os.path.join(folder, "anomalies.png"),
+                           f"{name}: test images by {best} (normal: {normal})")
+    return m
+
+
+def clean_images(split, cfg, index):
+    """The clean test images at `index`, scaled as the model sees them."""
+    images, labels = split
+    return next(data.batches(data.rows(images, index.to(images.device)),
+                             labels.index_select(0, index.to(labels.device)), len(index),
+                             output=cfg["output"]))[1]

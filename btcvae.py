@@ -12,9 +12,9 @@ the batch's posteriors (Chen et al.'s minibatch-weighted sampling, their eq. S6,
 constant):
     log q(z_i)       ~ logsumexp_j log q(z_i | x_j) - log M
     log q(z_id)      ~ logsumexp_j log q(z_id | x_j) - log M        for each dimension d.
-Chen et al. subtract log(N M), N the training set's size: that shifts MI by + log N, TC by
-- (D - 1) log N and the dimension-wise KL by + D log N, constants with no gradient, so the
-training is the same; with log M the three start near 0 and add up to the KL (from one
+Chen et al. subtract log(N M), N the training set's size: against ours that shifts MI by
++ log N, TC by + (D - 1) log N and the dimension-wise KL by - D log N, constants with no
+gradient (they add up to 0), so the training is the same; with log M the three start near 0 and add up to the KL (from one
 sample). Small batches bias them (M codes stand in for N).
 
 Follows the model contract of models.py. Imports only torch, losses.py and vae.py: copy

@@ -10,8 +10,8 @@ The grid, in the original order (the last factor varies fastest), 737,280 images
 
 The renderer. DeepMind did not publish theirs, so ours is exact about its own geometry but
 not pixel-identical to theirs. A shape at scale s has radius R = 12 s pixels. Its centre
-is at 12 + 40 p on each axis of the 64-pixel canvas (p the position; pixel i spans [i, i + 1)),
-so every shape stays inside. A pixel is on when its centre, rotated by minus the orientation
+is at 14 + 36 p on each axis of the 64-pixel canvas (p the position; pixel i spans [i, i + 1)),
+and no pixel of a shape lies further than 14 pixels from it, so every shape stays whole. A pixel is on when its centre, rotated by minus the orientation
 about the shape's centre and divided by R, lands in the unit shape:
     square   max(|u|, |v|) <= 1 / sqrt(2)   (its corners reach R when rotated)
     ellipse  u^2 + (2 v)^2 <= 1              (semi-axes R and R / 2)
@@ -39,7 +39,7 @@ COUNT = math.prod(SIZES)  # 737,280
 SIDE = 64
 FILE = "dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz"
 TEST_SIZE = 10_000  # a fixed random 10,000 positions held out as the test split
-VERSION = 1  # of the renderer: a run records it in its data hash
+VERSION = 2  # of the renderer: a run records it in its data hash
 
 
 def factors_of(index):
@@ -74,7 +74,7 @@ def render(factors):
     each shape tested on the 31x31 window of pixels around its centre, then placed."""
     v = values(factors).float()
     shape, radius, angle = factors[:, 0, None, None], 12 * v[:, 1, None, None], v[:, 2, None, None]
-    centre_x, centre_y = 12 + 40 * v[:, 3], 12 + 40 * v[:, 4]
+    centre_x, centre_y = 14 + 36 * v[:, 3], 14 + 36 * v[:, 4]
     step = torch.arange(WINDOW, device=factors.device)
     left = (centre_x.floor().long() - WINDOW // 2).clamp(0, SIDE - WINDOW)  # (N,)
     top = (centre_y.floor().long() - WINDOW // 2).clamp(0, SIDE - WINDOW)
@@ -93,6 +93,16 @@ def render(factors):
     where = (rows[:, :, None] * SIDE + cols[:, None, :]).flatten(1)  # (N, 961)
     canvas.scatter_(1, where, on.flatten(1).to(torch.uint8) * 255)
     return canvas.view(-1, 1, SIDE, SIDE)
+
+
+MOVED = {}  # (the real file's bits, device) -> their copy there, shared by the splits
+
+
+def on_device(bits, device):
+    key = (bits.data_ptr(), str(torch.device(device)))
+    if key not in MOVED:
+        MOVED[key] = bits.to(device)
+    return MOVED[key]
 
 
 class Sprites:
@@ -135,7 +145,7 @@ class Sprites:
         return Sprites(self.index.index_select(0, idx.to(self.device)), self.bits)
 
     def to(self, device):
-        return Sprites(self.index.to(device), None if self.bits is None else self.bits.to(device))
+        return Sprites(self.index.to(device), None if self.bits is None else on_device(self.bits, device))
 
     def factors(self):
         """Factor indices (N, 5) of the split's images."""
@@ -179,6 +189,10 @@ class GroundTruth:
 
     def index_of(self, factors):
         return index_of(factors.to(self.device))
+
+    def labels_of(self, positions):
+        """The class label (the shape) of grid positions."""
+        return factors_of(positions)[:, 0]
 
     def images(self, factors):
         return self.sprites.at(self.index_of(factors)).float() / 255

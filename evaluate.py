@@ -227,9 +227,7 @@ def measure(model, cfg, splits, args, history, epoch):
     torch.manual_seed(args.seed)
     noise = data.parse_noise(cfg["noise"])
     test = metrics.test_loss(model, splits["test"], cfg, noise)
-    kept = data.kept_classes(cfg)  # a run trained on some classes: its training split is theirs
-    train = splits["train"] if kept is None else data.keep_classes(*splits["train"], kept)
-    some_train = (train[0][:TRAIN_IMAGES], train[1][:TRAIN_IMAGES])
+    some_train = (splits["train"][0][:TRAIN_IMAGES], splits["train"][1][:TRAIN_IMAGES])
     m = {"test_loss": test["loss"], "train_loss": metrics.test_loss(model, some_train, cfg, noise)["loss"]}
     m["gap"] = m["test_loss"] - m["train_loss"]
     row = next(r for r in history if int(r["epoch"]) == epoch)  # the weights' epoch
@@ -290,54 +288,26 @@ def measure(model, cfg, splits, args, history, epoch):
                                                  cfg["output"])
         m["iw_samples"], m["iw_seconds"] = k, round(seconds, 2)
         m["iw_images_per_second"] = round(n_test / seconds, 1)
+    kept = data.kept_classes(cfg)
     if cfg["num_classes"] and (kept is None or len(kept) > 1):  # nothing to probe with one class
-        m["probe_accuracy"] = metrics.linear_probe(codes_of(model, some_train, cfg),
-                                                   some_train[1], codes, splits["test"][1])
+        test_y = splits["test"][1]  # with --classes: the test images of those classes
+        of_kept = torch.ones_like(test_y, dtype=torch.bool) if kept is None else torch.isin(
+            test_y, torch.tensor(kept, device=test_y.device))
+        m["probe_accuracy"] = metrics.linear_probe(codes_of(model, some_train, cfg), some_train[1],
+                                                   codes[of_kept], test_y[of_kept])
     return m, codes, {k: torch.cat(v) for k, v in per_image.items()}
 
 
-def detect(model, cfg, splits, codes, per_image, kept, m, run_dir, folder, name, n):
-    """Anomaly scores of a run trained on the classes `kept` (anomaly.py) into m, their
-    per-image CSV into the run folder, and (folder given) roc.png and anomalies.png."""
-    train = data.keep_classes(*splits["train"], kept)
-    train_codes = codes_of(model, (train[0][:TRAIN_IMAGES], train[1][:TRAIN_IMAGES]), cfg)
-    found = anomaly.scores(model, cfg, splits, train_codes, codes, per_image)
-    labels = splits["test"][1].cpu()
-    m.update(anomaly.report(found, labels, kept, cfg["classes"]))
-    anomaly.save_csv(found, labels, kept, os.path.join(run_dir, "anomaly_scores.csv"))
-    best = max(found, key=lambda k: m[f"auroc_{k}"])
-    aurocs = ", ".join(f"{k} AUROC {m['auroc_' + k]:.3f}" for k in found)
-    print(f"  anomalies: {aurocs} (normal: {', '.join(m['anomaly']['normal_classes'])})", flush=True)
-    if folder is None:
-        return
-    os.makedirs(folder, exist_ok=True)
-    normal = ", ".join(m["anomaly"]["normal_classes"])
-    figures.roc_curves(found, ~torch.isin(labels, torch.tensor(kept)), os.path.join(folder, "roc.png"),
-                       f"{name}: anomalies among the test images (normal: {normal})")
-    order = found[best].argsort()
-    x = lambda idx: data.to_unit(evaluate_inputs(splits["test"], cfg, idx), cfg["output"])  # noqa: E731
-    figures.image_rows([x(order[:n]), x(order.flip(0)[:n])], ["most normal", "most unusual"],
-                       os.path.join(folder, "anomalies.png"), f"{name}: test images by {best} "
-                       f"(normal: {normal})")
-
-
-def evaluate_inputs(split, cfg, index):
-    """The clean test images at `index`, scaled as the model sees them."""
-    images, labels = split
-    return next(data.batches(data.rows(images, index.to(images.device)),
-                             labels.index_select(0, index.to(labels.device)), len(index),
-                             output=cfg["output"]))[1]
-
-
 @torch.no_grad()
-def factor_metrics(model, cfg, splits):
+def factor_metrics(model, cfg, splits, seed=0):
     """BetaVAE, FactorVAE, MIG, DCI and SAP (disentanglement.py) of the model's code (z = mu,
     or the AE's h) on a dataset with factors. The code of every image of the grid is
     computed once (batches of 1,000), so the metrics' millions of draws are look-ups."""
     truth = data.ground_truth(cfg["dataset"], splits)
     t0, count = time.perf_counter(), math.prod(truth.factor_sizes)
     positions = torch.arange(count, device=splits["train"][0].device)
-    table = torch.cat([model.latent(data.to_range(truth.sprites.at(p).float() / 255, cfg["output"]))
+    table = torch.cat([model.latent(data.to_range(truth.sprites.at(p).float() / 255, cfg["output"]),
+                                    truth.labels_of(p))  # a conditional model's label: the shape
                        for p in positions.split(1000)])  # (grid size, D)
     print(f"  factors: the codes of all {count:,} images of the grid in "
           f"{time.perf_counter() - t0:.0f} s", flush=True)
@@ -345,7 +315,7 @@ def factor_metrics(model, cfg, splits):
     # the grid as the metrics see it: an "image" is its grid position, its code a look-up
     positions = types.SimpleNamespace(factor_sizes=truth.factor_sizes, images=truth.index_of,
                                       sample_factors=truth.sample_factors)
-    found = disentanglement.evaluate_all(lambda index: table[index.to(table.device)], positions)
+    found = disentanglement.evaluate_all(lambda index: table[index.to(table.device)], positions, seed)
     print(f"  disentanglement metrics in {time.perf_counter() - t0:.0f} s (MIG {found['mig']:.3f})",
           flush=True)
     return {**{k: v for k, v in found.items() if not k.startswith("seconds_")},
@@ -498,12 +468,15 @@ def evaluate(dirs, names, out, device, args):
     kinds_of = {}  # run: what its "loss" is
     for name, run_dir in zip(names, dirs):
         cfg, model, history, epoch, logged = load_run(run_dir, args.weights, args.partial, False)
+        kept = data.kept_classes(cfg)  # trained on some classes: its splits are built as then
         key = (cfg["dataset"], args.data_root or cfg["data_root"], cfg["image_size"],
-               cfg["channels"], cfg["val_split"])
+               cfg["channels"], cfg["val_split"], None if kept is None else tuple(kept))
+        load = lambda keep: data.load(  # noqa: E731
+            cfg["dataset"], key[1], device, args.download, size=cfg["image_size"],
+            channels=cfg["channels"], skip_bad=cfg["skip_bad_images"], val_split=cfg["val_split"],
+            keep=keep)
         if key not in splits:
-            splits[key] = data.load(cfg["dataset"], key[1], device, args.download,
-                                    size=cfg["image_size"], channels=cfg["channels"],
-                                    skip_bad=cfg["skip_bad_images"], val_split=cfg["val_split"])
+            splits[key] = load(kept)
             identities[key] = data.identity(splits[key])
         if cfg.get("data") not in (None, identities[key]):
             print(f"{run_dir}: warning: the data under {key[1]} are not those it was trained "
@@ -511,15 +484,19 @@ def evaluate(dirs, names, out, device, args):
         model.to(device).eval()
         print(f"{run_dir}: {cfg['model']} on {cfg['dataset']}, epoch {epoch} ({args.weights} weights)", flush=True)
         m, codes, per_image = measure(model, cfg, splits[key], args, history, epoch)
-        kept = data.kept_classes(cfg)
         if kept is not None:  # trained on some classes: the others are the anomalies
             folder = out if len(dirs) == 1 else os.path.join(out, name)
-            detect(model, cfg, splits[key], codes, per_image, kept, m, run_dir,
-                   folder if args.figures else None, name, args.n)
+            m.update(anomaly.detect(model, cfg, splits[key], codes, codes_of(
+                model, (splits[key]["train"][0][:TRAIN_IMAGES], splits[key]["train"][1][:TRAIN_IMAGES]),
+                cfg), per_image, kept, run_dir, folder if args.figures else None, name, args.n))
         if data.ground_truth(cfg["dataset"], splits[key]) is not None:
-            m.update(factor_metrics(model, cfg, splits[key]))
-        if args.fid_samples and key not in spaces:
-            spaces[key] = features.spaces_for(cfg, splits[key], key[1], device, args.inception_weights)
+            if model.latent_dim < 2:  # MIG and SAP compare a factor's two best units
+                print(f"{run_dir}: a code of one unit: no disentanglement metrics")
+            else:
+                m.update(factor_metrics(model, cfg, splits[key], args.seed))
+        if args.fid_samples and key not in spaces:  # a domain network learns every class
+            spaces[key] = features.spaces_for(cfg, splits[key] if kept is None else load(None),
+                                              key[1], device, args.inception_weights)
         if args.fid_samples and spaces[key]:
             m.update(features.sample_quality(model, cfg, splits[key]["test"], spaces[key],
                                     args.fid_samples, args.seed))

@@ -30,6 +30,11 @@ MODEL_ADDED = {"kl_warmup": 0.0, "kl_cycle": 0.0, "free_bits": 0.0, "capacity": 
                "capacity_epochs": 0.0}  # model options added after format 2, at their "off"
 
 
+OPTIMISATION = {"lr", "lr_disc", "batch_size", "weight_decay", "l1", "augment", "hflip", "crop",
+                "scheduler", "step_size", "lr_gamma", "grad_clip", "amp", "compile",
+                "channels_last"}  # flags of the training loop: a closed-form model has none
+
+
 def fill_added(saved):
     """A saved config (or a checkpoint's) of an older version with the flags and the model
     options added since, at the values that reproduce what that version did."""
@@ -274,9 +279,13 @@ def check_model(cfg, given=()):
         owners = [m for m, c in models.MODELS.items() if foreign[0] in c.OPTIONS]
         raise ValueError(f"--{foreign[0].replace('_', '-')} is not an option of --model "
                          f"{cfg['model']}; it belongs to {', '.join(owners)}")
-    if cls.closed_form:  # fitted in one pass: one epoch
-        if "epochs" in given and cfg["epochs"] != 1:
-            raise ValueError(f"--model {cfg['model']} is fitted in closed form in one pass; drop --epochs")
+    if cls.closed_form:  # fitted in one pass: one epoch, and no optimiser to set
+        useless = sorted(given & OPTIMISATION) + (["epochs"] if "epochs" in given and cfg["epochs"] != 1 else [])
+        if useless:
+            raise ValueError(f"--model {cfg['model']} is fitted in closed form in one pass; drop "
+                             f"--{useless[0].replace('_', '-')}")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun's processes
+            raise ValueError(f"--model {cfg['model']} is fitted in one process; run it without torchrun")
         cfg["epochs"] = 1
     try:
         model = models.from_config(cfg, device="meta")
@@ -311,6 +320,8 @@ def check(cfg, given):
         raise ValueError("give --classes or --exclude-classes, not both")
     if cfg["exclude_classes"] is not None and len(cfg["exclude_classes"]) == len(classes):
         raise ValueError("--exclude-classes leaves no class to train on")
+    if cfg["train_classes"] is not None and len(cfg["train_classes"]) == len(classes):
+        raise ValueError("--classes names every class; leave it out to train on all of them")
     if cfg["scheduler"] not in ("none", "step"):
         raise ValueError(f"unknown --scheduler {cfg['scheduler']!r}; use none or step")
     for name in ("weight_decay", "l1"):
@@ -338,11 +349,8 @@ def class_indices(value, classes, flag, dataset):
     tokens = value if isinstance(value, list) else [t.strip() for t in str(value).split(",")]
     names = {c.lower(): i for i, c in enumerate(classes)}
     found = []
-    for t in tokens:
-        if isinstance(t, int) or str(t).isdigit():
-            i = int(t)
-        else:
-            i = names.get(str(t).lower(), -1)
+    for t in tokens:  # a class's name first (folder classes may be named "1", "2"), then an index
+        i = names.get(str(t).lower(), int(t) if isinstance(t, int) or str(t).isdigit() else -1)
         if not 0 <= i < len(classes):
             raise ValueError(f"{flag}: {t!r} is not a class of {dataset}; give indices 0 to "
                              f"{len(classes) - 1} or names ({', '.join(classes[:10])}"

@@ -116,20 +116,24 @@ def group_table(rows, configs):
 
 def feature_notes(rows):
     """The footnote naming the feature space(s) and counts behind the FID columns; a warning
-    when the runs' numbers come from different feature networks or counts."""
+    when the runs' numbers come from different feature networks or test images."""
     notes = []
     for space, what in (("domain", "FID, KID, precision, recall"), ("inception", "(Inc.)")):
-        seen = {(f["hash"], f["samples"], f["test_images"]): f for _, m in rows
-                for f in [m.get("features", {}).get(space)] if f}
-        for (digest, samples, reals), f in seen.items():
+        seen = {}
+        for _, m in rows:
+            f = m.get("features", {}).get(space)
+            if f:
+                seen.setdefault((f["hash"], f["test_images"]), (f, set()))[1].add(f["samples"])
+        for (digest, reals), (f, counts) in seen.items():
             accuracy = f" (test accuracy {100 * f['test_accuracy']:.2f}%)" if "test_accuracy" in f else ""
+            samples = " or ".join(f"{c:,}" for c in sorted(counts - {0})) or "no"
             notes.append(f"\n{what}: in the features of the {f['name']}, weights {digest}"
-                         f"{accuracy}; {samples:,} samples (FID rec: the reconstructions) "
-                         f"against {reals:,} test images. Not comparable with numbers from "
-                         f"another feature network or other counts.")
+                         f"{accuracy}; {samples} samples (FID rec: the reconstructions) against "
+                         f"{reals:,} test images. Not comparable with numbers from another "
+                         f"feature network or other counts.")
         if len(seen) > 1:
             notes.append(f"\nWarning: the runs' {what} numbers come from {len(seen)} different "
-                         f"feature networks or counts (above); compare only rows that share one.")
+                         f"feature networks or test sets (above); compare only rows that share one.")
     return notes
 
 

@@ -203,7 +203,8 @@ def check_networks(image_shape, latent_dim, arch, hidden, act, dropout, archs=AR
 
 def check_schedules(kl_warmup, kl_cycle, free_bits, capacity, capacity_epochs):
     """ValueError for a negative schedule setting or two that cannot go together."""
-    for name, v in locals().items():
+    for name, v in (("kl_warmup", kl_warmup), ("kl_cycle", kl_cycle), ("free_bits", free_bits),
+                    ("capacity", capacity), ("capacity_epochs", capacity_epochs)):
         if not (isinstance(v, (int, float)) and 0 <= v < math.inf):
             raise ValueError(f"{name}={v!r} must be a number >= 0 (0: off)")
     if kl_warmup and kl_cycle:

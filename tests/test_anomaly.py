@@ -113,7 +113,9 @@ def test_classes_flags(tiny_data, tmp_path, capsys):
     for flags, words in ((["--classes", "10"], "'10' is not a class of mnist"),
                          (["--classes", "1", "--exclude-classes", "2"], "not both"),
                          (["--exclude-classes", ",".join(map(str, range(10)))], "leaves no class"),
-                         (["--model", "pca", "--epochs", "3"], "drop --epochs")):
+                         (["--model", "pca", "--epochs", "3"], "drop --epochs"),
+                         (["--model", "pca", "--lr", "0.1"], "drop --lr"),
+                         (["--classes", ",".join(map(str, range(10)))], "names every class")):
         capsys.readouterr()
         assert train.main(["--data-root", tiny_data, "--out", str(tmp_path / "x"), *flags]) == 2
         err = capsys.readouterr().err
@@ -121,3 +123,16 @@ def test_classes_flags(tiny_data, tmp_path, capsys):
     assert train.main(["--dataset", "fashion-mnist", "--data-root", tiny_data, "--classes", "trouser,Bag",
                        "--epochs", "1", "--out", str(tmp_path / "names")]) == 0
     assert json.load(open(tmp_path / "names" / "config.json"))["train_classes"] == [1, 8]
+
+
+def test_a_run_on_some_classes_with_a_validation_split_is_evaluated_on_its_own_splits(tmp_path, capsys):
+    root, run = str(tmp_path / "data"), str(tmp_path / "run")
+    two_kinds(root)
+    assert train.main(["--model", "ae", "--data-root", root, "--classes", "1", "--val-split", "10",
+                       "--latent-dim", "4", "--hidden", "32", "--epochs", "2", "--out", run]) == 0
+    capsys.readouterr()
+    assert evaluate.main([run, "--fid-samples", "0", "--no-figures"]) == 0
+    out = capsys.readouterr().out
+    assert "not those it was trained on" not in out  # the same splits as in training
+    m = json.load(open(os.path.join(run, "metrics.json")))
+    assert m["anomaly"]["normal_classes"] == ["1"] and m["anomaly"]["test_normal"] == 20

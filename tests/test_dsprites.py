@@ -53,7 +53,7 @@ def test_images_match_their_factors():
     for shape in range(3):
         images = dsprites.render(grid(shape=shape, x=range(32)))
         x, y = centre_of_mass(images)
-        expected = 12 + 40 * torch.arange(32, dtype=torch.float64) / 31
+        expected = 14 + 36 * torch.arange(32, dtype=torch.float64) / 31
         assert (x - (x - expected).mean() - expected).abs().max() < 0.5  # tracks x, one offset
         assert (y - y[0]).abs().max() < 0.5
         _, y = centre_of_mass(dsprites.render(grid(shape=shape, y=range(32))))
@@ -71,6 +71,33 @@ def test_images_match_their_factors():
     assert not torch.equal(squares[0], squares[5])  # and moves the pixels
     assert torch.equal(squares[0], squares[10])  # a square a quarter turn later is itself
     assert set(dsprites.render(grid(x=range(32))).unique().tolist()) == {0, 255}
+
+
+def reference(factors, margin=10):
+    """Every pixel of a canvas 64 + 2 margin wide tested against the shape's definition
+    (dsprites.py's docstring), with no window: (N, 64 + 2 margin, 64 + 2 margin) bools."""
+    v = dsprites.values(factors).float()  # float32 as the renderer: the same side of each edge
+    side = 64 + 2 * margin
+    pixel = torch.arange(side, dtype=torch.float32) - margin + 0.5
+    cx, cy = (14 + 36 * v[:, 3])[:, None, None], (14 + 36 * v[:, 4])[:, None, None]
+    r, a = (12 * v[:, 1])[:, None, None], v[:, 2][:, None, None]
+    dx, dy = pixel[None, None, :] - cx, cy - pixel[None, :, None]
+    u, w = (dx * a.cos() + dy * a.sin()) / r, (dy * a.cos() - dx * a.sin()) / r
+    shapes = [torch.maximum(u.abs(), w.abs()) <= 2 ** -0.5, u * u + 4 * w * w <= 1,
+              ((1.15 * u) ** 2 + (1.15 * (w + 0.1)) ** 2 - 1) ** 3 <= (1.15 * u) ** 2 * (1.15 * (w + 0.1)) ** 3]
+    return torch.stack(shapes, 1)[torch.arange(len(factors)), factors[:, 0]]
+
+
+def test_the_windowed_renderer_draws_every_shape_whole():
+    """At the largest scale and the edge positions, every orientation of every shape: the
+    31x31 window gives the pixels of a full-canvas test, and no pixel falls off the canvas."""
+    rows = torch.tensor([[s, 5, o, x, y] for s in range(3) for o in range(40)
+                         for x in (0, 1, 30, 31) for y in (0, 31)])
+    full = reference(rows)
+    assert (full.sum((1, 2)) == full[:, 10:74, 10:74].sum((1, 2))).all()  # nothing outside
+    assert torch.equal(dsprites.render(rows)[:, 0] > 0, full[:, 10:74, 10:74])
+    random = dsprites.factors_of(torch.randint(0, dsprites.COUNT, (2000,), generator=torch.Generator().manual_seed(0)))
+    assert torch.equal(dsprites.render(random)[:, 0] > 0, reference(random)[:, 10:74, 10:74])
 
 
 def test_batches_draw_the_images_of_their_positions():
@@ -130,3 +157,21 @@ def test_evaluate_reports_the_disentanglement_metrics_and_their_figure(small_gri
     assert m["factor_names"] == list(dsprites.FACTORS) and "fid" not in m
     assert "| MIG |" in out and "sample quality is not measured" in out
     assert os.path.isfile(os.path.join(run, "eval", "factors.png"))
+
+
+def test_the_factor_metrics_are_the_metrics_of_the_model_itself(small_grid, tmp_path):
+    """evaluate.py's look-up table of the grid's codes gives the numbers of calling the
+    model on each drawn image."""
+    import disentanglement
+    import evaluate
+    run = str(tmp_path / "run")
+    assert train.main(["--dataset", "dsprites", "--data-root", str(tmp_path), "--hidden", "32",
+                       "--latent-dim", "3", "--batch-size", "8", "--epochs", "1", "--out", run]) == 0
+    cfg, model = evaluate.load_run(run)[:2]
+    model.eval()
+    splits = data.load("dsprites", str(tmp_path))
+    looked_up = evaluate.factor_metrics(model, cfg, splits, seed=3)
+    truth = data.ground_truth("dsprites", splits)
+    direct = disentanglement.evaluate_all(lambda x: model.latent(x), truth, seed=3)
+    for key in ("beta_vae", "factor_vae", "mig", "dci_disentanglement", "sap"):
+        assert looked_up[key] == pytest.approx(direct[key], abs=1e-9), key
