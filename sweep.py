@@ -186,7 +186,9 @@ def run_all(todo, jobs, again="the same command"):
     if jobs < 1:
         print(f"error: --jobs must be >= 1, got {jobs}", file=sys.stderr)
         return 2
-    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // jobs)))
+    # the cores this process may use (a cluster job's share, or taskset's), not the node's
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (cores or 1) // jobs)))
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # as Ctrl-C
     waiting, running, failed, t0, done = list(todo), {}, [], time.perf_counter(), 0
     try:

@@ -185,3 +185,22 @@ def test_ctrl_c_stops_every_running_run_saved_and_resumable(tiny_data, tmp_path)
     assert all(sweep.state(os.path.dirname(p)) == "unfinished" for p in checkpoints)
     for s in (1, 2):
         assert "stopped by SIGINT" in open(os.path.join(out, f"seed{s}.log")).read()
+
+
+def test_the_threads_shared_out_are_those_of_the_cores_this_process_may_use(tmp_path, monkeypatch):
+    seen = []
+
+    class Done:  # a run that has ended at once
+        returncode = 0
+
+        def __init__(self, argv, env, **kw):
+            seen.append(env["OMP_NUM_THREADS"])
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(sweep.subprocess, "Popen", Done)
+    monkeypatch.setattr(sweep.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5}, raising=False)
+    todo = [(f"r{i}", ["--out", str(tmp_path / f"r{i}")]) for i in range(2)]
+    assert sweep.run_all(todo, 2) == 0
+    assert seen == ["3", "3"]  # six cores, two at a time; not os.cpu_count()
