@@ -52,7 +52,8 @@ def autoencoder_measures(run_dir, data_root, quick=False):
             x = x.clone().requires_grad_(True)
             h = model.encode(x)
             found["codes below 1e-2"].append((h.abs() < 1e-2).float().flatten())
-            found["Jacobian norm"].append(model.jacobian_norm2(x, h).detach().sqrt())
+            if hasattr(model, "jacobian_norm2"):  # (PCA's is W^T: sqrt(latent size))
+                found["Jacobian norm"].append(model.jacobian_norm2(x, h).detach().sqrt())
     return {k: torch.cat(v).mean().item() for k, v in found.items() if v
             and (k != "PSNR input dB" or cfg["noise"])}
 
@@ -310,16 +311,17 @@ EXPERIMENTS = {
              "6,000 training images; so the whole benchmark fits in about an hour here)"),
     "autoencoders": dict(
         title="the autoencoder family on MNIST (MLP 784-400-20: plain, denoising, sparse, "
-              "contractive; the VAE beside them)",
+              "contractive; the VAE and PCA with 20 components beside them)",
         base=["--dataset", "mnist", "--latent-dim", "20"],
         settings={"ae": ["--model", "ae"], "denoising-ae": ["--model", "ae", "--noise", "gaussian:0.5"],
                   "ae-relu-code": ["--model", "ae", "--code", "relu"],
                   "sparse-ae": ["--model", "ae", "--code", "relu", "--sparsity", "1"],
                   "contractive-ae": ["--model", "ae", "--contractive", "0.1"],
-                  "vae": ["--model", "vae"]},
+                  "vae": ["--model", "vae"], "pca": ["--model", "pca", "--epochs", "1"]},
         epochs=(10, 2), columns=[("test recon", "test_recon")], published={},
         final=autoencoder_measures,
-        note="test recon is BCE summed over pixels per image (the VAE's with z sampled); PSNR "
+        note="test recon is BCE summed over pixels per image (the VAE's with z sampled; PCA's "
+             "is its squared error summed over pixels instead, not comparable); PSNR "
              "10 log10(1 / MSE) on [0, 1] pixels per image, averaged; the denoising AE's "
              "input is its corrupted image and its target the clean one"),
 }

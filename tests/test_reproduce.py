@@ -42,11 +42,13 @@ def test_the_autoencoder_family_measures_each_run_at_its_last_epoch(tiny_data, t
                            "--runs", str(tmp_path)]) == 0
     text = capsys.readouterr().out.split("At the last epoch:")[1]
     rows = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.startswith("| ")}
-    assert set(rows) >= {"ae", "denoising-ae", "sparse-ae", "contractive-ae", "vae"}
+    assert set(rows) >= {"ae", "denoising-ae", "sparse-ae", "contractive-ae", "vae", "pca"}
     header = rows["setting"].split(" | ")
     sparse = dict(zip(header, rows["sparse-ae"].split(" | ")))
     assert float(sparse["codes below 1e-2"]) > float(dict(zip(header, rows["ae"].split(" | ")))["codes below 1e-2"])
     assert dict(zip(header, rows["vae"].split(" | ")))["Jacobian norm"].strip() == ""
+    pca = dict(zip(header, rows["pca"].split(" | ")))  # the baseline: a code, no Jacobian
+    assert float(pca["PSNR output dB"]) > 0 and pca["Jacobian norm"].strip() == ""
 
 
 def test_the_gaussian_decoder_study_reports_final_numbers_and_draws_samples(tiny_data, tmp_path, capsys):
