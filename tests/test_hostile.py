@@ -80,9 +80,13 @@ def test_sighup_saves_and_stops_and_the_run_resumes(tiny_data, tmp_path, capsys,
             os.kill(os.getpid(), signal.SIGHUP)
         return real(self, *a, **k)
     out = str(tmp_path / "run")
-    with monkeypatch.context() as m:
-        m.setattr(vae.VAE, "loss", loss)
-        assert train.main(args_for(tiny_data, out, "--epochs", "2")) == 128 + signal.SIGHUP
+    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)  # under nohup it is ignored, on purpose
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(vae.VAE, "loss", loss)
+            assert train.main(args_for(tiny_data, out, "--epochs", "2")) == 128 + signal.SIGHUP
+    finally:
+        signal.signal(signal.SIGHUP, previous)
     err = capsys.readouterr().err
     assert "stopped by SIGHUP (the terminal closed) at epoch 2, step 2" in err
     assert train.main(["--resume", out]) == 0 and epoch_of(out) == 2
