@@ -356,10 +356,7 @@ def roc_curves(scores, positive, path, title):
     fig = figure(520, 480)
     ax = fig.add_axes([0.13, 0.12, 0.82, 0.78])
     for name, s in scores.items():
-        tp, fp = metrics.curve_points(s, positive)
-        ax.plot(torch.cat([tp.new_zeros(1), fp / fp[-1]]).numpy(),
-                torch.cat([tp.new_zeros(1), tp / tp[-1]]).numpy(),
-                label=f"{name} (AUROC {metrics.auroc(s, positive):.3f})")
+        ax.plot(*metrics.roc_points(s, positive), label=f"{name} (AUROC {metrics.auroc(s, positive):.3f})")
     ax.plot([0, 1], [0, 1], color="0.6", linestyle=":", linewidth=1)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)

@@ -5,6 +5,9 @@ dimensions; reconstruction MSE and PSNR on [0, 1] pixels, whatever the model's s
 """
 import math
 
+import numpy as np
+import scipy.stats
+import sklearn.metrics
 import torch
 
 import data
@@ -254,98 +257,41 @@ def classifier_view(logits, asked=None):
 
 def mean_std(values):
     """(mean, sample standard deviation; 0 for one value) of a list of numbers."""
-    n, mean = len(values), sum(values) / len(values)
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
 def welch(a, b, level=0.95):
-    """Welch's t-test (unequal variances) of mean(a) - mean(b), for two lists of two or more
-    numbers: (difference, its `level` confidence interval (low, high), two-sided p, degrees
-    of freedom, Welch-Satterthwaite). With no spread in either list the test is undefined:
-    the interval is the difference itself and p is nan."""
-    (mean_a, sd_a), (mean_b, sd_b) = mean_std(a), mean_std(b)
-    var_a, var_b = sd_a ** 2 / len(a), sd_b ** 2 / len(b)  # squared standard errors
-    diff, se = mean_a - mean_b, math.sqrt(var_a + var_b)
-    if se == 0:
+    """Welch's t-test (unequal variances) of mean(a) - mean(b), by scipy.stats.ttest_ind:
+    (difference, its `level` confidence interval (low, high), two-sided p, degrees of
+    freedom). With no spread in either list the test is undefined: the interval is the
+    difference itself and p is nan."""
+    diff = float(np.mean(a) - np.mean(b))
+    if np.var(a) == 0 and np.var(b) == 0:
         return diff, (diff, diff), float("nan"), float("inf")
-    df = (var_a + var_b) ** 2 / (var_a ** 2 / (len(a) - 1) + var_b ** 2 / (len(b) - 1))
-    t = t_quantile(1 - (1 - level) / 2, df)
-    return diff, (diff - t * se, diff + t * se), two_sided_p(diff / se, df), df
-
-
-def two_sided_p(t, df):
-    """P(|T| >= |t|) for Student's t with df degrees of freedom."""
-    return betainc(df / 2, 0.5, df / (df + t * t))
-
-
-def t_quantile(q, df):
-    """The t with P(T <= t) = q (q above 0.5), by bisection on two_sided_p."""
-    low, high = 0.0, 1e3
-    for _ in range(200):
-        mid = (low + high) / 2
-        low, high = (mid, high) if two_sided_p(mid, df) > 2 * (1 - q) else (low, mid)
-    return high
-
-
-def betainc(a, b, x):
-    """The regularized incomplete beta function I_x(a, b), by its continued fraction
-    (Lentz's method, as in Numerical Recipes); the t distribution's tail is I_{df/(df+t^2)}(df/2, 1/2)."""
-    if x <= 0 or x >= 1:
-        return float(x >= 1)
-    if x > (a + 1) / (a + b + 2):  # the fraction converges fast on this side only
-        return 1 - betainc(b, a, 1 - x)
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
-                     + a * math.log(x) + b * math.log1p(-x)) / a
-    tiny, c, d = 1e-300, 1.0, 0.0
-    f = 1.0
-    for i in range(400):
-        m = i // 2
-        if i == 0:
-            term = 1.0
-        elif i % 2 == 0:
-            term = m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m))
-        else:
-            term = -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))
-        d = 1 + term * d
-        d = 1 / (d if abs(d) > tiny else tiny)
-        c = 1 + term / c
-        c = c if abs(c) > tiny else tiny
-        f *= c * d
-        if i > 0 and abs(c * d - 1) < 1e-14:
-            break
-    return front * (f - 1)
-
-
-def midranks(x):
-    """Ranks 1..N of the values of x (N,), tied values sharing the mean of their ranks."""
-    _, inverse, counts = torch.unique(x, return_inverse=True, return_counts=True)  # sorted
-    ends = counts.cumsum(0).double()
-    return (ends - (counts - 1) / 2)[inverse]
+    test = scipy.stats.ttest_ind(a, b, equal_var=False)
+    low, high = test.confidence_interval(level)
+    return diff, (float(low), float(high)), float(test.pvalue), float(test.df)
 
 
 def auroc(scores, positive):
-    """The area under the ROC curve of scores (N,) for the positives (N,) bools, as the
-    Mann-Whitney statistic: P(a positive scores above a negative) + P(a tie) / 2."""
-    positive = positive.bool()
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    if not n_pos or not n_neg:
+    """The area under the ROC curve of scores (N,) for the positives (N,) bools
+    (scikit-learn's roc_auc_score; ties count one half)."""
+    positive = positive.bool().cpu().numpy()
+    if positive.all() or not positive.any():
         raise ValueError("auroc needs positives and negatives")
-    return ((midranks(scores.double())[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)).item()
-
-
-def curve_points(scores, positive):
-    """(true positives, false positives) at each distinct threshold, from the highest score
-    down (tied scores cross a threshold together)."""
-    order = scores.double().argsort(descending=True)
-    s, y = scores.double()[order], positive.double()[order]
-    last = torch.ones_like(s, dtype=torch.bool)
-    last[:-1] = s[1:] != s[:-1]  # the last of each run of equal scores
-    return y.cumsum(0)[last], (1 - y).cumsum(0)[last]
+    return float(sklearn.metrics.roc_auc_score(positive, scores.double().cpu().numpy()))
 
 
 def average_precision(scores, positive):
-    """The area under the precision-recall curve as the average precision (the definition
-    sklearn's average_precision_score uses): sum over thresholds of (R_n - R_n-1) P_n."""
-    tp, fp = curve_points(scores, positive)
-    recall = tp / tp[-1]
-    return (torch.diff(recall, prepend=recall.new_zeros(1)) * tp / (tp + fp)).sum().item()
+    """The area under the precision-recall curve as scikit-learn's average_precision_score:
+    sum over thresholds of (R_n - R_n-1) P_n."""
+    return float(sklearn.metrics.average_precision_score(positive.bool().cpu().numpy(),
+                                                         scores.double().cpu().numpy()))
+
+
+def roc_points(scores, positive):
+    """(false positive rates, true positive rates) of the ROC curve, from (0, 0) up
+    (scikit-learn's roc_curve)."""
+    fpr, tpr, _ = sklearn.metrics.roc_curve(positive.bool().cpu().numpy(),
+                                            scores.double().cpu().numpy())
+    return fpr, tpr

@@ -63,6 +63,22 @@ def test_kid_is_the_unbiased_mmd_with_the_cubic_kernel():
     assert mean == pytest.approx((aa + bb - 2 * ab).item(), rel=1e-9) and std < 1e-9
 
 
+def test_kid_matches_sklearns_polynomial_kernel_on_the_same_subsets():
+    import sklearn.metrics.pairwise
+    a, b = gaussian(700, 16, 8).double(), gaussian(500, 16, 9, shift=0.2).double()
+    gen, values = torch.Generator().manual_seed(0), []
+    for _ in range(5):  # the subsets metrics.kid draws with seed 0
+        x = a[torch.randperm(len(a), generator=gen)[:400]].numpy()
+        y = b[torch.randperm(len(b), generator=gen)[:400]].numpy()
+        k = lambda p, q: sklearn.metrics.pairwise.polynomial_kernel(p, q, degree=3, gamma=1 / 16, coef0=1)  # noqa: E731
+        kxx, kyy, m = k(x, x), k(y, y), len(x)
+        values.append((kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+                      - 2 * k(x, y).mean())
+    mean, std = metrics.kid(a, b, subsets=5, size=400)
+    assert mean == pytest.approx(np.mean(values), rel=1e-4)
+    assert std == pytest.approx(np.std(values, ddof=1), rel=1e-4)
+
+
 def brute_force(real, fake, k_pr=3, k_dc=5):
     """The four definitions, one point at a time."""
     def radius(x, k):
