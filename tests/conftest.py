@@ -8,6 +8,7 @@ to NHWC) is torchvision's own code.
 """
 import os
 import pickle
+import signal
 import struct
 import sys
 
@@ -76,6 +77,16 @@ def write_cifar(root, n_train=N_TRAIN, n_test=N_TEST):
     with open(os.path.join(folder, "batches.meta"), "wb") as f:
         pickle.dump({"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog",
                                      "frog", "horse", "ship", "truck"]}, f)
+
+
+@pytest.fixture(autouse=True)
+def sigint_as_in_a_terminal():
+    """SIGINT raises KeyboardInterrupt, as in a terminal, also when the suite was started in
+    the background (`cmd &`), where SIGINT starts ignored and so would stay ignored in the
+    processes the tests start (train.py keeps an ignored signal ignored, on purpose)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture
