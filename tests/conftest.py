@@ -22,18 +22,23 @@ N_TRAIN, N_TEST = 60, 24
 
 def pytest_addoption(parser):
     parser.addoption("--run-slow", action="store_true", help="also run tests marked slow")
+    parser.addoption("--e2e", action="store_true", help="also run the end-to-end tests (e2e: "
+                     "whole sweeps, reproductions, torchrun, the notebook; about 7 minutes)")
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: skipped unless --run-slow is given")
+    config.addinivalue_line("markers", "e2e: an end-to-end test of 7 s or more, skipped "
+                            "unless --e2e is given (.ci/run runs them as its second stage)")
 
 
 def pytest_collection_modifyitems(config, items):
-    if not config.getoption("--run-slow"):
-        skip = pytest.mark.skip(reason="slow: run with --run-slow")
-        for item in items:
-            if "slow" in item.keywords:
-                item.add_marker(skip)  # N_TRAIN a multiple of 5: CIFAR-10 has five training batches
+    for marker, option in (("slow", "--run-slow"), ("e2e", "--e2e")):
+        if not config.getoption(option):
+            skip = pytest.mark.skip(reason=f"{marker}: run with {option}")
+            for item in items:
+                if marker in item.keywords:
+                    item.add_marker(skip)  # N_TRAIN a multiple of 5: CIFAR-10 has five training batches
 
 
 def images_for(n, shape, seed):

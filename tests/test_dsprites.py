@@ -159,6 +159,7 @@ def test_evaluate_reports_the_disentanglement_metrics_and_their_figure(small_gri
     assert os.path.isfile(os.path.join(run, "eval", "factors.png"))
 
 
+@pytest.mark.e2e
 def test_the_factor_metrics_are_the_metrics_of_the_model_itself(small_grid, tmp_path):
     """evaluate.py's look-up table of the grid's codes gives the numbers of calling the
     model on each drawn image."""

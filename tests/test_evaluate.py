@@ -238,6 +238,7 @@ def last_row(run_dir):
     return evaluate.read_history(run_dir, None)[-1]
 
 
+@pytest.mark.e2e
 def test_evaluate_reproduces_the_printed_test_loss_of_each_model(tiny_data, tmp_path, capsys):
     vae_run = make_run(tiny_data, tmp_path / "vae")
     ae_run = make_run(tiny_data, tmp_path / "ae", "--model", "ae", "--noise", "gaussian:0.3")

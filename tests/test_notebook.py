@@ -3,10 +3,12 @@ import os
 
 import nbclient
 import nbformat
+import pytest
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 
+@pytest.mark.e2e
 def test_the_quickstart_notebook_runs_and_shows_its_figures(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setenv("QUICKSTART_DATA", tiny_data)
     monkeypatch.setenv("QUICKSTART_RUNS", str(tmp_path))

@@ -32,6 +32,7 @@ def data_root(tmp_path):
     return root
 
 
+@pytest.mark.e2e
 def test_two_processes_match_one_process_and_resume(data_root, tmp_path):
     common = ["--data-root", data_root, "--batch-size", "32", "--log-interval", "1000"]
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
@@ -52,6 +53,7 @@ def test_two_processes_match_one_process_and_resume(data_root, tmp_path):
     assert float(b[0]["train_loss"]) == pytest.approx(float(a[0]["train_loss"]), rel=0.005)
 
 
+@pytest.mark.e2e
 def test_the_vaegan_trains_its_three_networks_under_torchrun(data_root, tmp_path):
     out = str(tmp_path / "gan")
     proc = torchrun("--model", "vaegan", "--data-root", data_root, "--batch-size", "32",
@@ -61,6 +63,7 @@ def test_the_vaegan_trains_its_three_networks_under_torchrun(data_root, tmp_path
     assert float(row["train_grad_discriminator"]) > 0 and float(row["test_nelbo"]) > 0
 
 
+@pytest.mark.e2e
 def test_a_batch_that_does_not_split_is_refused_before_any_work(data_root, tmp_path):
     out = tmp_path / "run"
     proc = torchrun("--data-root", data_root, "--batch-size", "33", "--out", str(out))
@@ -68,6 +71,7 @@ def test_a_batch_that_does_not_split_is_refused_before_any_work(data_root, tmp_p
     assert "make it a multiple of the 2 processes" in proc.stderr and not out.exists()
 
 
+@pytest.mark.e2e
 def test_sigterm_to_torchrun_stops_every_process_at_one_step_and_resumes(tmp_path):
     root = str(tmp_path / "data")
     write_mnist(root, n_train=6000, n_test=100)
@@ -91,6 +95,7 @@ def test_sigterm_to_torchrun_stops_every_process_at_one_step_and_resumes(tmp_pat
     assert [r["epoch"] for r in rows(out)] == ["1", "2"]
 
 
+@pytest.mark.e2e
 def test_every_network_stays_identical_across_processes():
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                            "--nproc_per_node", "2", "tests/ddp_sync_worker.py"],

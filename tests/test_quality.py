@@ -167,6 +167,7 @@ def test_domain_network_shapes():
         assert net.features(x).shape == (2, features.FEATURES) and net(x).shape == (2, 7)
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(not os.path.isdir(SHARED_MNIST), reason="../shared/data/MNIST not present")
 def test_fid_between_halves_of_mnist_is_small_and_grows_with_noise_and_blur(tmp_path):
     """A domain network trained briefly on 6,000 real MNIST images; the FID of one half of the
@@ -236,6 +237,7 @@ def test_evaluate_sample_quality_flags(tiny_data, tmp_path, capsys):
     assert not os.path.exists(os.path.join(tiny_data, "features"))  # nothing trained
 
 
+@pytest.mark.e2e
 def test_inception_features_from_a_weights_file(tiny_data, tmp_path, capsys):
     """A state dict of torchvision's inception_v3 (random weights here: the path works, the
     numbers mean nothing) gives *_inception numbers and the 2048-d features; a file of other

@@ -7,6 +7,7 @@ import pytest
 import reproduce
 
 
+@pytest.mark.e2e
 def test_every_experiment_is_planned_with_valid_train_flags(tmp_path):
     for name, exp in reproduce.EXPERIMENTS.items():
         args = reproduce.build_parser().parse_args([name, "--runs", str(tmp_path), "--cifar10", "cifar10"])
@@ -37,6 +38,7 @@ def test_names(capsys, argv, code, words):
     assert all(w in printed.out + printed.err for w in words)
 
 
+@pytest.mark.e2e
 def test_the_autoencoder_family_measures_each_run_at_its_last_epoch(tiny_data, tmp_path, capsys):
     assert reproduce.main(["autoencoders", "--quick", "--data-root", tiny_data,
                            "--runs", str(tmp_path)]) == 0
@@ -51,6 +53,7 @@ def test_the_autoencoder_family_measures_each_run_at_its_last_epoch(tiny_data, t
     assert float(pca["PSNR output dB"]) > 0 and pca["Jacobian norm"].strip() == ""
 
 
+@pytest.mark.e2e
 def test_the_gaussian_decoder_study_reports_final_numbers_and_draws_samples(tiny_data, tmp_path, capsys):
     runs_dir = str(tmp_path / "rep")
     assert reproduce.main(["gaussian-decoder", "--quick", "--data-root", tiny_data, "--runs", runs_dir,
@@ -91,6 +94,7 @@ def test_unknown_settings_are_refused_before_any_run(tmp_path, capsys):
     assert not os.listdir(tmp_path)
 
 
+@pytest.mark.e2e
 def test_the_sample_quality_study_measures_each_run_once(tiny_data, tmp_path, capsys, monkeypatch):
     argv = ["sample-quality", "--quick", "--data-root", tiny_data, "--runs", str(tmp_path),
             "--settings", "mnist-vae,mnist-vaegan,mnist-cvae"]
@@ -111,6 +115,7 @@ def test_the_sample_quality_study_measures_each_run_once(tiny_data, tmp_path, ca
     assert reproduce.main(argv) == 0
 
 
+@pytest.mark.e2e
 def test_the_one_class_benchmark_reports_the_best_score_per_class(tiny_data, tmp_path, capsys, monkeypatch):
     settings = [f"mnist-{c}-{m}" for c in range(10) for m in ("pca", "ae-mlp")]
     monkeypatch.setitem(reproduce.ONE_CLASS_PUBLISHED, "mnist", {"a baseline": list(range(90, 100))})

@@ -165,6 +165,7 @@ def test_the_split_is_a_view_when_it_is_long_enough_and_repeats_when_not():
     assert y.tolist() == list(range(10)) + list(range(6))
 
 
+@pytest.mark.e2e
 def test_the_suite_runs_and_prints_its_table(tiny_data):
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "suite.py"), "--data-root", tiny_data,

@@ -23,6 +23,7 @@ def test_welch_matches_published_values():
     assert metrics.mean_std([2.0]) == (2.0, 0.0)
 
 
+@pytest.mark.e2e
 def test_a_sweep_runs_every_combination_then_skips_them_and_evaluate_groups_them(
         tiny_data, tmp_path, capsys):
     out = str(tmp_path / "sw")
@@ -45,6 +46,7 @@ def test_a_sweep_runs_every_combination_then_skips_them_and_evaluate_groups_them
     assert "Welch's t-test p = " in text
 
 
+@pytest.mark.e2e
 def test_an_interrupted_run_is_resumed(tiny_data, tmp_path, capsys):
     out = str(tmp_path / "sw")
     argv = ["--seeds", "1", "--out", out, "--", "--data-root", tiny_data, *SMALL]
@@ -116,6 +118,7 @@ def test_more_bad_sweeps(tmp_path, capsys, argv, words):
     assert err.count("\n") == 1 and all(w in err for w in words), err
 
 
+@pytest.mark.e2e
 def test_two_jobs_at_a_time_and_the_grouping_of_a_repeated_seed(tiny_data, tmp_path, capsys):
     out = str(tmp_path / "sw")
     assert sweep.main(["--jobs", "2", "--seeds", "1,2", "--out", out, "--",
@@ -162,6 +165,7 @@ def test_runs_started_together_find_their_data_fetched_first(tmp_path, capsys):
     assert not os.path.exists(os.path.join(out, "seed1"))
 
 
+@pytest.mark.e2e
 def test_ctrl_c_stops_every_running_run_saved_and_resumable(tiny_data, tmp_path):
     import signal
     import subprocess
