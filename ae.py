@@ -1,29 +1,28 @@
 """Autoencoders: plain (under- or overcomplete), denoising, sparse and contractive.
 
-Follows the model contract of models.py. The encoder and decoder are the VAE's networks
-of the same arch (vae.build_networks), so an AE-vs-VAE comparison changes one thing
+Follows the model contract (nets.Model). The encoder and decoder are the VAE's networks
+of the same arch (nets.build_networks), so an AE-vs-VAE comparison changes one thing
 only: a deterministic code h of size latent_dim instead of q(z|x). Denoising is the
 data's job (train.py --noise): the model just sees a corrupted input and a clean target.
-Copy this file with vae.py and losses.py.
+Copy this file with nets.py and losses.py.
 
     from ae import AE
     model = AE((1, 28, 28), latent_dim=32, contractive=0.1)
     out = model.loss(x, x)      # {"loss", "recon", "contractive"}, nats (or squared error) per image
 """
 import contextlib
-import math
 
 import torch
 import torch.nn as nn
 
 import losses
-from vae import (ACTIVATIONS, ARCHS, HIDDEN, NETWORK_OPTIONS, build_networks, check_networks,
-                 evaluating, positive)
+from nets import (ACTIVATIONS, ARCHS, HIDDEN, NETWORK_OPTIONS, Model, at_least, build_networks,
+                  check_networks, positive)
 
 CODES = {"linear": lambda h: h, "relu": torch.relu, "sigmoid": torch.sigmoid}
 
 
-class AE(nn.Module):
+class AE(Model):
     """x -> h = encoder(x) -> decoder(h). Penalties, each weighted and logged on its own:
 
     code: the code's activation, linear (default), relu or sigmoid.
@@ -40,8 +39,6 @@ class AE(nn.Module):
                                           "penalty becomes L * sum_j KL(rho || rho_hat_j)"),
                "contractive": (float, "weight L of the contractive penalty "
                                       "L * ||dh/dx||_F^2 per image")}
-    variational, can_sample, conditional, gated = False, False, False, False
-    closed_form = False  # optimised by train.py's loop (PCA is fitted in one pass)
     LOSS = "reconstruction term"
     ARCHS = ARCHS
 
@@ -54,9 +51,7 @@ class AE(nn.Module):
         check_networks(self.image_shape, latent_dim, arch, hidden, act, dropout)
         recon = losses.check_recon(recon, output)
         positive(c=c)
-        for name, value in (("sparsity", sparsity), ("contractive", contractive)):
-            if not (isinstance(value, (int, float)) and 0 <= value < math.inf):
-                raise ValueError(f"{name}={value!r} must be >= 0")
+        at_least(0, sparsity=sparsity, contractive=contractive)
         if code is not None and code not in CODES:
             raise ValueError(f"code={code!r} is unknown; use {', '.join(map(repr, CODES))}")
         if sparsity_target is not None:
@@ -88,26 +83,9 @@ class AE(nn.Module):
     def decode(self, h, labels=None):
         return self.decoder(h)  # (B, C, H, W) logits (sigmoid) or pre-activations (tanh)
 
-    def activate(self, logits):
-        return torch.sigmoid(logits) if self.output == "sigmoid" else torch.tanh(logits)
-
     def forward(self, x, labels=None):
         h = self.encode(x)
         return self.decode(h), h
-
-    @torch.no_grad()
-    def latent(self, x, labels=None):
-        with evaluating(self):
-            return self.encode(x)
-
-    @torch.no_grad()
-    def generate(self, h, labels=None):
-        with evaluating(self):
-            return self.activate(self.decode(h))
-
-    @torch.no_grad()
-    def reconstruct(self, x, labels=None):
-        return self.generate(self.latent(x))
 
     def jacobian_norm2(self, x, h=None):
         """||dh/dx||_F^2 per image, shape (B,), differentiable in the weights.
@@ -175,15 +153,6 @@ class AE(nn.Module):
         recon = losses.reconstruction(self.recon, self.decode(h), target, self.output, self.c).mean()
         return {"loss": recon, "recon": recon}
 
-    def anomaly_scores(self, input, target, labels=None):
-        """No scores of its own: evaluate.py's reconstruction error and code distance apply."""
-        return {}
-
-    def parameter_groups(self):
-        return {"model": list(self.parameters())}
-
-    def objectives(self, out):
-        return {"model": out["loss"]}
 
 
 def batch_moments(t):

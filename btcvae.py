@@ -17,14 +17,15 @@ Chen et al. subtract log(N M), N the training set's size: against ours that shif
 gradient (they add up to 0), so the training is the same; with log M the three start near 0 and add up to the KL (from one
 sample). Small batches bias them (M codes stand in for N).
 
-Follows the model contract of models.py. Imports only torch, losses.py and vae.py: copy
-the three into a notebook.
+Follows the model contract (nets.Model). Imports only torch, losses.py and vae.py: copy
+them and nets.py into a notebook.
 """
 import math
 
 import torch
 
 import losses
+from nets import at_least
 from vae import VAE
 
 LOG_2PI = math.log(2 * math.pi)
@@ -61,9 +62,7 @@ class BetaTCVAE(VAE):
     def __init__(self, image_shape=(1, 28, 28), num_classes=None, mi_weight=1.0,
                  dim_kl_weight=1.0, **options):
         super().__init__(image_shape, num_classes, **options)
-        for name, v in (("mi_weight", mi_weight), ("dim_kl_weight", dim_kl_weight)):
-            if not (isinstance(v, (int, float)) and 0 <= v < math.inf):
-                raise ValueError(f"{name}={v!r} must be >= 0")
+        at_least(0, mi_weight=mi_weight, dim_kl_weight=dim_kl_weight)
         self.mi_weight, self.dim_kl_weight = mi_weight, dim_kl_weight
 
     @property

@@ -2,7 +2,7 @@
 using Deep Conditional Generative Models"): q(z|x, y), p(x|z, y) and p(z) = N(0, I), for
 a class label y.
 
-Follows the model contract of models.py: the VAE of vae.py with the label, one-hot, also
+Follows the model contract (nets.Model): the VAE of vae.py with the label, one-hot, also
 given to the encoder (beside the flattened image for the MLP, as constant extra input
 channels for the conv net) and to the decoder (beside z). Copy it with vae.py and
 losses.py.
@@ -20,8 +20,8 @@ from vae import VAE
 
 
 class CVAE(VAE):
-    """The VAE's networks and options; every method that encodes or decodes takes labels."""
-    conditional = True
+    """The VAE's networks and options; every method that encodes or decodes takes labels
+    (by default 0, 1, ..., K-1, 0, ...: default_labels)."""
     LOSS = "negative ELBO of x given its label"
 
     def __init__(self, image_shape=(1, 28, 28), num_classes=10, latent_dim=5, **options):
@@ -44,10 +44,11 @@ class CVAE(VAE):
         dec[0] = nn.Linear(dec[0].in_features + k, dec[0].out_features)  # Linear(latent_dim, ...)
         return nets
 
+    def default_labels(self, n):
+        return torch.arange(n, device=next(self.parameters()).device) % self.num_classes
+
     def one_hot(self, labels, like):
-        if labels is None:
-            raise ValueError("the conditional VAE encodes and decodes with labels; pass "
-                             "labels=(B,) class indices")
+        labels = self.default_labels(len(like)) if labels is None else labels
         return F.one_hot(labels, self.num_classes).to(like.dtype)  # (B, K)
 
     def encode(self, x, labels=None):
@@ -61,13 +62,6 @@ class CVAE(VAE):
 
     def decode(self, z, labels=None):
         return self.decoder(torch.cat([z, self.one_hot(labels, z)], dim=1))
-
-    @torch.no_grad()
-    def sample(self, n, labels=None):
-        """n decodes of z ~ N(0, I) for the given labels (B,); by default 0, 1, ..., K-1, 0, ..."""
-        device = next(self.parameters()).device
-        labels = torch.arange(n, device=device) % self.num_classes if labels is None else labels
-        return self.generate(torch.randn(n, self.latent_dim, device=device), labels.to(device))
 
 
 if __name__ == "__main__":

@@ -62,11 +62,15 @@ def canonical_name(name):
     return name
 
 
-def describe(name, size=None, channels=None):
+def describe(name, size=None, channels=None, val_split=0):
     """(image shape (C, H, W), class names or None) of a dataset as --image-size and
-    --channels make it, known before loading it (a source's files are looked at, not read)."""
+    --channels make it, known before loading it (a source's files are looked at, not read);
+    ValueError for a --val-split where the dataset has its own validation split."""
     name = canonical_name(name)
     kind, _, path = name.partition(":")
+    if val_split and name == "celeba":
+        raise ValueError("--val-split: celeba has its own validation split (its official "
+                         "partition), used for best.pt; drop --val-split")
     if kind == "npz":
         shape, classes = npz_header(path)
     elif kind == "folder":

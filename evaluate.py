@@ -169,7 +169,7 @@ def load_run(run_dir, weights="last", partial=False, quiet=True):
     if not logged and not quiet:
         print(f"{run_dir}: its last weights are from step {ckpt['mid_epoch']['step']} of epoch "
               f"{epoch + 1}; the logged losses are epoch {epoch}'s")
-    if weights == "best" and not (cfg["val_split"] or cfg["dataset"] == "celeba"):
+    if weights == "best" and not any("val_loss" in row for row in history):  # no validation split
         raise ValueError(f"{run_dir} has no validation split (--val-split): its weights are "
                          f"not chosen (a best.pt of an older version was chosen on the test "
                          f"split); train with --val-split 0.1 (say) to have best weights")
@@ -202,11 +202,6 @@ def codes_of(model, split, cfg):
         noise_seed=data.TEST_NOISE_SEED)])
 
 
-def loss_kind(model):
-    """What a run's "loss" is (the model's LOSS), for the legends of a comparison."""
-    return getattr(model, "LOSS", "test loss")
-
-
 def curves(figures, histories, path, kinds):
     """loss_curves.png (the loss and the objective's terms) and, when the runs logged any,
     training_internals.png (gradient norms, the discriminator's numbers, skipped steps)."""
@@ -233,16 +228,16 @@ def measure(model, cfg, splits, args, history, epoch):
     row = next(r for r in history if int(r["epoch"]) == epoch)  # the weights' epoch
     m["history_train_loss"], m["history_test_loss"] = float(row["train_loss"]), float(row["test_loss"])
     m.update({k: v for k, v in test.items() if k.startswith("acc_")})
-    variational = model.variational
-    k = args.iw_samples if variational else 0
+    k = args.iw_samples if model.likelihood else 0  # a model with a decoder's likelihood
     sums, codes, kl_dims, per_image = {}, [], [], {}
     n_test, t0, done, announced = splits["test"][0].shape[0], time.perf_counter(), 0, False
     for x, target, y in data.batches(*splits["test"], 1000, output=cfg["output"], noise=noise,
                                      noise_seed=data.TEST_NOISE_SEED):
         code = model.latent(x, y)  # mu, or the AE's code h
         codes.append(code)
-        if variational:
-            kl_dims.append(losses.kl_normal(*model.encode(x, y), per_dim=True))
+        kl = model.kl_per_dim(x, y)  # None: no posterior (an AE)
+        if kl is not None:
+            kl_dims.append(kl)
         clean = data.to_unit(target, cfg["output"])
         rec = data.to_unit(model.generate(code, y), cfg["output"])  # z = mu
         per = {"mse": (rec - clean).pow(2).flatten(1).mean(1), "psnr": metrics.psnr(rec, clean)}
@@ -273,7 +268,7 @@ def measure(model, cfg, splits, args, history, epoch):
         if key in sums:
             m[key] = sums[key].item() / n_test
     codes = torch.cat(codes)
-    if variational:
+    if kl_dims:
         kl_dims = torch.cat(kl_dims).mean(0)
         m["kl"], m["kl_per_dim"] = kl_dims.sum().item(), kl_dims.tolist()
         m["active_units"], variance = metrics.active_units(codes)
@@ -332,39 +327,29 @@ def draw(model, cfg, split, m, codes, history, name, out, args):
     clean = data.to_unit(target, cfg["output"])
     recon = data.to_unit(model.reconstruct(x, y), cfg["output"])
     path = lambda f: os.path.join(out, f)  # noqa: E731
-    code = "z = μ" if model.variational else "code h"
+    code = model.CODE
     figures.reconstructions(clean[:n], {name: recon[:n]}, path("reconstructions.png"),
                             f"{name}: test images and their reconstructions ({code})")
     if cfg["noise"]:
         figures.denoising(data.to_unit(x, cfg["output"])[:n], recon[:n], clean[:n], path("denoising.png"))
     figures.latent_scatter(codes, split[1], path("latent.png"), f"{name}: test codes ({code})",
                            cfg.get("classes") or data.CLASSES.get(cfg["dataset"]))
-    variational = model.variational
     pairs = min(4, x.shape[0] // 2)
-    figures.interpolations(model, x[:pairs], x[-pairs:], n, path("interpolation.png"), variational,
+    figures.interpolations(model, x[:pairs], x[-pairs:], n, path("interpolation.png"),
+                           "kl_per_dim" in m,  # slerp too, for a Gaussian prior's codes
                            y[:pairs], y[-pairs:], f"{name}: interpolation between the codes of "
                            f"two test images ({code})", (clean[:pairs], clean[-pairs:]))
-    sampled = None
-    if model.can_sample:
-        classes = cfg.get("classes") or data.CLASSES[cfg["dataset"]] if model.conditional else None
-        figures.samples(model, n, path("samples.png"), f"{name}: samples from the prior"
-                        + (", one row per class" if classes else ""), gen, classes)
-        labels = torch.arange(2 * n, device=x.device) % cfg["num_classes"] if model.conditional else None
-        z = torch.randn(2 * n, model.latent_dim, generator=torch.Generator().manual_seed(args.seed))
-        sampled = figures.decode01(model, z.to(x.device), labels)  # for the side-by-side figure
-    if variational:
-        if cfg["latent_dim"] == 2 and not model.conditional:
-            figures.manifold(model, n, path("manifold.png"), f"{name}: decodes over a grid of z "
-                             f"(covering 99% of the test codes)", codes)
-        kl = torch.tensor(m["kl_per_dim"])
-        order = kl.argsort(descending=True)[:min(8, len(kl))].tolist()
-        center, spread = torch.zeros(len(kl)), torch.ones(len(kl))
-        rows = [f"z{d + 1} (KL {kl[d]:.2f})" for d in order]
-        figures.kl_bars({name: kl}, path("kl_per_dim.png"))
-    else:  # an AE has no prior: walk each code unit over its own spread on the test set
-        center, spread = codes.mean(0).cpu(), codes.std(0).cpu()
-        order = spread.argsort(descending=True)[:min(8, len(spread))].tolist()
-        rows = [f"h{d + 1} (sd {spread[d]:.2f})" for d in order]
+    classes = cfg.get("classes")
+    sampled = figures.samples(model, n, path("samples.png"), f"{name}: samples from the prior",
+                              gen, classes)  # None: no prior (an AE)
+    if cfg["latent_dim"] == 2 and model.default_labels(1) is None:  # (a CVAE: one per class)
+        figures.manifold(model, n, path("manifold.png"), f"{name}: decodes over a grid of the "
+                         f"code (covering 99% of the test codes)", codes, y[:1])
+    center, spread = codes.mean(0).cpu(), codes.std(0).cpu()  # walk each unit over its test spread
+    order = spread.argsort(descending=True)[:min(8, len(spread))].tolist()
+    rows = [f"{model.UNIT}{d + 1} (sd {spread[d]:.2f})" for d in order]
+    if "kl_per_dim" in m:
+        figures.kl_bars({name: torch.tensor(m["kl_per_dim"])}, path("kl_per_dim.png"))
     if "mutual_info" in m:  # a dataset with factors: name each traversed unit by its factor
         share = torch.tensor(m["mutual_info"]) / torch.tensor(m["factor_entropy"]).clamp_min(1e-12)
         rows = [f"{r}: {m['factor_names'][share[d].argmax()]} ({share[d].max():.2f})"
@@ -372,12 +357,12 @@ def draw(model, cfg, split, m, codes, history, name, out, args):
         figures.factor_heatmap(m["mutual_info"], m["factor_entropy"], m["factor_names"],
                                path("factors.png"), f"{name}: mutual information of each unit "
                                f"({code}) with each factor, over the factor's entropy",
-                               "z" if variational else "h")
+                               model.UNIT)
     device = x.device
     figures.traversal(model, x, order, center.to(device), spread.to(device), n,
                       path("traversal.png"), f"{name}: one dimension at a time, in "
-                      f"{'prior' if variational else 'test'} standard deviations", rows, y[:1], clean)
-    curves(figures, {name: history}, path, {name: loss_kind(model)})
+                      f"standard deviations of the test codes", rows, y[:1], clean)
+    curves(figures, {name: history}, path, {name: model.LOSS})
     return clean[:n], recon[:n], sampled  # for the side-by-side figures of several runs
 
 
@@ -510,7 +495,7 @@ def evaluate(dirs, names, out, device, args):
         runs.atomic_save(json.dumps(m, indent=2) + "\n", os.path.join(run_dir, name_json))
         rows.append((name, m))
         configs[name] = cfg
-        kinds_of[name] = loss_kind(model)
+        kinds_of[name] = model.LOSS
         histories[name], kls[name] = read_history(run_dir, history), m.get("kl_per_dim")
         if args.figures:
             folder = out if len(dirs) == 1 else os.path.join(out, name)

@@ -16,6 +16,7 @@ counts (evaluate.py writes them beside the numbers).
   Inception of the original FID code: expect the same trends, not the same digits).
 """
 import hashlib
+import itertools
 import math
 import os
 import time
@@ -263,14 +264,12 @@ def sample_quality(model, cfg, split, spaces, n, seed):
     test images' reconstructions (from the inputs of the test loss); the domain
     classifier's view of the samples; and what was compared ("features")."""
     m, about, t0 = {}, {}, time.perf_counter()
-    device = split[0].device
-    fakes, asked = None, None
-    if model.can_sample:
-        z = torch.randn(n, model.latent_dim, generator=torch.Generator().manual_seed(seed)).to(device)
-        asked = (torch.arange(n, device=device) % cfg["num_classes"]) if model.conditional else None
-        fakes, logits = embed(spaces, (data.to_unit(model.generate(
-            z[i:i + 1000], None if asked is None else asked[i:i + 1000]), model.output).clamp(0, 1)
-            for i in range(0, n, 1000)))
+    fakes, gen, asked = None, torch.Generator().manual_seed(seed), model.default_labels(n)
+    draw = lambda i: model.sample(min(1000, n - i), gen, None if asked is None else asked[i:i + 1000])  # noqa: E731
+    first = draw(0)
+    if first is not None:  # None: the model has no prior (an AE)
+        drawn = itertools.chain([first], (draw(i) for i in range(1000, n, 1000)))
+        fakes, logits = embed(spaces, (data.to_unit(images, model.output).clamp(0, 1) for images in drawn))
         if logits is not None:
             m.update(metrics.classifier_view(logits, asked))
     recons = embed(spaces, (data.to_unit(model.reconstruct(x, y), cfg["output"]).clamp(0, 1)

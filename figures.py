@@ -91,14 +91,17 @@ def denoising(noisy, denoised, clean, path):
 
 @torch.no_grad()
 def samples(model, n, path, title, generator=None, classes=None):
-    """An n x n grid of decodes of z ~ N(0, I) (fixed by `generator`); for a conditional
-    model, n samples of each class per row, labelled with the class names."""
-    rows = len(classes) if classes else n
-    z = torch.randn(rows * n, model.latent_dim, generator=generator)
-    device = next(model.parameters()).device
-    labels = torch.arange(rows, device=device).repeat_interleave(n) if classes else None
-    images = decode01(model, z.to(device), labels)
-    image_rows(list(images.split(n)), list(classes) if classes else [""] * n, path, title)
+    """An n x n grid of the model's prior samples (z drawn from `generator`); for a model
+    that draws given labels (default_labels), n of each class per row, named. Returns the
+    first 2n samples, or None (no figure) for a model without a prior."""
+    labelled = classes and model.default_labels(1) is not None
+    labels = torch.arange(len(classes)).repeat_interleave(n) if labelled else None
+    images = model.sample(len(classes) * n if labelled else n * n, generator, labels)
+    if images is None:
+        return None
+    images = data.to_unit(images, model.output).clamp(0, 1)
+    image_rows(list(images.split(n)), list(classes) if labelled else [""] * n, path, title)
+    return images[:2 * n]
 
 
 def latent_scatter(codes, labels, path, title, classes=None):
@@ -141,13 +144,15 @@ def latent_scatter(codes, labels, path, title, classes=None):
 
 
 @torch.no_grad()
-def manifold(model, n, path, title, codes=None):
-    """For a 2-D latent: decodes over an n x n grid of z from -r to r in each dimension, r the
-    99th percentile of the test codes' |z| (at least 1.64, the prior's 90% range)."""
+def manifold(model, n, path, title, codes=None, label=None):
+    """For a 2-D code: decodes over an n x n grid of z from -r to r in each dimension, r the
+    99th percentile of the test codes' |z| (at least 1.64, the prior's 90% range); label (1,):
+    a conditional model's, for every decode."""
     r = 1.64 if codes is None else max(1.64, codes.abs().float().quantile(0.99).item())
     q = torch.linspace(-r, r, n)
     z = torch.stack(torch.meshgrid(q.flip(0), q, indexing="ij"), -1).flatten(0, 1)  # rows: z2
-    images = decode01(model, z[:, [1, 0]].to(next(model.parameters()).device))
+    device = codes.device if codes is not None else "cpu"
+    images = decode01(model, z[:, [1, 0]].to(device), None if label is None else label.expand(len(z)))
     labels = [f"z2 = {v:+.1f}" for v in q.flip(0).tolist()]
     image_rows(list(images.split(n)), labels, path, title, [f"{v:+.1f}" for v in q.tolist()], "z1")
 

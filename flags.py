@@ -279,7 +279,12 @@ def check_model(cfg, given=()):
         owners = [m for m, c in models.MODELS.items() if foreign[0] in c.OPTIONS]
         raise ValueError(f"--{foreign[0].replace('_', '-')} is not an option of --model "
                          f"{cfg['model']}; it belongs to {', '.join(owners)}")
-    if cls.closed_form:  # fitted in one pass: one epoch, and no optimiser to set
+    try:
+        model = models.from_config(cfg, device="meta")
+    except ValueError as e:
+        raise ValueError(in_flag_words(str(e), cls.OPTIONS)) from None
+    cfg.update(models.resolved(model))
+    if not model.parameter_groups():  # fitted in closed form (PCA): one pass, no optimiser
         useless = sorted(given & OPTIMISATION) + (["epochs"] if "epochs" in given and cfg["epochs"] != 1 else [])
         if useless:
             raise ValueError(f"--model {cfg['model']} is fitted in closed form in one pass; drop "
@@ -287,11 +292,6 @@ def check_model(cfg, given=()):
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun's processes
             raise ValueError(f"--model {cfg['model']} is fitted in one process; run it without torchrun")
         cfg["epochs"] = 1
-    try:
-        model = models.from_config(cfg, device="meta")
-    except ValueError as e:
-        raise ValueError(in_flag_words(str(e), cls.OPTIONS)) from None
-    cfg.update(models.resolved(model))
     if cfg["lr_disc"] is not None and "discriminator" not in model.parameter_groups():
         raise ValueError(f"--lr-disc sets a discriminator's learning rate; the {cfg['model']} "
                          f"model has none")
@@ -307,10 +307,7 @@ def check(cfg, given):
         raise ValueError(f"--image-size must be in [16, 1024], got {cfg['image_size']}")
     if cfg["channels"] not in (None, 1, 3):
         raise ValueError(f"--channels must be 1 (grey) or 3 (colour), got {cfg['channels']}")
-    if cfg["val_split"] and cfg["dataset"] == "celeba":
-        raise ValueError("--val-split: celeba has its own validation split (its official "
-                         "partition), used for best.pt; drop --val-split")
-    shape, classes = data.describe(cfg["dataset"], cfg["image_size"], cfg["channels"])
+    shape, classes = data.describe(cfg["dataset"], cfg["image_size"], cfg["channels"], cfg["val_split"])
     cfg["image_shape"], cfg["classes"] = list(shape), classes
     cfg["num_classes"] = len(classes) if classes else None
     for name, flag in (("train_classes", "--classes"), ("exclude_classes", "--exclude-classes")):

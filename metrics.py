@@ -143,36 +143,6 @@ def linear_probe(train_x, train_y, test_x, test_y, weight_decay=1e-4, iters=200)
         return (b @ w + bias).argmax(1).eq(test_y).float().mean().item()
 
 
-def fit_classifier(images, labels, num_classes, epochs=2, batch_size=128, seed=0):
-    """A small CNN (two 3x3 convolutions 32-64 with 2x2 max pooling, a hidden layer of 128)
-    trained with Adam (lr 1e-3) on uint8 images (N, C, H, W) with H and W multiples of 4,
-    from a fixed seed. Returns it in evaluation mode; it takes images in [0, 1]."""
-    C, H, W = images.shape[1:]
-    with torch.random.fork_rng(devices=[]):  # its own seed; the caller's generator untouched
-        torch.manual_seed(seed)
-        net = torch.nn.Sequential(
-            torch.nn.Conv2d(C, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-            torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-            torch.nn.Flatten(), torch.nn.Linear(64 * (H // 4) * (W // 4), 128), torch.nn.ReLU(),
-            torch.nn.Linear(128, num_classes)).to(images.device)
-        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-        for _ in range(epochs):
-            for x, _, y in data.batches(images, labels, batch_size, shuffle=True):
-                loss = torch.nn.functional.cross_entropy(net(x), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-    return net.eval()
-
-
-@torch.no_grad()
-def classifier_accuracy(net, images, labels):
-    """The fraction of images (in [0, 1]) that `net` labels as `labels`."""
-    hits = sum((net(x).argmax(1) == y).sum().item()
-               for x, y in zip(images.split(1000), labels.split(1000)))
-    return hits / len(labels)
-
-
 def fid(real, fake):
     """Fréchet distance between Gaussians fitted to two feature sets (N, F) and (M, F)
     (Heusel et al. 2017): ||m1 - m2||^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)), with

@@ -8,7 +8,7 @@ The contract (models.py keeps the registry): a model is a `Model` with
     test_loss(input, target, labels)  the evaluation number (no beta, no penalties)
     parameter_groups(), objectives(out)   which parameters each objective trains
     latent(x, labels), generate(z, labels), reconstruct(x, labels)
-    sample(n, generator)       images from the prior, or None (a model without one)
+    sample(n, generator, labels)  images from the prior, or None (a model without one)
     and encode, decode, nll for a likelihood model (its `likelihood` names the decoder's
     distribution; None for a model without one).
 
@@ -45,7 +45,7 @@ class Model(nn.Module):
     """The contract's defaults (module docstring)."""
     OPTIONS = {}
     LOSS = "test loss"  # what test_loss's "loss" is, in a few words, for legends and tables
-    CODE = "code h"  # what latent() returns, for figure titles
+    CODE, UNIT = "code h", "h"  # what latent() returns, and a unit of it, for figure labels
     likelihood = None  # the decoder's distribution (losses.reconstruction), for likelihood models
     term_weights = {}  # what multiplies each logged term in "loss", when not 1
     progress = None  # epochs done, a float the loop sets before each step (KL schedules)
@@ -62,20 +62,23 @@ class Model(nn.Module):
         with evaluating(self):
             return self.encode(x, labels)
 
+    @torch.no_grad()
     def generate(self, z, labels=None):
         """Codes decoded to images in the data's range, in evaluation mode."""
         with evaluating(self):
             return self.activate(self.decode(z, labels))
 
+    @torch.no_grad()
     def reconstruct(self, x, labels=None):
         return self.generate(self.latent(x, labels), labels)
 
-    def sample(self, n, generator=None):
-        """n images decoded from prior draws (z from `generator`, on the CPU); None: no prior."""
+    def sample(self, n, generator=None, labels=None):
+        """n images decoded from prior draws (z from `generator`, on the CPU; labels by
+        default default_labels(n)); None: a model without a prior."""
         return None
 
     def default_labels(self, n):
-        """The labels sample() and generate() use when given none; None: no labels."""
+        """A conditional model's labels when given none, (n,) on its device; None: no labels."""
         return None
 
     def kl_per_dim(self, x, labels=None):

@@ -4,28 +4,27 @@ the baseline an autoencoder is measured against ("an AE is a non-linear PCA").
     code  h = W^T (x - m)          W: the top `latent_dim` eigenvectors of the covariance
     decode x_hat = m + W h          (P, D), orthonormal columns; m: the mean image
 
-No training loop: train.py calls fit() once with the training split's batches (the model
-contract's closed_form, models.py). Its loss is the squared error summed over pixels per
+Fitted in closed form: train.py calls before_epoch() with the training split's batches (the
+model contract, nets.Model), and finds no parameters to optimise. Its loss is the squared error summed over pixels per
 image (not a likelihood); on the training split it equals the sum of the discarded
-eigenvalues, the least any linear code of this size can reach. Imports only torch: copy it
-alone.
+eigenvalues, the least any linear code of this size can reach. Imports only torch and
+nets.py.
 """
 import math
 
 import torch
-import torch.nn as nn
+
+from nets import Model
 
 MAX_PIXELS = 16384  # the covariance is P x P in float64: 2 GB at this size
 
 
-class PCA(nn.Module):
+class PCA(Model):
     OPTIONS = {"latent_dim": (int, "size of the code: z for the VAE family, h for the AE "
                                    "(pca: the number of principal components)"),
                "output": (str, "decoder output: sigmoid ([0, 1] data) or tanh ([-1, 1] data)")}
-    variational, can_sample, conditional, gated, closed_form = False, False, False, False, True
     LOSS = "squared error per image"
     ARCHS, RECONS = (), ()
-    term_weights = {}
 
     def __init__(self, image_shape=(1, 28, 28), num_classes=None, latent_dim=20, output="sigmoid"):
         super().__init__()
@@ -43,7 +42,7 @@ class PCA(nn.Module):
         self.register_buffer("eigenvalues", torch.zeros(pixels))  # all of them, descending
 
     @torch.no_grad()
-    def fit(self, batches):
+    def before_epoch(self, batches):
         """The mean and the covariance (divided by N) of every image in `batches` (tensors
         (B, C, H, W)), in float64, then its top latent_dim eigenvectors."""
         total, outer, n = 0, 0, 0
@@ -62,9 +61,6 @@ class PCA(nn.Module):
     def decode(self, h, labels=None):
         return (self.mean + h @ self.components.T).view(-1, *self.image_shape)
 
-    def latent(self, x, labels=None):
-        return self.encode(x)
-
     def generate(self, h, labels=None):
         return self.decode(h)
 
@@ -75,13 +71,6 @@ class PCA(nn.Module):
         """The squared error ||target - x_hat||^2 per image, batch mean (the data's range)."""
         recon = (self.reconstruct(input) - target).pow(2).flatten(1).sum(1).mean()
         return {"loss": recon, "recon": recon}
-
-    def test_loss(self, input, target, labels=None):
-        return self.loss(input, target, labels)
-
-    def anomaly_scores(self, input, target, labels=None):
-        """No scores of its own: evaluate.py's reconstruction error and code distance apply."""
-        return {}
 
     def parameter_groups(self):
         return {}
@@ -94,6 +83,6 @@ if __name__ == "__main__":
     # Runs alone: fits 2,000 random images and checks the training error against the eigenvalues.
     x = torch.rand(2000, 1, 28, 28) ** 3
     model = PCA((1, 28, 28), latent_dim=20)
-    model.fit(x.split(500))
+    model.before_epoch(x.split(500))
     error = model.loss(x, x)["loss"].item()
     print(f"squared error {error:.4f} per image; discarded eigenvalues {model.eigenvalues[20:].sum():.4f}")

@@ -30,8 +30,8 @@ def cifar_mse(row):
 def autoencoder_measures(run_dir, data_root, quick=False):
     """The autoencoder family's numbers of one finished run, on the MNIST test split: PSNR of
     the input and of the reconstruction (dB, [0, 1] pixels, code h or z = mu), the fraction
-    of code activations |h_j| < 1e-2 ("codes below 1e-2"), and the exact ||dh/dx||_F per
-    image ("Jacobian norm"; AEs only)."""
+    of code activations |h_j| < 1e-2 ("codes below 1e-2"; the VAE's: of mu), and the exact
+    ||dh/dx||_F per image ("Jacobian norm")."""
     import torch
 
     import data
@@ -48,12 +48,10 @@ def autoencoder_measures(run_dir, data_root, quick=False):
         with torch.no_grad():
             found["PSNR input dB"].append(metrics.psnr(x, target))
             found["PSNR output dB"].append(metrics.psnr(model.reconstruct(x, y), target))
-        if not model.variational:  # the AE's code h is what the penalties act on
-            x = x.clone().requires_grad_(True)
-            h = model.encode(x)
-            found["codes below 1e-2"].append((h.abs() < 1e-2).float().flatten())
-            if hasattr(model, "jacobian_norm2"):  # (PCA's is W^T: sqrt(latent size))
-                found["Jacobian norm"].append(model.jacobian_norm2(x, h).detach().sqrt())
+            found["codes below 1e-2"].append((model.latent(x, y).abs() < 1e-2).float().flatten())
+        # ||d code / dx||_F per image, by autograd through latent() (PCA's: sqrt(latent size))
+        jac = torch.func.vmap(torch.func.jacrev(lambda xi: model.latent(xi[None])[0]))(x)
+        found["Jacobian norm"].append(jac.flatten(1).norm(dim=1))
     return {k: torch.cat(v).mean().item() for k, v in found.items() if v
             and (k != "PSNR input dB" or cfg["noise"])}
 

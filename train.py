@@ -87,8 +87,11 @@ def train_epoch(model, opt, split, cfg, epoch, noise, signals=None, resume=None,
     or its DistributedDataParallel wrapper, which takes this process's part of each global
     batch.
     """
-    model.train()
     images, labels = split
+    model.before_epoch(x for x, _, _ in data.batches(  # a model fitted in closed form (PCA) fits here
+        images, labels, 1000, output=cfg["output"], noise=noise, noise_seed=data.TEST_NOISE_SEED,
+        device=copy_to))
+    model.train()
     loss, groups = loss or model.loss, model.parameter_groups()
     r = resume or {"step": 0, "seconds": 0.0,
                    "order": torch.randperm(images.shape[0], device=images.device)}
@@ -125,15 +128,6 @@ def train_epoch(model, opt, split, cfg, epoch, noise, signals=None, resume=None,
                          f"split is {len(local)} image(s), and batch norm needs two or more")
     tally.stop_if_bad(epoch)  # also when the epoch's last batch was skipped
     return tally.means(), time.perf_counter() - t0
-
-
-def fit_closed_form(model, split, cfg, noise, copy_to=None):
-    """A closed-form model's one pass (models.py: closed_form): fit() on the training split's
-    inputs, then its loss terms on that split; returns them and the seconds taken."""
-    t0 = time.perf_counter()
-    model.fit(x for x, _, _ in data.batches(*split, 1000, output=cfg["output"], noise=noise,
-                                            noise_seed=data.TEST_NOISE_SEED, device=copy_to))
-    return metrics.test_loss(model, split, cfg, noise, copy_to), time.perf_counter() - t0
 
 
 def check_memory(model, cfg):
@@ -221,7 +215,7 @@ class Tally:
 
 
 @torch.no_grad()
-def save_figures(model, split, cfg, noise, epoch, z, copy_to=None):
+def save_figures(model, split, cfg, noise, epoch, copy_to=None):
     """This epoch's row of the run's growing figures (progress.py): 8 test inputs over their
     reconstructions (the AE's code h; the VAEs' z = mu), and the decodes of fixed prior
     samples."""
@@ -231,26 +225,26 @@ def save_figures(model, split, cfg, noise, epoch, z, copy_to=None):
     unit = lambda t: data.to_unit(t, cfg["output"])  # noqa: E731
     fixed = {"noisy input": unit(x), "clean target": unit(target)} if noise else {"input": unit(x)}
     rows = {"reconstructions": unit(model.reconstruct(x, y))}
-    code = "z = mu" if model.variational else "code h"
-    titles = {"reconstructions": f"{cfg['model']}: test images and their reconstructions ({code}) "
-                                 f"after each epoch",
+    titles = {"reconstructions": f"{cfg['model']}: test images and their reconstructions "
+                                 f"({model.CODE}) after each epoch",
               "samples": f"{cfg['model']}: decodes of the same 8 prior samples after each epoch"}
-    if model.can_sample:  # an AE has no prior to sample from
-        y = torch.arange(len(z), device=z.device) % cfg["num_classes"] if model.conditional else None
-        rows["samples"] = unit(model.generate(z, y))
+    samples = model.sample(8, torch.Generator().manual_seed(cfg["seed"]))  # None: no prior (AE)
+    if samples is not None:
+        rows["samples"] = unit(samples)
     progress.add_epoch(cfg["out"], epoch, fixed, rows, titles)
 
 
 @torch.no_grad()
 def active_units(model, split, cfg, noise, copy_to=None):
-    """A variational model's active units on the test split (Burda et al. 2016), or None:
-    the units whose mean E_q[z_d | x] varies over the test images by more than 0.01."""
-    if not model.variational:
-        return None
-    codes = torch.cat([model.latent(x, y) for x, _, y in data.batches(
-        *split, 1000, output=cfg["output"], noise=noise, noise_seed=data.TEST_NOISE_SEED,
-        device=copy_to)])
-    return metrics.active_units(codes)[0]  # every process holds the whole test split
+    """The active units on the test split of a model with a posterior (Burda et al. 2016), or
+    None: the units whose mean E_q[z_d | x] varies over the test images by more than 0.01."""
+    codes = []
+    for x, _, y in data.batches(*split, 1000, output=cfg["output"], noise=noise,
+                                noise_seed=data.TEST_NOISE_SEED, device=copy_to):
+        if not codes and model.kl_per_dim(x[:1], y[:1]) is None:
+            return None  # no posterior (an AE)
+        codes.append(model.latent(x, y))
+    return metrics.active_units(torch.cat(codes))[0]  # every process holds the whole test split
 
 
 def epoch_line(terms, weights):
@@ -285,8 +279,9 @@ def run(cfg, ckpt=None, signals=None):
     kept = data.kept_classes(cfg)
     print(f"Training: {cfg['model']} on {cfg['dataset']}"
           + (f" (classes {', '.join(cfg['classes'][c] for c in kept)} only)" if kept else "")
-          + (", fitted in closed form" if models.MODELS[cfg["model"]].closed_form else
-             f", {cfg['epochs']} epoch(s) of batch {cfg['batch_size']}, Adam lr {cfg['lr']:g}")
+          + (f", {cfg['epochs']} epoch(s) of batch {cfg['batch_size']}, Adam lr {cfg['lr']:g}"
+             if models.from_config(cfg, device="meta").parameter_groups() else
+             ", fitted in closed form (no parameters to optimise)")
           + f", seed {cfg['seed']}")
     torch.manual_seed(cfg["seed"] + rank)  # each process its own z, dropout and noise draws
     budget = parallel.data_budget(cfg, device)
@@ -322,19 +317,14 @@ def run(cfg, ckpt=None, signals=None):
     if writer:
         runs.remove_temporaries(cfg["out"])  # none is ours: we hold the folder's lock
         runs.save_config(cfg, cfg["out"])
-    z = torch.randn(8, cfg["latent_dim"], generator=torch.Generator().manual_seed(cfg["seed"]))
-    z = z.to(device)
     state = lambda epoch, mid=None: runs.checkpoint(  # noqa: E731
         model, opt, sched, epoch, cfg, history, best, mid, parallel.gather(runs.rng_state(device)))
     save = lambda obj, name: writer and runs.save_checkpoint(obj, os.path.join(cfg["out"], name))  # noqa
     signals.phase = "training"
     for epoch in range(start, cfg["epochs"] + 1):
         try:
-            if model.closed_form:  # fitted in one pass (PCA): no optimizer, no steps
-                train, seconds = fit_closed_form(model, splits["train"], cfg, noise, copy_to["train"])
-            else:
-                train, seconds = train_epoch(model, opt, splits["train"], cfg, epoch, noise,
-                                             signals, mid_epoch, autocast, copy_to["train"], loss)
+            train, seconds = train_epoch(model, opt, splits["train"], cfg, epoch, noise, signals,
+                                         mid_epoch, autocast, copy_to["train"], loss)
         except runs.Stop as stop:  # the epoch's state so far, and the weights after its last step
             save(state(epoch - 1, stop.mid_epoch), "checkpoint.pt")
             stop.where = f"epoch {epoch}, step {stop.mid_epoch['step']}"
@@ -373,7 +363,7 @@ def run(cfg, ckpt=None, signals=None):
                 runs.atomic_save({"format": runs.FORMAT, "model": model.state_dict(),
                                   "config": cfg, "epoch": epoch,
                                   "val_loss": best}, os.path.join(cfg["out"], "best.pt"))
-            save_figures(model, splits["test"], cfg, noise, epoch, z, copy_to["test"])
+            save_figures(model, splits["test"], cfg, noise, epoch, copy_to["test"])
         if parallel.any_rank(signals.received) and epoch < cfg["epochs"]:
             stop = runs.Stop(signals.received or signal.SIGTERM)
             stop.where = f"the end of epoch {epoch}"
@@ -466,10 +456,6 @@ def train_main(argv, signals):
                              f"{f' over {processes} processes' if processes > 1 else ''} gives "
                              f"batches of one image, which batch norm cannot normalize; use "
                              f"--batch-size {2 * processes} or more, or --no-batchnorm")
-        if parallel.active() and model.gated:
-            raise ValueError(f"this {cfg['model']} model decides its updates from each step's "
-                             f"numbers (--equilibrium), which each process would do alone; it "
-                             f"is not supported under torchrun yet (drop it or run one process)")
     except ValueError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2

@@ -1,9 +1,9 @@
 """The VAE-GAN (Larsen et al. 2016, "Autoencoding beyond pixels using a learned similarity
 metric"): a VAE whose decoder is also a GAN generator, with a discriminator beside it.
 
-Follows the model contract of models.py; train.py trains it, and `python vaegan.py` shows
+Follows the model contract (nets.Model); train.py trains it, and `python vaegan.py` shows
 the step any loop needs (each network's own loss into its own parameters). Imports only
-torch, losses.py and vae.py: copy the three into a notebook.
+torch, losses.py, nets.py and vae.py: copy the four into a notebook.
 
 Three networks, three losses (all nats per image, averaged over the batch):
     encoder        recon + beta * KL
@@ -17,12 +17,14 @@ VAE, so doing that raises an error.
 """
 import contextlib
 import math
+import os
 
 import torch
 import torch.nn as nn
 
 import losses
-from vae import ACTIVATIONS, VAE, conv_kernels, conv_widths, evaluating, positive
+from nets import ACTIVATIONS, conv_kernels, conv_widths, evaluating, positive
+from vae import VAE
 
 
 def mlp_networks(image_shape, latent_dim, hidden, act="relu", dropout=0.0, batchnorm=True):
@@ -57,7 +59,7 @@ def conv_networks(image_shape, latent_dim, act="relu", dropout=0.0, batchnorm=Tr
                    the last one without BN (the output activation comes after it)
     discriminator  convolutions with LeakyReLU 0.2 and BN on all but the first, then a
                    linear layer to one logit
-    Channels 64-128-256 (one more doubling per stage above 32x32); vae.conv_kernels gives
+    Channels 64-128-256 (one more doubling per stage above 32x32); nets.conv_kernels gives
     the kernels (4, 4, 4 take 32x32 to 4x4; 4, 4, 3 take 28 -> 14 -> 7 -> 4), and the
     decoder mirrors them back.
     """
@@ -135,7 +137,11 @@ class VAEGAN(VAE):
                              f"equilibrium too (e.g. equilibrium=0.68)")
         if margin is not None and not 0 <= margin < math.inf:
             raise ValueError(f"margin={margin!r} must be >= 0")
-        self.gamma, self.equilibrium, self.gated = gamma, equilibrium, equilibrium is not None
+        if equilibrium is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun
+            raise ValueError(f"equilibrium={equilibrium!r} decides each step's updates from its "
+                             f"numbers, which each process would do alone: not supported under "
+                             f"torchrun yet (drop it or run one process)")
+        self.gamma, self.equilibrium = gamma, equilibrium
         self.margin = 0.35 if margin is None and equilibrium is not None else margin
         blocks = len(self.discriminator.blocks)
         if feature_layer is not None and self.recon != "feature":

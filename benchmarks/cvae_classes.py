@@ -4,8 +4,9 @@ training split labels the samples of each class of `train.py --model cvae` runs.
     python train.py --model cvae --dataset mnist --epochs 10 --out runs/cvae-mnist
     python benchmarks/cvae_classes.py runs/cvae-mnist --data-root data
 
-The classifier is metrics.fit_classifier (a small CNN, fixed seed, --classifier-epochs
-epochs on the run's training split); its accuracy on the real test split is printed first.
+The classifier is the dataset's domain CNN of the sample-quality metrics (features.py:
+trained once from a fixed seed on the training split, cached in <data root>/features/); its
+accuracy on the real test split is printed first.
 Then, for each run, --n samples z ~ N(0, I) of each class are decoded and labelled: the
 share labelled as the class asked for, per class and overall. The classifier is trained
 once per dataset and data root.
@@ -18,8 +19,8 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import data  # noqa: E402
+import features  # noqa: E402
 import flags  # noqa: E402
-import metrics  # noqa: E402
 import models  # noqa: E402
 import runs  # noqa: E402
 from flags import saved_config  # noqa: E402
@@ -31,7 +32,6 @@ def main():
     p.add_argument("runs", nargs="+", help="run folders of train.py --model cvae")
     p.add_argument("--data-root", default=None, help="dataset folder (default: each run's own)")
     p.add_argument("--n", type=int, default=1000, help="samples per class")
-    p.add_argument("--classifier-epochs", type=int, default=2, help="epochs of the classifier")
     p.add_argument("--seed", type=int, default=0, help="seeds the samples")
     args = p.parse_args()
     classifiers = {}
@@ -42,21 +42,18 @@ def main():
         key = (cfg["dataset"], args.data_root or cfg["data_root"])
         if key not in classifiers:
             splits = data.load(cfg["dataset"], key[1], "cpu", download=False)
-            net = metrics.fit_classifier(*splits["train"], cfg["num_classes"],
-                                         args.classifier_epochs)
-            test_x = splits["test"][0].float() / 255
-            acc = metrics.classifier_accuracy(net, test_x, splits["test"][1])
-            print(f"classifier for {cfg['dataset']}: {args.classifier_epochs} epochs, "
-                  f"test accuracy {acc:.4f}", flush=True)
+            net, info = features.domain_network(cfg["dataset"], key[1], splits, cfg["num_classes"])
+            print(f"classifier for {cfg['dataset']}: the domain CNN {info['hash']}, test "
+                  f"accuracy {info['test_accuracy']:.4f}", flush=True)
             classifiers[key] = net
         torch.manual_seed(args.seed)
         labels = torch.arange(cfg["num_classes"]).repeat_interleave(args.n)
         images = torch.cat([data.to_unit(model.sample(len(y), labels=y), cfg["output"])
                             for y in labels.split(1000)])
-        per_class = [metrics.classifier_accuracy(classifiers[key], images[labels == k],
-                                                 labels[labels == k])
-                     for k in range(cfg["num_classes"])]
-        names = data.CLASSES[cfg["dataset"]]
+        with torch.no_grad():
+            said = torch.cat([classifiers[key](x).argmax(1) for x in images.split(1000)])
+        per_class = [(said[labels == k] == k).float().mean().item() for k in range(cfg["num_classes"])]
+        names = cfg["classes"]
         print(f"{run} (epoch {runs.load_checkpoint(os.path.join(run, 'checkpoint.pt'))['epoch']}): "
               f"{sum(per_class) / len(per_class):.4f} of {len(labels)} samples labelled as the "
               f"class asked for; per class: "

@@ -47,7 +47,7 @@ def test_pca_is_the_projection_on_the_top_components_and_its_error_the_rest():
     spread = torch.tensor([5, 3, 2, 1, 0.5, 0.3, 0.2, 0.1, *[0.05] * 8], dtype=torch.float64)
     x = (torch.randn(400, 16, generator=g, dtype=torch.float64) * spread) @ basis.T + 0.5
     model = models.build("pca", (1, 4, 4), None, {"latent_dim": 3})
-    model.fit(x.float().view(-1, 1, 4, 4).split(64))
+    model.before_epoch(x.float().view(-1, 1, 4, 4).split(64))
     centred = x - x.mean(0)
     values, vectors = torch.linalg.eigh(centred.T @ centred / len(x))
     top = vectors[:, -3:]  # the three largest

@@ -10,6 +10,7 @@ from PIL import Image
 
 import data
 import images
+import nets
 import train
 import vae
 import vaegan
@@ -156,7 +157,7 @@ def test_conv_networks_take_any_side_of_4_times_a_power_of_two(cls, side):
     x = torch.rand(2, 3, side, side)
     assert model.reconstruct(x).shape == x.shape
     assert model.generate(torch.zeros(2, 4)).shape == x.shape
-    assert len(vae.conv_kernels((3, side, side))) == {16: 2, 64: 4, 128: 5}[side]
+    assert len(nets.conv_kernels((3, side, side))) == {16: 2, 64: 4, 128: 5}[side]
 
 
 def test_conv_refuses_a_side_it_cannot_halve_to_4_and_names_the_flag(tmp_path, capsys):

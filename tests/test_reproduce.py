@@ -48,9 +48,12 @@ def test_the_autoencoder_family_measures_each_run_at_its_last_epoch(tiny_data, t
     header = rows["setting"].split(" | ")
     sparse = dict(zip(header, rows["sparse-ae"].split(" | ")))
     assert float(sparse["codes below 1e-2"]) > float(dict(zip(header, rows["ae"].split(" | ")))["codes below 1e-2"])
-    assert dict(zip(header, rows["vae"].split(" | ")))["Jacobian norm"].strip() == ""
-    pca = dict(zip(header, rows["pca"].split(" | ")))  # the baseline: a code, no Jacobian
-    assert float(pca["PSNR output dB"]) > 0 and pca["Jacobian norm"].strip() == ""
+    contractive = dict(zip(header, rows["contractive-ae"].split(" | ")))
+    assert float(dict(zip(header, rows["vae"].split(" | ")))["Jacobian norm"]) > 0  # of mu
+    pca = dict(zip(header, rows["pca"].split(" | ")))  # the baseline: h = W^T (x - m)
+    assert float(pca["PSNR output dB"]) > 0
+    assert float(pca["Jacobian norm"]) == pytest.approx(20 ** 0.5, abs=0.01)  # orthonormal W
+    assert float(contractive["Jacobian norm"]) < float(dict(zip(header, rows["ae"].split(" | ")))["Jacobian norm"])
 
 
 @pytest.mark.e2e

@@ -123,7 +123,7 @@ def test_active_units_count_the_codes_that_vary(tiny_data):
     assert train.active_units(model, (images, torch.zeros(40, dtype=torch.long)), cfg, None) == 0
     model.encoder[-1].weight.data[0] = 5.0  # unit 1 now moves with the image
     assert train.active_units(model, (images, torch.zeros(40, dtype=torch.long)), cfg, None) == 1
-    assert train.active_units(models.build("ae", (1, 8, 8), None, {"hidden": (16,)}), (images, None), cfg, None) is None
+    assert train.active_units(models.build("ae", (1, 8, 8), None, {"hidden": (16,)}), (images, torch.zeros(40, dtype=torch.long)), cfg, None) is None
 
 
 def test_the_kl_decomposition_adds_up_and_vanishes_for_one_posterior():
