@@ -265,11 +265,12 @@ def sample_quality(model, cfg, split, spaces, n, seed):
     classifier's view of the samples; and what was compared ("features")."""
     m, about, t0 = {}, {}, time.perf_counter()
     fakes, gen, asked = None, torch.Generator().manual_seed(seed), model.default_labels(n)
-    draw = lambda i: model.sample(min(1000, n - i), gen, None if asked is None else asked[i:i + 1000])  # noqa: E731
-    first = draw(0)
+    drawn = (model.sample(min(1000, n - i), gen, None if asked is None else asked[i:i + 1000])
+             for i in range(0, n, 1000))
+    first = next(drawn)
     if first is not None:  # None: the model has no prior (an AE)
-        drawn = itertools.chain([first], (draw(i) for i in range(1000, n, 1000)))
-        fakes, logits = embed(spaces, (data.to_unit(images, model.output).clamp(0, 1) for images in drawn))
+        fakes, logits = embed(spaces, (data.to_unit(images, model.output).clamp(0, 1)
+                                       for images in itertools.chain([first], drawn)))
         if logits is not None:
             m.update(metrics.classifier_view(logits, asked))
     recons = embed(spaces, (data.to_unit(model.reconstruct(x, y), cfg["output"]).clamp(0, 1)

@@ -101,7 +101,8 @@ class Model(nn.Module):
 
 
 def block(layer, width, batchnorm, act, dropout=0.0, dims=1):
-    """[layer, (BatchNorm), act, (Dropout)]: the unit every network below repeats."""
+    """[layer, (BatchNorm), act, (Dropout)]: the unit every network repeats; act a name of
+    ACTIVATIONS or a module (the VAE-GAN discriminator's LeakyReLU)."""
     bn = [(nn.BatchNorm1d if dims == 1 else nn.BatchNorm2d)(width)] if batchnorm else []
     return [layer, *bn, ACTIVATIONS[act]() if isinstance(act, str) else act,
             *([nn.Dropout(dropout)] if dropout > 0 else [])]

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 import losses
-from nets import ACTIVATIONS, conv_kernels, conv_widths, evaluating, positive
+from nets import block, conv_kernels, conv_widths, evaluating, mlp_decoder, mlp_encoder, positive
 from vae import VAE
 
 
@@ -35,20 +35,11 @@ def mlp_networks(image_shape, latent_dim, hidden, act="relu", dropout=0.0, batch
     discriminator  784 -> 256 (BN, ReLU) -> 1 logit
     """
     pixels = math.prod(image_shape)
-    bn = (lambda n: [nn.BatchNorm1d(n)]) if batchnorm else (lambda n: [])
-    enc, width = [nn.Flatten()], pixels
-    for h in hidden:
-        enc += [nn.Linear(width, h), *bn(h), ACTIVATIONS[act]()]
-        enc += [nn.Dropout(dropout)] if dropout > 0 else []
-        width = h
-    enc += [nn.Linear(width, 2 * latent_dim), *bn(2 * latent_dim)]
-    dec, width = [], latent_dim
-    for h in reversed(hidden):
-        dec += [nn.Linear(width, h), *bn(h), ACTIVATIONS[act]()]
-        width = h
-    dec += [nn.Linear(width, pixels), nn.Unflatten(1, image_shape)]
-    disc = nn.ModuleList([nn.Sequential(nn.Flatten(), nn.Linear(pixels, 256), *bn(256), nn.ReLU())])
-    return nn.Sequential(*enc), nn.Sequential(*dec), disc, nn.Linear(256, 1)
+    enc = mlp_encoder(image_shape, hidden, 2 * latent_dim, act, dropout, batchnorm)
+    enc = nn.Sequential(*enc, *([nn.BatchNorm1d(2 * latent_dim)] if batchnorm else []))
+    dec = mlp_decoder(image_shape, hidden, latent_dim, act, batchnorm)
+    disc = nn.ModuleList([nn.Sequential(nn.Flatten(), *block(nn.Linear(pixels, 256), 256, batchnorm, "relu"))])
+    return enc, dec, disc, nn.Linear(256, 1)
 
 
 def conv_networks(image_shape, latent_dim, act="relu", dropout=0.0, batchnorm=True):
@@ -66,24 +57,21 @@ def conv_networks(image_shape, latent_dim, act="relu", dropout=0.0, batchnorm=Tr
     channels, kernels = image_shape[0], conv_kernels(image_shape)
     widths = conv_widths(kernels, first=64)  # 64-128-256 for 28x28 and 32x32
     last = widths[-1]
-    bn2 = (lambda n: [nn.BatchNorm2d(n)]) if batchnorm else (lambda n: [])
     enc, c_in = [], channels
     for width, k in zip(widths, kernels):
-        enc += [nn.Conv2d(c_in, width, k, stride=2, padding=1), *bn2(width), ACTIVATIONS[act]()]
-        enc += [nn.Dropout(dropout)] if dropout > 0 else []
+        enc += block(nn.Conv2d(c_in, width, k, stride=2, padding=1), width, batchnorm, act, dropout, dims=2)
         c_in = width
     enc += [nn.Flatten(), nn.Linear(last * 4 * 4, 2 * latent_dim)]
-    dec = [nn.Linear(latent_dim, last * 4 * 4)]
-    dec += [nn.BatchNorm1d(last * 4 * 4)] if batchnorm else []
-    dec += [nn.ReLU(), nn.Unflatten(1, (last, 4, 4))]
+    dec = [*block(nn.Linear(latent_dim, last * 4 * 4), last * 4 * 4, batchnorm, "relu"),
+           nn.Unflatten(1, (last, 4, 4))]
     for i in reversed(range(1, len(widths))):  # back up the encoder's stages but the first
-        dec += [nn.ConvTranspose2d(widths[i], widths[i - 1], kernels[i], stride=2, padding=1),
-                *bn2(widths[i - 1]), nn.ReLU()]
+        dec += block(nn.ConvTranspose2d(widths[i], widths[i - 1], kernels[i], stride=2, padding=1),
+                     widths[i - 1], batchnorm, "relu", dims=2)
     dec += [nn.ConvTranspose2d(widths[0], channels, kernels[0], stride=2, padding=1)]
     disc, c_in = nn.ModuleList(), channels
     for i, (width, k) in enumerate(zip(widths, kernels)):
-        disc.append(nn.Sequential(nn.Conv2d(c_in, width, k, stride=2, padding=1),
-                                  *(bn2(width) if i > 0 else []), nn.LeakyReLU(0.2)))
+        disc.append(nn.Sequential(*block(nn.Conv2d(c_in, width, k, stride=2, padding=1), width,
+                                         batchnorm and i > 0, nn.LeakyReLU(0.2), dims=2)))
         c_in = width
     head = nn.Sequential(nn.Flatten(), nn.Linear(last * 4 * 4, 1))
     return nn.Sequential(*enc), nn.Sequential(*dec), disc, head
