@@ -27,9 +27,8 @@ def scores(model, cfg, splits, train_codes, test_codes, per_image):
     """{score: (N,) over the test split} (module docstring). train_codes: the codes of the
     training images (of the run's classes); per_image: what evaluate.measure kept."""
     found = {"recon_error": []}
-    for x, target, y in data.batches(*splits["test"], 1000, output=cfg["output"],
-                                     noise=data.parse_noise(cfg["noise"]),
-                                     noise_seed=data.TEST_NOISE_SEED):
+    for x, target, y in data.eval_batches(splits["test"], cfg["output"],
+                                          data.parse_noise(cfg["noise"])):
         clean = data.to_unit(target, cfg["output"])
         rec = data.to_unit(model.reconstruct(x, y), cfg["output"])
         found["recon_error"].append((rec - clean).pow(2).flatten(1).sum(1))

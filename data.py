@@ -17,7 +17,9 @@ import math
 import os
 import pickle
 import struct
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -26,83 +28,115 @@ from torchvision.datasets import utils as tv_utils
 import dsprites
 from images import DataError, fit, folder_header, npz_header, read_celeba, read_folder, read_npz
 
-# name -> (torchvision class, folder under the data root, files that must be there)
+TEST_NOISE_SEED = 0  # the test split's corruption is the same in every run, whatever --seed
+NOISE_KINDS = ("gaussian", "saltpepper", "mask")
 IDX_FILES = ("train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz "
              "and t10k-labels-idx1-ubyte.gz")
+
+
+@dataclass
+class Record:
+    """What a loader returns: the image shape as stored (C, H, W), the class names (None: no
+    labels), and, when read, the splits {"train": (images, labels), "test": ..., and "val"
+    where the dataset has its own}; factors: the ground truth's class (dsprites.GroundTruth)
+    where the images' generative factors are known."""
+    shape: tuple
+    classes: list = None
+    splits: dict = None
+    own_val: bool = False
+    factors: type = None
+
+
+def torchvision_loader(name, cls, folder, files, shape, classes):
+    """A loader of one of torchvision's datasets, in its own on-disk layout under the root."""
+    def load(path, root, download, size, channels, skip_bad, read):
+        if not read:
+            return Record(shape, classes)
+        splits = {split: load_split(name, root, split == "train", download)
+                  for split in ("train", "test")}
+        check_splits(name, os.path.normpath(os.path.join(root, folder)), splits, shape, len(classes))
+        return Record(shape, classes, splits)
+    load.torchvision = cls, folder, files
+    return load
+
+
+def celeba(path, root, download, size, channels, skip_bad, read):
+    return Record((3, 64, 64), None, read and read_celeba(root, download, size, channels, skip_bad),
+                  own_val=True)  # 64x64 after read_celeba's centre crop and resize
+
+
+def sprites(path, root, download, size, channels, skip_bad, read):
+    if (size or 64) != 64 or (channels or 1) != 1:
+        raise ValueError("dsprites is drawn at 64x64 in grey: drop --image-size and --channels")
+    return Record((1, 64, 64), dsprites.SHAPES, read and dsprites.read(root), factors=dsprites.GroundTruth)
+
+
+def npz(path, root, download, size, channels, skip_bad, read):
+    return Record(*npz_header(path), read and read_npz(path))
+
+
+def folder(path, root, download, size, channels, skip_bad, read):
+    return Record(*folder_header(path), read and read_folder(path, size, channels, skip_bad))
+
+
+# --dataset NAME, or KIND:PATH for the kinds that take a path (npz, folder): name -> loader.
+# A loader(path, root, download, size, channels, skip_bad, read) returns a Record; with
+# read False, only its shape and class names (from headers: known before any work).
 DATASETS = {
-    "mnist": ("MNIST", "MNIST/raw", IDX_FILES),
-    "fashion-mnist": ("FashionMNIST", "FashionMNIST/raw", IDX_FILES),
-    "cifar10": ("CIFAR10", ".", "cifar-10-python.tar.gz (or its extracted cifar-10-batches-py/)"),
+    "mnist": torchvision_loader("mnist", "MNIST", "MNIST/raw", IDX_FILES, (1, 28, 28),
+                                [str(d) for d in range(10)]),
+    "fashion-mnist": torchvision_loader("fashion-mnist", "FashionMNIST", "FashionMNIST/raw", IDX_FILES, (1, 28, 28), [
+        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+        "Ankle boot"]),
+    "cifar10": torchvision_loader("cifar10", "CIFAR10", ".", "cifar-10-python.tar.gz (or its extracted "
+                                  "cifar-10-batches-py/)", (3, 32, 32), [
+        "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]),
+    "celeba": celeba,
+    "dsprites": sprites,
+    "npz": npz,
+    "folder": folder,
 }
+WITH_PATH = ("npz", "folder")
 ALIASES = {"fashionmnist": "fashion-mnist", "cifar-10": "cifar10"}
-CLASSES = {
-    "mnist": [str(d) for d in range(10)],
-    "fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                      "Sneaker", "Bag", "Ankle boot"],
-    "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-                "truck"],
-}
-NOISE_KINDS = ("gaussian", "saltpepper", "mask")
-TEST_NOISE_SEED = 0  # the test split's corruption is the same in every run, whatever --seed
-
-
-SOURCES = ("npz", "folder")  # --dataset KIND:PATH, read by images.read_npz and read_folder
 
 
 def canonical_name(name):
     kind, colon, path = name.partition(":")
-    if colon and kind in SOURCES:
+    if colon and kind in WITH_PATH:
         if not path:
             raise ValueError(f"--dataset {name}: give a path, e.g. {kind}:~/my_images")
         return f"{kind}:{','.join(os.path.expanduser(p) for p in path.split(','))}"
     name = ALIASES.get(name.lower(), name.lower())
-    if name not in DATASETS and name not in ("celeba", "dsprites"):
-        raise ValueError(f"unknown dataset {name!r}; use mnist, fashion-mnist, cifar10, "
-                         f"celeba, dsprites, npz:PATH or folder:PATH")
+    if name not in DATASETS or name in WITH_PATH:
+        names = [k + (":PATH" if k in WITH_PATH else "") for k in DATASETS]
+        raise ValueError(f"unknown dataset {name!r}; use {', '.join(names[:-1])} or {names[-1]}")
     return name
+
+
+def record(name, root="./data", download=True, size=None, channels=None, skip_bad=False, read=False):
+    """The Record of --dataset NAME (read=False: its shape and classes only)."""
+    kind, _, path = canonical_name(name).partition(":")
+    return DATASETS[kind](path, root, download, size, channels, skip_bad, read)
 
 
 def describe(name, size=None, channels=None, val_split=0):
     """(image shape (C, H, W), class names or None) of a dataset as --image-size and
     --channels make it, known before loading it (a source's files are looked at, not read);
     ValueError for a --val-split where the dataset has its own validation split."""
-    name = canonical_name(name)
-    kind, _, path = name.partition(":")
-    if val_split and name == "celeba":
-        raise ValueError("--val-split: celeba has its own validation split (its official "
-                         "partition), used for best.pt; drop --val-split")
-    if kind == "npz":
-        shape, classes = npz_header(path)
-    elif kind == "folder":
-        shape, classes = folder_header(path)
-    elif name == "celeba":
-        shape, classes = (3, 64, 64), None  # after the centre crop and resize of read_celeba
-    elif name == "dsprites":
-        if (size or 64) != 64 or (channels or 1) != 1:
-            raise ValueError("dsprites is drawn at 64x64 in grey: drop --image-size and --channels")
-        shape, classes = (1, 64, 64), dsprites.SHAPES
-    else:
-        shape, classes = ((3, 32, 32) if name == "cifar10" else (1, 28, 28)), CLASSES[name]
-    channels = channels or shape[0]
-    return ((channels, size, size) if size else (channels, *shape[1:])), classes
-
-
-def image_shape(name):
-    """(C, H, W) of a dataset's images at their own size."""
-    return describe(name)[0]
-
-
-def num_classes(name):
-    classes = describe(name)[1]
-    return len(classes) if classes else None
+    header = record(name, size=size, channels=channels)
+    if val_split and header.own_val:
+        raise ValueError(f"--val-split: {name} has its own validation split (its official "
+                         f"partition), used for best.pt; drop --val-split")
+    channels = channels or header.shape[0]
+    return ((channels, size, size) if size else (channels, *header.shape[1:])), header.classes
 
 
 def load_split(name, root="./data", train=True, download=True):
-    """One split as (uint8 images (N, C, H, W), int64 labels (N,)) on the CPU."""
-    name = canonical_name(name)
-    cls, folder, files = DATASETS[name]
+    """One split of a torchvision dataset as (uint8 images (N, C, H, W), int64 labels (N,))
+    on the CPU."""
+    cls, folder, files = DATASETS[name].torchvision
     split = "train" if train else "test"
-    denied = unreadable(os.path.join(root, folder, "cifar-10-batches-py" if name == "cifar10" else ""))
+    denied = unreadable(os.path.join(root, folder, "cifar-10-batches-py" if cls == "CIFAR10" else ""))
     log = io.StringIO()  # torchvision prints each download attempt; keep it for errors only
     try:
         if denied:
@@ -151,8 +185,8 @@ def corrupted_file(name, root, train):
     MNIST-style IDX files: the header's sizes must match the file's length; their .gz
     archives and CIFAR-10's must match torchvision's md5 sums; CIFAR-10 batches must unpickle.
     """
-    cls = getattr(torchvision.datasets, DATASETS[name][0])
-    if name == "cifar10":
+    cls = getattr(torchvision.datasets, DATASETS[name].torchvision[0])
+    if hasattr(cls, "base_folder"):  # CIFAR-10's pickled batches
         folder = os.path.join(root, cls.base_folder)
         present = [(os.path.join(folder, file), md5) for file, md5 in
                    (cls.train_list if train else cls.test_list)
@@ -202,19 +236,7 @@ def load(name, root="./data", device="cpu", download=True, budget=float("inf"), 
     splits are placed. keep: the class indices the training split keeps (--classes; see
     kept_classes); the test split stays whole."""
     name = canonical_name(name)
-    kind, _, path = name.partition(":")
-    if kind == "npz":
-        read = read_npz(path)
-    elif kind == "folder":
-        read = read_folder(path, size, channels, skip_bad)
-    elif name == "celeba":
-        read = read_celeba(root, download, size, channels, skip_bad)  # with its own validation split
-    elif name == "dsprites":
-        describe(name, size, channels)
-        read = dsprites.read(root)
-    else:
-        read = {split: load_split(name, root, split == "train", download) for split in ("train", "test")}
-        check_splits(name, root, read)
+    read = record(name, root, download, size, channels, skip_bad, read=True).splits
     read = {split: (fit(images, size, channels) if torch.is_tensor(images) else images, labels)
             for split, (images, labels) in read.items()}
     if keep is not None:
@@ -231,11 +253,9 @@ def load(name, root="./data", device="cpu", download=True, budget=float("inf"), 
     return splits
 
 
-def check_splits(name, root, splits):
+def check_splits(name, where, splits, shape, k):
     """DataError unless each split has one label per image, in range, and images of the
     dataset's shape: files that each read well can still not belong together."""
-    where = os.path.normpath(os.path.join(root, DATASETS[name][1]))
-    shape, k = image_shape(name), num_classes(name)
     for split, (images, labels) in splits.items():
         if tuple(images.shape[1:]) != shape:
             bad = (f"its images are {'x'.join(map(str, images.shape[1:]))} (C x H x W), not "
@@ -257,8 +277,7 @@ def identity(splits):
     for split, (images, labels) in splits.items():
         h = hashlib.blake2b(digest_size=8)
         for t in (images, labels):
-            h.update(t.fingerprint() if isinstance(t, dsprites.Sprites) else
-                     t.detach().cpu().contiguous().numpy())
+            h.update(np.ascontiguousarray(t.cpu().numpy()))
         out[split] = [len(images), h.hexdigest()]
     return out
 
@@ -283,16 +302,15 @@ def keep_classes(images, labels, keep, name="the data"):
 
 def rows(images, index):
     """The images at `index` (N,), as the split's own kind (a Sprites stays positions)."""
-    return images.subset(index) if isinstance(images, dsprites.Sprites) else images.index_select(0, index)
+    return images[index]
 
 
 def ground_truth(name, splits):
     """The generative factors of a dataset that has them, for disentanglement metrics
     (dsprites.GroundTruth: sizes, names, uniform draws, the images of chosen factors), or
     None."""
-    if canonical_name(name) == "dsprites":
-        return dsprites.GroundTruth(splits["train"][0], splits["train"][0].device)
-    return None
+    factors = record(name).factors
+    return factors and factors(splits["train"][0], splits["train"][0].device)
 
 
 def split_off(images, labels, size, seed=1):
@@ -310,8 +328,8 @@ def split_off(images, labels, size, seed=1):
 
 
 def fits(images, budget):
-    """Whether a split's images may sit on the device: a Sprites split is only its positions."""
-    return isinstance(images, dsprites.Sprites) or images.numel() * images.element_size() <= budget
+    """Whether a split's images may sit on the device (a Sprites split is only its positions)."""
+    return images.numel() * images.element_size() <= budget
 
 
 def parse_noise(spec):
@@ -379,6 +397,13 @@ def to_unit(x, output="sigmoid"):
     return x if output == "sigmoid" else (x + 1) / 2
 
 
+def eval_batches(split, output="sigmoid", noise=None, device=None, batch_size=1000):
+    """An evaluation pass: a split's (input, target, label) batches in order, the inputs with
+    the test split's fixed corruption (TEST_NOISE_SEED) when noise is set."""
+    return batches(*split, batch_size, output=output, noise=noise, noise_seed=TEST_NOISE_SEED,
+                   device=device)
+
+
 def batches(images, labels, batch_size, shuffle=False, output="sigmoid", hflip=False,
             crop=False, noise=None, noise_seed=None, order=None, start=0, device=None):
     """Yield (input, target, label) batches; input is the corrupted image when noise is set.
@@ -399,12 +424,12 @@ def batches(images, labels, batch_size, shuffle=False, output="sigmoid", hflip=F
         generator = torch.Generator(device=device or images.device).manual_seed(noise_seed)
     buffers, copied = {}, {}
     for k, i in enumerate(range(start * batch_size, n, batch_size)):
-        idx = order[i:i + batch_size] if order is not None else slice(i, i + batch_size)
+        idx = order[i:i + batch_size] if order is not None else torch.arange(
+            i, min(i + batch_size, n), device=images.device)
         if device is None:  # index_select: 10-20 times faster than images[idx] on a CPU
-            x, y = (images[idx], labels[idx]) if isinstance(idx, slice) else (
-                images.index_select(0, idx), labels.index_select(0, idx))
+            x, y = images.index_select(0, idx), labels.index_select(0, idx)
         else:
-            idx = torch.arange(n)[idx] if isinstance(idx, slice) else idx.cpu()
+            idx = idx.cpu()
             slot = (k % 2, len(idx))
             if slot in copied:
                 copied[slot].synchronize()  # this buffer's previous copy has landed

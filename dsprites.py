@@ -138,14 +138,23 @@ class Sprites:
         return self.at(self.index.index_select(0, idx.to(self.device)))
 
     def __getitem__(self, idx):
-        return self.at(self.index[idx])
-
-    def subset(self, idx):
-        """The split of some of these positions (still drawn on demand): --val-split."""
-        return Sprites(self.index.index_select(0, idx.to(self.device)), self.bits)
+        """The split of some of these positions (still drawn on demand), as tensor[idx] is."""
+        return Sprites(self.index[idx.to(self.device) if torch.is_tensor(idx) else idx], self.bits)
 
     def to(self, device):
         return Sprites(self.index.to(device), None if self.bits is None else on_device(self.bits, device))
+
+    def cpu(self):
+        return self.to("cpu")
+
+    def numel(self):  # what the split holds in memory: its positions (for data.fits)
+        return self.index.numel()
+
+    def element_size(self):
+        return self.index.element_size()
+
+    def numpy(self):  # its fingerprint, for data.identity's hash
+        return np.frombuffer(self.fingerprint(), np.uint8)
 
     def factors(self):
         """Factor indices (N, 5) of the split's images."""

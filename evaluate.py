@@ -189,17 +189,15 @@ def load_run(run_dir, weights="last", partial=False, quiet=True):
 def test_inputs(split, cfg, n=None):
     """(input, target, label) of the first n test images (all if n is None), as in the test loss."""
     images, labels = split if n is None else (split[0][:n], split[1][:n])
-    parts = list(zip(*data.batches(images, labels, 1000, output=cfg["output"],
-                                   noise=data.parse_noise(cfg["noise"]),
-                                   noise_seed=data.TEST_NOISE_SEED)))
+    parts = list(zip(*data.eval_batches((images, labels), cfg["output"],
+                                        data.parse_noise(cfg["noise"]))))
     return [torch.cat(p) for p in parts]
 
 
 @torch.no_grad()
 def codes_of(model, split, cfg):
-    return torch.cat([model.latent(x, y) for x, _, y in data.batches(
-        *split, 1000, output=cfg["output"], noise=data.parse_noise(cfg["noise"]),
-        noise_seed=data.TEST_NOISE_SEED)])
+    return torch.cat([model.latent(x, y) for x, _, y in data.eval_batches(
+        split, cfg["output"], data.parse_noise(cfg["noise"]))])
 
 
 def curves(figures, histories, path, kinds):
@@ -221,9 +219,9 @@ def measure(model, cfg, splits, args, history, epoch):
     per test image what the anomaly scores reuse ({"nll_iw": (N,)} when measured)."""
     torch.manual_seed(args.seed)
     noise = data.parse_noise(cfg["noise"])
-    test = metrics.test_loss(model, splits["test"], cfg, noise)
+    test = metrics.test_loss(model, splits["test"], cfg["output"], noise)
     some_train = (splits["train"][0][:TRAIN_IMAGES], splits["train"][1][:TRAIN_IMAGES])
-    m = {"test_loss": test["loss"], "train_loss": metrics.test_loss(model, some_train, cfg, noise)["loss"]}
+    m = {"test_loss": test["loss"], "train_loss": metrics.test_loss(model, some_train, cfg["output"], noise)["loss"]}
     m["gap"] = m["test_loss"] - m["train_loss"]
     row = next(r for r in history if int(r["epoch"]) == epoch)  # the weights' epoch
     m["history_train_loss"], m["history_test_loss"] = float(row["train_loss"]), float(row["test_loss"])
@@ -231,8 +229,7 @@ def measure(model, cfg, splits, args, history, epoch):
     k = args.iw_samples if model.likelihood else 0  # a model with a decoder's likelihood
     sums, codes, kl_dims, per_image = {}, [], [], {}
     n_test, t0, done, announced = splits["test"][0].shape[0], time.perf_counter(), 0, False
-    for x, target, y in data.batches(*splits["test"], 1000, output=cfg["output"], noise=noise,
-                                     noise_seed=data.TEST_NOISE_SEED):
+    for x, target, y in data.eval_batches(splits["test"], cfg["output"], noise):
         code = model.latent(x, y)  # mu, or the AE's code h
         codes.append(code)
         kl = model.kl_per_dim(x, y)  # None: no posterior (an AE)
@@ -333,7 +330,7 @@ def draw(model, cfg, split, m, codes, history, name, out, args):
     if cfg["noise"]:
         figures.denoising(data.to_unit(x, cfg["output"])[:n], recon[:n], clean[:n], path("denoising.png"))
     figures.latent_scatter(codes, split[1], path("latent.png"), f"{name}: test codes ({code})",
-                           cfg.get("classes") or data.CLASSES.get(cfg["dataset"]))
+                           cfg.get("classes"))
     pairs = min(4, x.shape[0] // 2)
     figures.interpolations(model, x[:pairs], x[-pairs:], n, path("interpolation.png"),
                            "kl_per_dim" in m,  # slerp too, for a Gaussian prior's codes

@@ -83,7 +83,7 @@ def train_domain_net(train, test, num_classes, epochs, batch_size=128, say=print
     with torch.random.fork_rng(devices=[]):  # its own seed; the caller's generator untouched
         torch.manual_seed(SEED)
         net = DomainNet(images.shape[1:], num_classes).to(images.device)
-        unit = images[:10000].float() / 255
+        unit = next(data.batches(images[:10000], labels[:10000], 10000))[0]  # [0, 1]
         net.mean.copy_(unit.mean((0, 2, 3)).view(-1, 1, 1))
         net.std.copy_(unit.std((0, 2, 3)).clamp_min(1e-3).view(-1, 1, 1))
         steps = epochs * math.ceil(len(images) / batch_size)
@@ -274,9 +274,9 @@ def sample_quality(model, cfg, split, spaces, n, seed):
         if logits is not None:
             m.update(metrics.classifier_view(logits, asked))
     recons = embed(spaces, (data.to_unit(model.reconstruct(x, y), cfg["output"]).clamp(0, 1)
-                            for x, _, y in data.batches(*split, 500, output=cfg["output"],
-                                                        noise=data.parse_noise(cfg["noise"]),
-                                                        noise_seed=data.TEST_NOISE_SEED)))[0]
+                            for x, _, y in data.eval_batches(split, cfg["output"],
+                                                             data.parse_noise(cfg["noise"]),
+                                                             batch_size=500)))[0]
     for suffix, net, info, real in spaces:
         if fakes is not None:
             fake = fakes[suffix]

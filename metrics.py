@@ -18,25 +18,24 @@ LOG_2PI = math.log(2 * math.pi)
 
 
 @torch.no_grad()
-def test_loss(model, split, cfg, noise, copy_to=None):
+def test_loss(model, split, output, noise, copy_to=None):
     """The model's test_loss over a split, per image: the VAE's negative ELBO (z sampled),
     the AE's reconstruction term, without beta or penalties. Batches of 1000 whatever the
     processes, so the fixed-seed test noise is the same; under torchrun, process r takes
-    batches r, r + N, ... and the sums are added up. copy_to: see data.batches."""
+    batches r, r + N, ... and the sums are added up. output: sigmoid or tanh (data.to_range);
+    copy_to: see data.batches."""
     model.eval()
-    images, labels = split
     sums, names = 0, None
     rank, processes, _ = parallel.world()
-    for i, (x, target, y) in enumerate(data.batches(
-            images, labels, 1000, output=cfg["output"], noise=noise,
-            noise_seed=data.TEST_NOISE_SEED, device=copy_to)):
+    for i, (x, target, y) in enumerate(data.eval_batches(
+            split, output, noise, copy_to)):
         if i % processes == rank:
             out = model.test_loss(x, target, y)
             names = names or list(out)
             sums = sums + torch.stack([out[k] for k in names]) * x.shape[0]
     parts = parallel.gather((names, sums.tolist() if names else None))
     names = next(n for n, _ in parts if n)
-    return {k: sum(s[j] for _, s in parts if s) / images.shape[0] for j, k in enumerate(names)}
+    return {k: sum(s[j] for _, s in parts if s) / len(split[0]) for j, k in enumerate(names)}
 
 
 @torch.no_grad()

@@ -43,8 +43,8 @@ def autoencoder_measures(run_dir, data_root, quick=False):
     model.eval()
     test = data.load("mnist", data_root, "cpu", download=False)["test"]
     found = {"PSNR input dB": [], "PSNR output dB": [], "codes below 1e-2": [], "Jacobian norm": []}
-    for x, target, y in data.batches(*test, 500, noise=data.parse_noise(cfg["noise"]),
-                                     noise_seed=data.TEST_NOISE_SEED):
+    for x, target, y in data.eval_batches(test, noise=data.parse_noise(cfg["noise"]),
+                                          batch_size=500):
         with torch.no_grad():
             found["PSNR input dB"].append(metrics.psnr(x, target))
             found["PSNR output dB"].append(metrics.psnr(model.reconstruct(x, y), target))

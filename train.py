@@ -88,9 +88,8 @@ def train_epoch(model, opt, split, cfg, epoch, noise, signals=None, resume=None,
     batch.
     """
     images, labels = split
-    model.before_epoch(x for x, _, _ in data.batches(  # a model fitted in closed form (PCA) fits here
-        images, labels, 1000, output=cfg["output"], noise=noise, noise_seed=data.TEST_NOISE_SEED,
-        device=copy_to))
+    model.before_epoch(x for x, _, _ in data.eval_batches(  # a model fitted in closed form (PCA) fits here
+        split, cfg["output"], noise, copy_to))
     model.train()
     loss, groups = loss or model.loss, model.parameter_groups()
     r = resume or {"step": 0, "seconds": 0.0,
@@ -220,8 +219,7 @@ def save_figures(model, split, cfg, noise, epoch, copy_to=None):
     reconstructions (the AE's code h; the VAEs' z = mu), and the decodes of fixed prior
     samples."""
     images, labels = split
-    x, target, y = next(data.batches(images[:8], labels[:8], 8, output=cfg["output"],
-                                     noise=noise, noise_seed=data.TEST_NOISE_SEED, device=copy_to))
+    x, target, y = next(data.eval_batches((images[:8], labels[:8]), cfg["output"], noise, copy_to))
     unit = lambda t: data.to_unit(t, cfg["output"])  # noqa: E731
     fixed = {"noisy input": unit(x), "clean target": unit(target)} if noise else {"input": unit(x)}
     rows = {"reconstructions": unit(model.reconstruct(x, y))}
@@ -239,8 +237,7 @@ def active_units(model, split, cfg, noise, copy_to=None):
     """The active units on the test split of a model with a posterior (Burda et al. 2016), or
     None: the units whose mean E_q[z_d | x] varies over the test images by more than 0.01."""
     codes = []
-    for x, _, y in data.batches(*split, 1000, output=cfg["output"], noise=noise,
-                                noise_seed=data.TEST_NOISE_SEED, device=copy_to):
+    for x, _, y in data.eval_batches(split, cfg["output"], noise, copy_to):
         if not codes and model.kl_per_dim(x[:1], y[:1]) is None:
             return None  # no posterior (an AE)
         codes.append(model.latent(x, y))
@@ -330,8 +327,8 @@ def run(cfg, ckpt=None, signals=None):
             stop.where = f"epoch {epoch}, step {stop.mid_epoch['step']}"
             raise
         mid_epoch, t0 = None, time.perf_counter()
-        test = metrics.test_loss(model, splits["test"], cfg, noise, copy_to["test"])
-        val = metrics.test_loss(model, splits["val"], cfg, noise, copy_to["val"]) if (
+        test = metrics.test_loss(model, splits["test"], cfg["output"], noise, copy_to["test"])
+        val = metrics.test_loss(model, splits["val"], cfg["output"], noise, copy_to["val"]) if (
             "val" in splits) else {}
         seconds += time.perf_counter() - t0
         lr = next(iter(opt.values())).param_groups[0]["lr"] if opt else None

@@ -130,8 +130,8 @@ def test_denoising_test_corruption_is_the_same_across_runs(tiny_data, tmp_path):
     model.load_state_dict(torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["model"])
     # the clean-target loss differs from what a noise-free test split would give
     splits = data.load("mnist", tiny_data, "cpu", download=False)
-    noisy = metrics.test_loss(model, splits["test"], cfg, data.parse_noise("mask:0.3"))
-    clean = metrics.test_loss(model, splits["test"], cfg, None)
+    noisy = metrics.test_loss(model, splits["test"], cfg["output"], data.parse_noise("mask:0.3"))
+    clean = metrics.test_loss(model, splits["test"], cfg["output"], None)
     assert noisy["loss"] == pytest.approx(float(read_history(tmp_path / "a")[0]["test_loss"]))
     assert noisy["loss"] != clean["loss"]
 
