@@ -17,6 +17,8 @@ import torch
 
 import data
 import models
+import nets
+import parallel
 import runs
 
 # Flags that may differ from the saved config when resuming; anything else is refused.
@@ -354,6 +356,34 @@ def class_indices(value, classes, flag, dataset):
                              f"{', ...' if len(classes) > 10 else ''})")
         found.append(i)
     return sorted(set(found))
+
+
+def check_resources(cfg):
+    """What the machine must allow before any work: the device, the batch per process, the
+    model's memory, a compiler for --compile."""
+    processes = parallel.world()[1]
+    if parallel.active() and cfg["batch_size"] % processes:
+        raise ValueError(f"--batch-size {cfg['batch_size']} is the global batch; make it "
+                         f"a multiple of the {processes} processes")
+    model = models.from_config(cfg, device="meta")  # no memory: for its checks only
+    device = pick_device(cfg["device"])
+    missing = cfg["compile"] and parallel.missing_compiler(device)
+    if missing:
+        raise ValueError(missing)
+    if cfg["batch_size"] // processes < 2 and nets.normalizes(model):
+        raise ValueError(f"--batch-size {cfg['batch_size']}"
+                         f"{f' over {processes} processes' if processes > 1 else ''} gives "
+                         f"batches of one image, which batch norm cannot normalize; use "
+                         f"--batch-size {2 * processes} or more, or --no-batchnorm")
+    params = sum(p.numel() for p in model.parameters())  # weights, gradients, Adam's 2 moments
+    if device.type == "cuda":
+        have = torch.cuda.mem_get_info(device)[0]
+    else:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
+    if have and 16 * params > have:
+        raise ValueError(f"the {cfg['model']} model has {params:,} parameters: {16 * params / 2**30:,.1f} "
+                         f"GB with their gradients and Adam's state, over the {have / 2**30:.1f} GB "
+                         f"of {device}; lower --hidden or --latent-dim")
 
 
 def pick_device(name):

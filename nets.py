@@ -277,3 +277,8 @@ def positive(**values):
     for name, v in values.items():
         if not (isinstance(v, (int, float)) and 0 < v < math.inf):
             raise ValueError(f"{name}={v!r} must be > 0")
+
+
+def normalizes(model):
+    """Whether the model has batch norm layers (they cannot normalize a batch of one image)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())

@@ -17,6 +17,7 @@ import sys
 
 import flags
 import metrics
+import guard
 import runs
 import sweep
 
@@ -511,19 +512,19 @@ def main(argv=None):
             raise ValueError(f"give --jobs >= 1 and distinct --seeds (got --jobs {args.jobs}, "
                              f"--seeds {args.seeds})")
         folder, todo = plan(args.name, exp, args)
-        held = runs.lock(folder, fresh=False)
+        held = guard.lock(folder, fresh=False)
         new = sweep.check(todo, "another --runs")
         if args.jobs > 1:
             sweep.fetch_data(new)
     except ValueError as e:
         print(f"reproduce.py: error: {e}", file=sys.stderr)
         if held:
-            runs.unlock(held, folder)
+            guard.unlock(held, folder)
         return 2
     try:
         code = sweep.run_all(todo, args.jobs)
     finally:
-        runs.unlock(held, folder)
+        guard.unlock(held, folder)
     if code:
         return code
     text = report(exp, folder, todo, args.data_root, args.quick)

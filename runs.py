@@ -1,5 +1,5 @@
-"""The run folder on disk: atomic writes, history.csv, what a checkpoint holds, safe
-checkpoint loading, and stopping on a signal with everything saved.
+"""The run folder on disk: atomic writes, config.json and history.csv, what a checkpoint
+holds, safe checkpoint loading, and resuming from one.
 
 Used by train.py (writing) and evaluate.py (reading). A checkpoint is a plain dict of
 tensors and numbers, loaded with weights_only=True, so a shared file cannot run code.
@@ -12,18 +12,10 @@ import os
 import pickle
 import re
 import shutil
-import signal
-import sys
-import threading
 
 import torch
 
 import parallel
-
-try:
-    import fcntl  # POSIX: Linux, macOS
-except ImportError:  # Windows: run folders are not locked
-    fcntl = None
 
 # The layout of config.json and of the checkpoints. A run folder of another format is
 # refused: this code reads its own format only.
@@ -80,56 +72,6 @@ def full_disk(e):
             return True
         e = e.__cause__ or e.__context__
     return False
-
-
-def lock(run_dir, fresh):
-    """Make run_dir and hold an exclusive lock on it (flock on run_dir/.lock) for as long as
-    the returned file stays open (unlock closes it): one writer per run folder. The system
-    releases it when the process ends in any way, so a lock left by a dead process never
-    blocks. fresh: the folder must hold no run once locked (two new runs started with the
-    same --out). ValueError, in one line, when another process holds it or the folder
-    cannot be made."""
-    if not run_dir:
-        raise ValueError("--out '' names no folder; give a folder name")
-    created = not os.path.isdir(run_dir)
-    try:
-        os.makedirs(run_dir, exist_ok=True)
-        if not os.access(run_dir, os.W_OK | os.X_OK):
-            raise PermissionError(errno.EACCES, "permission denied")
-        f = open(os.path.join(run_dir, ".lock"), "a+")
-    except OSError as e:
-        why = "permission denied" if e.errno in (errno.EACCES, errno.EPERM) else (
-            e.strerror or type(e).__name__)
-        raise ValueError(f"cannot create the run folder {run_dir}: {why}; choose another --out"
-                         if created else f"cannot write to the run folder {run_dir}: {why}; "
-                         f"make it writable (chmod -R u+w), or copy it and use the copy") from None
-    if fcntl is not None:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.seek(0)
-            owner = f.read().strip() or "another process"
-            f.close()
-            raise ValueError(f"{run_dir} is being written by another train.py ({owner}); wait "
-                             f"for it to end, or use another --out") from None
-    if fresh and not unstarted(run_dir):
-        f.close()
-        raise ValueError(f"--out {run_dir} already exists; use --resume {run_dir} or another --out")
-    f.seek(0)
-    f.truncate()
-    f.write(f"pid {os.getpid()}\n")
-    f.flush()
-    f.created = created
-    return f
-
-
-def unlock(f, run_dir):
-    """Release lock()'s file; a folder it made that got nothing else is removed again, so a
-    run refused before any work (say, for its data) leaves nothing behind."""
-    f.close()
-    if f.created and os.listdir(run_dir) == [".lock"]:
-        os.remove(os.path.join(run_dir, ".lock"))
-        os.rmdir(run_dir)
 
 
 def unstarted(run_dir):
@@ -329,87 +271,18 @@ def restore_rng(rng, rank, processes, device, fresh_seed):
         torch.cuda.set_rng_state(cuda, device)
 
 
-class Stop(Exception):
-    """SIGINT or SIGTERM arrived; `mid_epoch` is where the epoch stopped (None: at its end)."""
-
-    def __init__(self, signum, mid_epoch=None):
-        super().__init__(signum)
-        self.signum, self.mid_epoch = signum, mid_epoch
-
-
-class Signals:
-    """SIGINT (Ctrl-C), SIGTERM (a cluster's time limit) and SIGHUP (the terminal closed),
-    for the whole of train.py's main, in three phases:
-    - "setup" (before the first step): stop at once with KeyboardInterrupt (nothing to save);
-    - "training": only set `received`; the loop finishes its step, saves, and stops. A second
-      one stops at once; the files on disk are whole either way, since every write is atomic;
-    - "done" (the last epoch is saved): say so and carry on; the run ends with its own code.
-    `closed()` is called when the output went away (Output): the run stops as for a signal.
-    """
-    NAMES = {"SIGINT", "SIGTERM", "SIGHUP"}  # SIGHUP does not exist on Windows
-
-    def __init__(self):  # not entered: catches nothing, and nothing is ever received
-        self.received, self.saved, self.phase, self.last = None, {}, "setup", None
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():  # signal() needs it
-            for sig in signal.Signals:  # one ignored on purpose (nohup: SIGHUP) stays ignored
-                if sig.name in self.NAMES and signal.getsignal(sig) is not signal.SIG_IGN:
-                    self.saved[sig] = signal.signal(sig, self.handle)
-        return self
-
-    def handle(self, signum, frame):
-        name, self.last = signal.Signals(signum).name, signum
-        if self.phase == "done":
-            print(f"\n{name}: the run has finished and is saved; ending normally",
-                  file=sys.stderr, flush=True)
-            return
-        if self.phase == "setup" or self.received:
-            raise KeyboardInterrupt
-        self.received = signum
-        print(f"\n{name}: finishing this step, then saving (again to stop without saving)",
-              file=sys.stderr, flush=True)
-
-    def closed(self):
-        if self.phase != "done" and not self.received:
-            self.received = signal.SIGPIPE if hasattr(signal, "SIGPIPE") else signal.SIGTERM
-
-    def __exit__(self, *exc):
-        for sig, handler in self.saved.items():
-            signal.signal(sig, handler)
-
-
-class Output:
-    """sys.stdout or sys.stderr surviving its reader going away (train.py | head -n 3, a
-    closed terminal): the first failed write points the stream at os.devnull and calls
-    on_close (Signals.closed), so the run saves and stops instead of dying of BrokenPipeError."""
-
-    def __init__(self, stream, on_close):
-        self.stream, self.on_close = stream, on_close
-
-    def write(self, text):
-        try:
-            return self.stream.write(text)
-        except OSError as e:
-            self.gone(e)
-            return len(text)
-
-    def flush(self):
-        try:
-            self.stream.flush()
-        except OSError as e:
-            self.gone(e)
-
-    def gone(self, e):
-        if not isinstance(e, BrokenPipeError) and e.errno != errno.EIO:  # EIO: terminal closed
-            raise e
-        # Point the file descriptor itself at /dev/null: the text still in the stream's buffer
-        # then drains there, also when Python flushes it at exit (no "Exception ignored").
-        try:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
-        except (OSError, ValueError, io.UnsupportedOperation):
-            self.stream = open(os.devnull, "w")
-        self.on_close()
-
-    def __getattr__(self, name):
-        return getattr(self.stream, name)
+def check_data(cfg, ckpt, seen):
+    """Record the data's identity (sizes and hash, data.identity) in cfg; on resume, compare
+    it with the run's: other data may carry on at an epoch's end, with a note, but not inside
+    an epoch, whose saved order indexes the old split."""
+    was = cfg.get("data")
+    if ckpt is not None and was is not None and was != seen:
+        what = "; ".join(f"{k}: {seen[k][0]} images, hash {seen[k][1]} (was {was[k][0]}, {was[k][1]})"
+                         for k in seen if seen[k] != was.get(k))
+        if ckpt["mid_epoch"] is not None:
+            raise ValueError(f"the data under {cfg['data_root']} are not those {cfg['out']} was "
+                             f"stopped on inside epoch {ckpt['epoch'] + 1} ({what}); put the "
+                             f"original files back to finish that epoch")
+        print(f"Note: the data under {cfg['data_root']} are not those the run was trained on "
+              f"({what}); training goes on from epoch {ckpt['epoch'] + 1} on these")
+    cfg["data"] = seen

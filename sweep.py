@@ -22,6 +22,7 @@ import sys
 import time
 
 import flags
+import guard
 import runs
 
 TRAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
@@ -163,7 +164,7 @@ def main(argv=None):
         if os.path.isfile(path) and json.load(open(path)) != manifest:
             raise ValueError(f"{args.out} holds another sweep (its sweep.json differs); use "
                              f"another --out, or the same flags to continue it")
-        held = runs.lock(args.out, fresh=False)  # one sweep per folder
+        held = guard.lock(args.out, fresh=False)  # one sweep per folder
         new = check(todo)
         if args.jobs > 1:
             fetch_data(new)
@@ -171,12 +172,12 @@ def main(argv=None):
     except ValueError as e:
         print(f"sweep.py: error: {e}", file=sys.stderr)
         if held:
-            runs.unlock(held, args.out)
+            guard.unlock(held, args.out)
         return 2
     try:
         return run_all(todo, args.jobs, f"the same command with --out {args.out}")
     finally:
-        runs.unlock(held, args.out)
+        guard.unlock(held, args.out)
 
 
 def run_all(todo, jobs, again="the same command"):

@@ -23,13 +23,15 @@ import torch
 import torch.nn as nn
 
 import data
+import flags
+import guard
 import losses
 import metrics
 import models
+import nets
 import parallel
 import progress
 import runs
-import flags
 from flags import pick_device, resolve
 
 
@@ -81,7 +83,7 @@ def train_epoch(model, opt, split, cfg, epoch, noise, signals=None, resume=None,
     """One pass over the training split, as pytorch/examples' train(); returns the terms'
     means and the seconds it took.
 
-    A signal stops it after the current step with runs.Stop, carrying the epoch's data
+    A signal stops it after the current step with guard.Stop, carrying the epoch's data
     order, step and sums; `resume` is that state, to finish the epoch as if never stopped.
     copy_to: the device, for a split kept in host memory (--data-budget). loss: model.loss
     or its DistributedDataParallel wrapper, which takes this process's part of each global
@@ -97,7 +99,7 @@ def train_epoch(model, opt, split, cfg, epoch, noise, signals=None, resume=None,
     order, tally = r["order"].to(images.device), Tally(resume)
     local, batch = parallel.shard(order, cfg["batch_size"]), cfg["batch_size"] // parallel.world()[1]
     n_steps, t0 = -(-len(local) // batch), time.perf_counter() - r["seconds"]
-    one_is_too_few = normalizes(model)
+    one_is_too_few = nets.normalizes(model)
     for step, (x, target, y) in enumerate(data.batches(
             images, labels, batch, shuffle=True, output=cfg["output"],
             hflip=cfg["hflip"], crop=cfg["crop"], noise=noise, order=local, start=r["step"],
@@ -119,7 +121,7 @@ def train_epoch(model, opt, split, cfg, epoch, noise, signals=None, resume=None,
                   f"epoch)", flush=True)
         if step < n_steps and stop_requested(signals, progress):
             tally.stop_if_bad(epoch)  # never save weights after a bad step
-            raise runs.Stop(signals.received or signal.SIGTERM, {
+            raise guard.Stop(signals.received or signal.SIGTERM, {
                 "step": step, "order": order, "processes": parallel.world()[1],
                 "seconds": time.perf_counter() - t0, **tally.state()})
     if tally.n == 0:
@@ -127,26 +129,6 @@ def train_epoch(model, opt, split, cfg, epoch, noise, signals=None, resume=None,
                          f"split is {len(local)} image(s), and batch norm needs two or more")
     tally.stop_if_bad(epoch)  # also when the epoch's last batch was skipped
     return tally.means(), time.perf_counter() - t0
-
-
-def check_memory(model, cfg):
-    """ValueError when the model's weights, gradients and Adam's two moments (16 bytes per
-    parameter, before any activation) do not fit the device's memory."""
-    params = sum(p.numel() for p in model.parameters())
-    device = pick_device(cfg["device"])
-    if device.type == "cuda":
-        have = torch.cuda.mem_get_info(device)[0]
-    else:
-        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
-    if have and 16 * params > have:
-        raise ValueError(f"the {cfg['model']} model has {params:,} parameters: {16 * params / 2**30:,.1f} "
-                         f"GB with their gradients and Adam's state, over the {have / 2**30:.1f} GB "
-                         f"of {device}; lower --hidden or --latent-dim")
-
-
-def normalizes(model):
-    """Whether the model has batch norm layers (they cannot normalize a batch of one image)."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def stop_requested(signals, progress):
@@ -265,9 +247,15 @@ def describe(options):
 
 def run(cfg, ckpt=None, signals=None):
     """Train as cfg says (from ckpt when resuming), writing the run folder; signals: the
-    runs.Signals of main (when called alone, none: signals are not caught). Returns the
+    guard.Signals of main (when called alone, none: signals are not caught). Returns the
     history rows."""
-    signals = signals or runs.Signals()
+    if ckpt is not None:
+        runs.catch_up(ckpt, cfg["out"])  # files a full disk kept behind checkpoint.pt
+        if ckpt["mid_epoch"] is None and ckpt["epoch"] >= cfg["epochs"]:
+            print(f"{cfg['out']} has finished its {ckpt['epoch']} epochs; nothing to do "
+                  f"(raise --epochs to train further)")
+            return None
+    signals = signals or guard.Signals()
     device = parallel.device_for(pick_device(cfg["device"]))
     rank, processes, _ = parallel.world()
     writer = rank == 0  # under torchrun, rank 0 alone writes the run folder
@@ -292,7 +280,7 @@ def run(cfg, ckpt=None, signals=None):
             print(f"Data: the {name} split ({images.numel() / 2**20:.0f} MB) is over the "
                   f"{budget / 2**20:.0f} MB budget: kept in host memory"
                   f"{' (pinned)' if images.is_pinned() else ''}, copied a batch at a time")
-    check_data(cfg, ckpt, data.identity(splits))
+    runs.check_data(cfg, ckpt, data.identity(splits))
     if "val" in splits:  # --val-split's, or the dataset's own (celeba): best.pt is chosen on it
         print(f"Data: {len(splits['train'][0])} training, {len(splits['val'][0])} validation "
               f"and {len(splits['test'][0])} test images")
@@ -322,7 +310,7 @@ def run(cfg, ckpt=None, signals=None):
         try:
             train, seconds = train_epoch(model, opt, splits["train"], cfg, epoch, noise, signals,
                                          mid_epoch, autocast, copy_to["train"], loss)
-        except runs.Stop as stop:  # the epoch's state so far, and the weights after its last step
+        except guard.Stop as stop:  # the epoch's state so far, and the weights after its last step
             save(state(epoch - 1, stop.mid_epoch), "checkpoint.pt")
             stop.where = f"epoch {epoch}, step {stop.mid_epoch['step']}"
             raise
@@ -362,28 +350,11 @@ def run(cfg, ckpt=None, signals=None):
                                   "val_loss": best}, os.path.join(cfg["out"], "best.pt"))
             save_figures(model, splits["test"], cfg, noise, epoch, copy_to["test"])
         if parallel.any_rank(signals.received) and epoch < cfg["epochs"]:
-            stop = runs.Stop(signals.received or signal.SIGTERM)
+            stop = guard.Stop(signals.received or signal.SIGTERM)
             stop.where = f"the end of epoch {epoch}"
             raise stop
     signals.phase = "done"
     return history
-
-
-def check_data(cfg, ckpt, seen):
-    """Record the data's identity (sizes and hash, data.identity) in cfg; on resume, compare
-    it with the run's: other data may carry on at an epoch's end, with a note, but not inside
-    an epoch, whose saved order indexes the old split."""
-    was = cfg.get("data")
-    if ckpt is not None and was is not None and was != seen:
-        what = "; ".join(f"{k}: {seen[k][0]} images, hash {seen[k][1]} (was {was[k][0]}, {was[k][1]})"
-                         for k in seen if seen[k] != was.get(k))
-        if ckpt["mid_epoch"] is not None:
-            raise ValueError(f"the data under {cfg['data_root']} are not those {cfg['out']} was "
-                             f"stopped on inside epoch {ckpt['epoch'] + 1} ({what}); put the "
-                             f"original files back to finish that epoch")
-        print(f"Note: the data under {cfg['data_root']} are not those the run was trained on "
-              f"({what}); training goes on from epoch {ckpt['epoch'] + 1} on these")
-    cfg["data"] = seen
 
 
 def fit(**options):
@@ -418,127 +389,21 @@ def fit(**options):
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    with runs.Signals() as signals:  # SIGINT, SIGTERM, SIGHUP: see runs.Signals
-        out, err = sys.stdout, sys.stderr  # a closed output (train.py | head) stops the run
-        sys.stdout, sys.stderr = runs.Output(out, signals.closed), runs.Output(err, signals.closed)
-        try:
-            parallel.start()  # joins torchrun's process group; a no-op when run alone
-            return train_main(argv, signals)
-        except KeyboardInterrupt:  # in setup, before the run folder was taken, or a late second one
-            print("\ntrain.py: interrupted" + (" before training started; nothing was written"
-                                               if signals.phase == "setup" else ""), file=sys.stderr)
-            return 128 + (signals.last or signal.SIGINT)
-        finally:
-            parallel.stop()
-            sys.stdout, sys.stderr = out, err
+    return guard.main(sys.argv[1:] if argv is None else argv, start)
 
 
-def train_main(argv, signals):
+def start(argv, signals):
+    """Every check before any work (a bad flag: one line, exit 2), then the run, guarded."""
     try:
         cfg, ckpt = resolve(argv)
-        pick_device(cfg["device"])
         cfg = parallel.share(cfg)  # rank 0's (its --out name carries the time of day)
-        processes = parallel.world()[1]
-        if parallel.active() and cfg["batch_size"] % processes:
-            raise ValueError(f"--batch-size {cfg['batch_size']} is the global batch; make it "
-                             f"a multiple of the {processes} processes")
-        model = models.from_config(cfg, device="meta")  # no memory: for its checks only
-        check_memory(model, cfg)
-        missing = cfg["compile"] and parallel.missing_compiler(pick_device(cfg["device"]))
-        if missing:
-            raise ValueError(missing)
-        if cfg["batch_size"] // processes < 2 and normalizes(model):
-            raise ValueError(f"--batch-size {cfg['batch_size']}"
-                             f"{f' over {processes} processes' if processes > 1 else ''} gives "
-                             f"batches of one image, which batch norm cannot normalize; use "
-                             f"--batch-size {2 * processes} or more, or --no-batchnorm")
+        flags.check_resources(cfg)
     except ValueError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
     except SystemExit as e:  # argparse: --help, or a malformed flag (already printed)
         return e.code
-    held, error = None, None
-    if parallel.world()[0] == 0:  # under torchrun, rank 0 alone writes the run folder
-        try:
-            held = runs.lock(cfg["out"], fresh=ckpt is None)
-        except ValueError as e:
-            error = str(e)
-    if parallel.share(error):
-        if parallel.world()[0] == 0:
-            print(f"train.py: error: {error}", file=sys.stderr)
-        return 2
-    try:
-        return finish(cfg, ckpt, signals)
-    finally:
-        if held:
-            runs.unlock(held, cfg["out"])
-
-
-def finish(cfg, ckpt, signals):
-    """run(), and the one-line message and exit code of each way it can end."""
-    try:
-        if ckpt is not None:
-            runs.catch_up(ckpt, cfg["out"])  # files a full disk kept behind checkpoint.pt
-            if ckpt["mid_epoch"] is None and ckpt["epoch"] >= cfg["epochs"]:
-                print(f"{cfg['out']} has finished its {ckpt['epoch']} epochs; nothing to do "
-                      f"(raise --epochs to train further)")
-                return 0
-        run(cfg, ckpt, signals)
-    except (data.DataError, ValueError) as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
-        return 2
-    except FloatingPointError as e:
-        kept = saved_epoch(cfg)
-        print(f"train.py: stopped: {e}; " + (
-            f"{cfg['out']} keeps the checkpoint after epoch {kept}: --resume it, or start a "
-            f"new run with a lower --lr or with --grad-clip" if kept is not None else
-            "no epoch was saved: start again (the same --out will do) with a lower --lr or "
-            "with --grad-clip"),
-            file=sys.stderr)
-        return 1
-    except runs.Stop as stop:
-        rank, processes, _ = parallel.world()
-        launch = (f"torchrun --nproc_per_node {processes} train.py" if parallel.active()
-                  else "python train.py")
-        why = {"SIGHUP": " (the terminal closed)", "SIGPIPE": " (its output was closed)"}
-        name = signal.Signals(stop.signum).name
-        if rank == 0:
-            print(f"train.py: stopped by {name}{why.get(name, '')} at {stop.where}; "
-                  f"saved {os.path.join(cfg['out'], 'checkpoint.pt')}. Resume with: {launch} "
-                  f"--resume {cfg['out']}", file=sys.stderr)
-        return 128 + stop.signum  # 130 for SIGINT, 143 for SIGTERM
-    except KeyboardInterrupt:
-        print("\ntrain.py: interrupted; " + (
-            f"the last saved checkpoint is kept. Resume with: python train.py --resume "
-            f"{cfg['out']}" if saved_epoch(cfg) is not None else
-            "no epoch was saved, so there is nothing to resume: start again (the same "
-            "command will do)"), file=sys.stderr)
-        return 130
-    except (runs.DiskFull, OSError) as e:
-        if not runs.full_disk(e) and not isinstance(e, runs.DiskFull):
-            raise
-        kept = saved_epoch(cfg)
-        what = e if isinstance(e, runs.DiskFull) else f"no space left on device while writing {e.filename}"
-        print(f"train.py: stopped: {what}; the files in {cfg['out']} are whole" + (
-            f" (checkpoint.pt keeps epoch {kept}): free some space, then resume with: "
-            f"python train.py --resume {cfg['out']}" if kept is not None else
-            ": free some space, then start again (the same command will do)"), file=sys.stderr)
-        return 1
-    except torch.OutOfMemoryError:
-        print(f"train.py: stopped: out of memory on {cfg['device']} at --batch-size "
-              f"{cfg['batch_size']}; start again with a smaller --batch-size (e.g. "
-              f"{max(1, cfg['batch_size'] // 2)}); the last finished epoch is saved",
-              file=sys.stderr)
-        return 1
-    print(f"Run folder: {cfg['out']}")
-    return 0
-
-
-def saved_epoch(cfg):
-    """The epoch the run folder's checkpoint.pt keeps (0: stopped inside the first), or None."""
-    path = os.path.join(cfg["out"], "checkpoint.pt")
-    return runs.load_checkpoint(path)["epoch"] if os.path.isfile(path) else None
+    return guard.hold(cfg, ckpt, signals, run)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import torch
 
 import data
 import evaluate
+import guard
 import runs
 import train
 import vae
@@ -278,7 +279,7 @@ def test_a_full_disk_after_the_checkpoint_is_caught_up_on_resume(tiny_data, tmp_
 
 def test_a_signal_ignored_on_purpose_stays_ignored(tiny_data, tmp_path, monkeypatch):
     seen = {}
-    real = runs.Signals.__enter__
+    real = guard.Signals.__enter__
 
     def enter(self):
         previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # as nohup does for SIGHUP
@@ -288,8 +289,8 @@ def test_a_signal_ignored_on_purpose_stays_ignored(tiny_data, tmp_path, monkeypa
         finally:
             signal.signal(signal.SIGTERM, previous)
         return self
-    monkeypatch.setattr(runs.Signals, "__enter__", enter)
-    with runs.Signals():
+    monkeypatch.setattr(guard.Signals, "__enter__", enter)
+    with guard.Signals():
         pass
     assert seen["handler"] is signal.SIG_IGN
 

@@ -17,6 +17,7 @@ import ae
 import cvae
 import data
 import evaluate
+import guard
 import runs
 import train
 import vae
@@ -325,18 +326,18 @@ def test_one_writer_per_run_folder_the_second_is_refused_and_the_first_unharmed(
 
 def test_a_lock_left_by_a_killed_process_does_not_block(tmp_path):
     run = str(tmp_path / "run")
-    holder = subprocess.Popen([sys.executable, "-c", "import runs, sys, time; "
-                               f"f = runs.lock({run!r}, fresh=True); print('locked', flush=True); "
+    holder = subprocess.Popen([sys.executable, "-c", "import guard, sys, time; "
+                               f"f = guard.lock({run!r}, fresh=True); print('locked', flush=True); "
                                "time.sleep(120)"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
     with pytest.raises(ValueError, match=f"pid {holder.pid}"):
-        runs.lock(run, fresh=True)
+        guard.lock(run, fresh=True)
     # a second new run with the same --out, started at the same time, is refused before work
     assert train.main(["--out", run, "--data-root", str(tmp_path / "none")]) == 2
     assert not (tmp_path / "none").exists() and os.listdir(run) == [".lock"]
     holder.kill()
     holder.wait()
-    runs.lock(run, fresh=True).close()  # the system released it with the process
+    guard.lock(run, fresh=True).close()  # the system released it with the process
 
 
 @pytest.mark.parametrize("swap", ["best.pt", "another run", "a cut config"])
