@@ -107,6 +107,18 @@ def psnr(x, y):
     return 10 * torch.log10(1 / mse.clamp_min(1e-10))
 
 
+@torch.no_grad()
+def count_active(model, split, output, noise, copy_to=None):
+    """The active units on the test split of a model with a posterior (Burda et al. 2016), or
+    None: the units whose mean E_q[z_d | x] varies over the test images by more than 0.01."""
+    codes = []
+    for x, _, y in data.eval_batches(split, output, noise, copy_to):
+        if not codes and model.kl_per_dim(x[:1], y[:1]) is None:
+            return None  # no posterior (an AE)
+        codes.append(model.latent(x, y))
+    return active_units(torch.cat(codes))[0]  # every process holds the whole test split
+
+
 def active_units(mu, threshold=0.01):
     """Burda et al. 2016: unit d is active when Cov_x(E_q[z_d | x]) > threshold.
 

@@ -58,3 +58,17 @@ def resolved(model):
     """The model's options as resolved: {option: value}, as config.json keeps them."""
     return {name: list(v) if isinstance(v, tuple) else v
             for name, v in ((n, getattr(model, n)) for n in model.OPTIONS)}
+
+
+def describe(model):
+    """A model's main options in a few words: 'mlp 400, latent 20, bce'."""
+    options = resolved(model)
+    words = [options.get("arch", "") + (" " + "-".join(map(str, options["hidden"]))
+                                        if options.get("hidden") else ""),
+             f"latent {options['latent_dim']}"]
+    words = [w for w in words if w]
+    if "recon" in options:
+        words.append(options["recon"] + (f" c={options['c']:g}" if options["recon"] == "gaussian" else ""))
+    if options.get("beta", 1) != 1:
+        words.append(f"beta {options['beta']:g}")
+    return ", ".join(words)

@@ -13,6 +13,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
+import data
 import runs
 
 FILE = "training_images.pt"
@@ -85,3 +86,22 @@ def add_epoch(run_dir, epoch, fixed, by_kind, titles):
         draw([*above.values(), *(by_epoch[e] for e in epochs)],
              [*above, *(f"epoch {e}" for e in epochs)], titles[kind],
              os.path.join(run_dir, f"training_{kind}.png"))
+
+
+@torch.no_grad()
+def save_figures(model, split, cfg, noise, epoch, copy_to=None):
+    """This epoch's row of the run's growing figures: 8 test inputs over their
+    reconstructions (the AE's code h; the VAEs' z = mu), and the decodes of fixed prior
+    samples."""
+    images, labels = split
+    x, target, y = next(data.eval_batches((images[:8], labels[:8]), cfg["output"], noise, copy_to))
+    unit = lambda t: data.to_unit(t, cfg["output"])  # noqa: E731
+    fixed = {"noisy input": unit(x), "clean target": unit(target)} if noise else {"input": unit(x)}
+    rows = {"reconstructions": unit(model.reconstruct(x, y))}
+    titles = {"reconstructions": f"{cfg['model']}: test images and their reconstructions "
+                                 f"({model.CODE}) after each epoch",
+              "samples": f"{cfg['model']}: decodes of the same 8 prior samples after each epoch"}
+    samples = model.sample(8, torch.Generator().manual_seed(cfg["seed"]))  # None: no prior (AE)
+    if samples is not None:
+        rows["samples"] = unit(samples)
+    add_epoch(cfg["out"], epoch, fixed, rows, titles)

@@ -195,54 +195,10 @@ class Tally:
         return dict(zip(self.names, torch.where(counted, sums, sums / n).tolist()))
 
 
-@torch.no_grad()
-def save_figures(model, split, cfg, noise, epoch, copy_to=None):
-    """This epoch's row of the run's growing figures (progress.py): 8 test inputs over their
-    reconstructions (the AE's code h; the VAEs' z = mu), and the decodes of fixed prior
-    samples."""
-    images, labels = split
-    x, target, y = next(data.eval_batches((images[:8], labels[:8]), cfg["output"], noise, copy_to))
-    unit = lambda t: data.to_unit(t, cfg["output"])  # noqa: E731
-    fixed = {"noisy input": unit(x), "clean target": unit(target)} if noise else {"input": unit(x)}
-    rows = {"reconstructions": unit(model.reconstruct(x, y))}
-    titles = {"reconstructions": f"{cfg['model']}: test images and their reconstructions "
-                                 f"({model.CODE}) after each epoch",
-              "samples": f"{cfg['model']}: decodes of the same 8 prior samples after each epoch"}
-    samples = model.sample(8, torch.Generator().manual_seed(cfg["seed"]))  # None: no prior (AE)
-    if samples is not None:
-        rows["samples"] = unit(samples)
-    progress.add_epoch(cfg["out"], epoch, fixed, rows, titles)
-
-
-@torch.no_grad()
-def active_units(model, split, cfg, noise, copy_to=None):
-    """The active units on the test split of a model with a posterior (Burda et al. 2016), or
-    None: the units whose mean E_q[z_d | x] varies over the test images by more than 0.01."""
-    codes = []
-    for x, _, y in data.eval_batches(split, cfg["output"], noise, copy_to):
-        if not codes and model.kl_per_dim(x[:1], y[:1]) is None:
-            return None  # no posterior (an AE)
-        codes.append(model.latent(x, y))
-    return metrics.active_units(torch.cat(codes))[0]  # every process holds the whole test split
-
-
 def epoch_line(terms, weights):
     """The terms after the loss, each with the weight it enters the loss with (when not 1)."""
     return ", ".join(f"{weights[k]:g} x {k} {v:.4f}" if weights.get(k, 1) != 1 else f"{k} {v:.4f}"
                      for k, v in terms.items() if k != "loss")
-
-
-def describe(options):
-    """A model's main options in a few words: 'mlp 400, latent 20, bce'."""
-    words = [options.get("arch", "") + (" " + "-".join(map(str, options["hidden"]))
-                                        if options.get("hidden") else ""),
-             f"latent {options['latent_dim']}"]
-    words = [w for w in words if w]
-    if "recon" in options:
-        words.append(options["recon"] + (f" c={options['c']:g}" if options["recon"] == "gaussian" else ""))
-    if options.get("beta", 1) != 1:
-        words.append(f"beta {options['beta']:g}")
-    return ", ".join(words)
 
 
 def run(cfg, ckpt=None, signals=None):
@@ -286,7 +242,7 @@ def run(cfg, ckpt=None, signals=None):
               f"and {len(splits['test'][0])} test images")
     noise = data.parse_noise(cfg["noise"])
     model = models.from_config(cfg).to(device)
-    print(f"Model: {type(model).__name__} ({describe(models.resolved(model))}), "
+    print(f"Model: {type(model).__name__} ({models.describe(model)}), "
           f"{sum(p.numel() for p in model.parameters()):,} parameters")
     autocast = parallel.speed_features(model, cfg, device)
     opt = build_optimizers(model, cfg, device)
@@ -326,7 +282,7 @@ def run(cfg, ckpt=None, signals=None):
               f"({epoch_line(train, weights)}) {seconds:.1f}s")
         if val:
             print(f"====> Validation loss: {val['loss']:.4f} ({epoch_line(val, {})})")
-        active = active_units(model, splits["test"], cfg, noise, copy_to["test"])
+        active = metrics.count_active(model, splits["test"], cfg["output"], noise, copy_to["test"])
         print(f"====> Test set loss: {test['loss']:.4f} ({epoch_line(test, {})})"
               + (f"; active units {active} of {model.latent_dim}" if active is not None else ""),
               flush=True)
@@ -348,7 +304,7 @@ def run(cfg, ckpt=None, signals=None):
                 runs.atomic_save({"format": runs.FORMAT, "model": model.state_dict(),
                                   "config": cfg, "epoch": epoch,
                                   "val_loss": best}, os.path.join(cfg["out"], "best.pt"))
-            save_figures(model, splits["test"], cfg, noise, epoch, copy_to["test"])
+            progress.save_figures(model, splits["test"], cfg, noise, epoch, copy_to["test"])
         if parallel.any_rank(signals.received) and epoch < cfg["epochs"]:
             stop = guard.Stop(signals.received or signal.SIGTERM)
             stop.where = f"the end of epoch {epoch}"

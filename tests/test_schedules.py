@@ -9,6 +9,7 @@ import torch
 
 import btcvae
 import losses
+import metrics
 import models
 import train
 
@@ -109,7 +110,7 @@ def test_a_warm_up_run_logs_its_kl_term_and_the_active_units(tiny_data, tmp_path
 
 def test_posterior_collapse_is_named(tiny_data, tmp_path, capsys, monkeypatch):
     run = str(tmp_path / "run")
-    monkeypatch.setattr(train, "active_units", lambda *a, **k: 3)  # 3 of 20, below a quarter
+    monkeypatch.setattr(metrics, "count_active", lambda *a, **k: 3)  # 3 of 20, below a quarter
     assert train.main(["--data-root", tiny_data, "--epochs", "1", "--out", run]) == 0
     assert "warning: posterior collapse: 3 of 20 latent units are active" in capsys.readouterr().out
 
@@ -120,10 +121,10 @@ def test_active_units_count_the_codes_that_vary(tiny_data):
     model.encoder[-1].bias.data[:3] = 0.5
     cfg = {"output": "sigmoid"}
     images = (torch.rand(40, 1, 8, 8) * 255).to(torch.uint8)
-    assert train.active_units(model, (images, torch.zeros(40, dtype=torch.long)), cfg, None) == 0
+    assert metrics.count_active(model, (images, torch.zeros(40, dtype=torch.long)), cfg["output"], None) == 0
     model.encoder[-1].weight.data[0] = 5.0  # unit 1 now moves with the image
-    assert train.active_units(model, (images, torch.zeros(40, dtype=torch.long)), cfg, None) == 1
-    assert train.active_units(models.build("ae", (1, 8, 8), None, {"hidden": (16,)}), (images, torch.zeros(40, dtype=torch.long)), cfg, None) is None
+    assert metrics.count_active(model, (images, torch.zeros(40, dtype=torch.long)), cfg["output"], None) == 1
+    assert metrics.count_active(models.build("ae", (1, 8, 8), None, {"hidden": (16,)}), (images, torch.zeros(40, dtype=torch.long)), cfg["output"], None) is None
 
 
 def test_the_kl_decomposition_adds_up_and_vanishes_for_one_posterior():
