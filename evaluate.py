@@ -30,7 +30,8 @@ import metrics
 import models
 import runs
 from tables import group_table, groups, label, table
-from flags import Help, Parser, pick_device, saved_config
+from config import pick_device, saved_config
+from flags import Help, Parser
 
 UNITS = {
     "test_loss": "the test loss as train.py prints it (VAE: negative ELBO, z sampled once; "

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 
+import config
 import flags
 import guard
 import runs
@@ -101,8 +102,8 @@ def differences(run_dir, argv):
     """How the run saved in run_dir differs from the one argv would start, in every setting
     (its seed and epochs too): ["--lr 0.001 there, 0.0025 planned", ...]."""
     i = argv.index("--out")
-    planned = flags.resolve([*argv[:i + 1], os.path.normpath(run_dir) + "-unused", *argv[i + 2:]])[0]
-    saved = flags.fill_added(runs.load_config(run_dir))  # an older version's run: as it ran
+    planned = config.resolve([*argv[:i + 1], os.path.normpath(run_dir) + "-unused", *argv[i + 2:]])[0]
+    saved = config.fill_added(runs.load_config(run_dir))  # an older version's run: as it ran
     return [f"--{k.replace('_', '-')} {saved.get(k)!r} there, {planned.get(k)!r} planned"
             for k in sorted((set(saved) | set(planned)) - BOOKKEEPING) if saved.get(k) != planned.get(k)]
 
@@ -115,8 +116,8 @@ def check(todo, elsewhere="another --out"):
         run_dir = argv[argv.index("--out") + 1]
         try:
             if state(run_dir) == "new":
-                cfg = flags.resolve(argv)[0]
-                flags.pick_device(cfg["device"])
+                cfg = config.resolve(argv)[0]
+                config.pick_device(cfg["device"])
                 new.append(cfg)
                 continue
             other = differences(run_dir, argv)

@@ -22,6 +22,7 @@ import time
 import torch
 import torch.nn as nn
 
+import config
 import data
 import flags
 import guard
@@ -32,7 +33,7 @@ import nets
 import parallel
 import progress
 import runs
-from flags import pick_device, resolve
+from config import pick_device, resolve
 
 
 def build_optimizers(model, cfg, device):
@@ -353,7 +354,7 @@ def start(argv, signals):
     try:
         cfg, ckpt = resolve(argv)
         cfg = parallel.share(cfg)  # rank 0's (its --out name carries the time of day)
-        flags.check_resources(cfg)
+        config.check_resources(cfg)
     except ValueError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2

@@ -23,7 +23,7 @@ import features  # noqa: E402
 import flags  # noqa: E402
 import models  # noqa: E402
 import runs  # noqa: E402
-from flags import saved_config  # noqa: E402
+from config import saved_config  # noqa: E402
 
 
 def main():

@@ -39,6 +39,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import data  # noqa: E402
+import config  # noqa: E402
 import flags  # noqa: E402
 import metrics  # noqa: E402
 import models  # noqa: E402
@@ -70,8 +71,8 @@ def build(setup, args):
     argv = SETUPS[setup] + args.extra.split() + [
         "--data-root", args.data_root, "--device", args.device, "--no-download",
         "--out", os.path.join(tempfile.gettempdir(), f"suite-never-written-{os.getpid()}")]
-    cfg, _ = flags.resolve(argv)
-    device = flags.pick_device(cfg["device"])
+    cfg, _ = config.resolve(argv)
+    device = config.pick_device(cfg["device"])
     torch.manual_seed(0)
     model = models.from_config(cfg).to(device)
     return cfg, device, model, train.build_optimizers(model, cfg, device)
@@ -246,7 +247,7 @@ def main():
     for setup in args.setups.split(","):
         if setup not in SETUPS:
             p.error(f"unknown setup {setup!r}; use {', '.join(SETUPS)}")
-    device = flags.pick_device(args.device)
+    device = config.pick_device(args.device)
     amp = "--amp" in args.extra.split() and (
         device.type == "cuda" or device.type == "cpu" and parallel.cpu_matrix_units())
     dtype = torch.bfloat16 if amp else torch.float32

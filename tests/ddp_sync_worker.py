@@ -7,7 +7,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import flags  # noqa: E402
+import config  # noqa: E402
 import models  # noqa: E402
 import parallel  # noqa: E402
 import train  # noqa: E402
@@ -17,7 +17,7 @@ rank = parallel.world()[0]
 failed = []
 for argv in (["--model", "vae"], ["--model", "ae", "--contractive", "0.1"],
              ["--model", "vaegan"], ["--model", "vaegan", "--arch", "conv"], ["--model", "cvae"]):
-    cfg, _ = flags.resolve(argv + ["--out", os.path.join(os.sep, "nonexistent", "never-written")])
+    cfg, _ = config.resolve(argv + ["--out", os.path.join(os.sep, "nonexistent", "never-written")])
     torch.manual_seed(rank)  # different weights and data on each process
     model = models.from_config(cfg)
     opt = train.build_optimizers(model, cfg, torch.device("cpu"))

@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+import config
 import flags
 import models
 import runs
@@ -206,14 +207,14 @@ def test_a_run_folder_of_another_format_is_refused_in_one_line(tiny_data, tmp_pa
 
 
 def test_model_options_are_recorded_resolved_and_foreign_ones_refused(tmp_path, capsys):
-    cfg, _ = flags.resolve(["--model", "vaegan", "--latent-dim", "5", "--out", str(tmp_path / "r")])
+    cfg, _ = config.resolve(["--model", "vaegan", "--latent-dim", "5", "--out", str(tmp_path / "r")])
     assert cfg["hidden"] == [25] and cfg["batchnorm"] is True and cfg["recon"] == "bce"
     assert cfg["margin"] is None and cfg["feature_layer"] is None
-    cfg, _ = flags.resolve(["--model", "vae", "--arch", "conv", "--output", "tanh",
+    cfg, _ = config.resolve(["--model", "vae", "--arch", "conv", "--output", "tanh",
                             "--out", str(tmp_path / "r")])
     assert cfg["hidden"] is None and cfg["batchnorm"] is True and cfg["recon"] == "mse"
     assert "gamma" not in cfg  # another model's option has no place in this run's config
-    cfg, _ = flags.resolve(["--model", "cvae", "--out", str(tmp_path / "r")])
+    cfg, _ = config.resolve(["--model", "cvae", "--out", str(tmp_path / "r")])
     assert cfg["latent_dim"] == 5 and cfg["num_classes"] == 10  # the CVAE's own default
     assert train.main(["--model", "ae", "--gamma", "2", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()
