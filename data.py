@@ -1,37 +1,23 @@
-"""Datasets as uint8 tensors on the training device, from one registry.
-
-A dataset is named by --dataset: a torchvision one (mnist, fashion-mnist, cifar10), celeba,
-or npz:PATH (arrays) or folder:PATH (image files), the last three read by images.py, or
-dsprites (dsprites.py: generated, with its factors; its splits draw their images a batch
-at a time). Each gives uint8 images (N, C, H, W),
-int64 labels (N,) and class names (None: no labels), for a train and a test split; --image-size
-and --channels fit any of them to one shape. Each split is read once and moved to the
-device; batches are slices of a `torch.randperm` order, and scaling, flips, crops and noise
-are batched tensor operations: no per-sample Python.
+"""Datasets from one registry (DATASETS: name -> loader) as uint8 tensors (N, C, H, W) on the
+training device, and their batches. Every dataset gives a train and a test split (and its own
+validation split where it has one), int64 labels and class names (None: no labels);
+--image-size and --channels fit any of them to one shape. Batches are slices of a
+torch.randperm order; scaling, flips, crops and noise are batched tensor operations.
 """
-import contextlib
-import errno
 import hashlib
-import io
-import math
 import os
-import pickle
-import struct
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision
-from torchvision.datasets import utils as tv_utils
 
 import dsprites
+import torchvision_data
 from images import DataError, fit, folder_header, npz_header, read_celeba, read_folder, read_npz
 
 TEST_NOISE_SEED = 0  # the test split's corruption is the same in every run, whatever --seed
 NOISE_KINDS = ("gaussian", "saltpepper", "mask")
-IDX_FILES = ("train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz "
-             "and t10k-labels-idx1-ubyte.gz")
 
 
 @dataclass
@@ -47,16 +33,11 @@ class Record:
     factors: type = None
 
 
-def torchvision_loader(name, cls, folder, files, shape, classes):
-    """A loader of one of torchvision's datasets, in its own on-disk layout under the root."""
+def torchvision_loader(name, shape, classes):
+    """A loader of one of torchvision's datasets (torchvision_data.py)."""
     def load(path, root, download, size, channels, skip_bad, read):
-        if not read:
-            return Record(shape, classes)
-        splits = {split: load_split(name, root, split == "train", download)
-                  for split in ("train", "test")}
-        check_splits(name, os.path.normpath(os.path.join(root, folder)), splits, shape, len(classes))
-        return Record(shape, classes, splits)
-    load.torchvision = cls, folder, files
+        return Record(shape, classes, read and torchvision_data.read(name, root, download, shape,
+                                                                     len(classes)))
     return load
 
 
@@ -83,13 +64,11 @@ def folder(path, root, download, size, channels, skip_bad, read):
 # A loader(path, root, download, size, channels, skip_bad, read) returns a Record; with
 # read False, only its shape and class names (from headers: known before any work).
 DATASETS = {
-    "mnist": torchvision_loader("mnist", "MNIST", "MNIST/raw", IDX_FILES, (1, 28, 28),
-                                [str(d) for d in range(10)]),
-    "fashion-mnist": torchvision_loader("fashion-mnist", "FashionMNIST", "FashionMNIST/raw", IDX_FILES, (1, 28, 28), [
+    "mnist": torchvision_loader("mnist", (1, 28, 28), [str(d) for d in range(10)]),
+    "fashion-mnist": torchvision_loader("fashion-mnist", (1, 28, 28), [
         "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
         "Ankle boot"]),
-    "cifar10": torchvision_loader("cifar10", "CIFAR10", ".", "cifar-10-python.tar.gz (or its extracted "
-                                  "cifar-10-batches-py/)", (3, 32, 32), [
+    "cifar10": torchvision_loader("cifar10", (3, 32, 32), [
         "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]),
     "celeba": celeba,
     "dsprites": sprites,
@@ -131,110 +110,12 @@ def describe(name, size=None, channels=None, val_split=0):
     return ((channels, size, size) if size else (channels, *header.shape[1:])), header.classes
 
 
-def load_split(name, root="./data", train=True, download=True):
-    """One split of a torchvision dataset as (uint8 images (N, C, H, W), int64 labels (N,))
-    on the CPU."""
-    cls, folder, files = DATASETS[name].torchvision
-    split = "train" if train else "test"
-    denied = unreadable(os.path.join(root, folder, "cifar-10-batches-py" if cls == "CIFAR10" else ""))
-    log = io.StringIO()  # torchvision prints each download attempt; keep it for errors only
-    try:
-        if denied:
-            raise PermissionError(errno.EACCES, "permission denied", denied)
-        with contextlib.redirect_stdout(log):
-            ds = getattr(torchvision.datasets, cls)(root, train=train, download=download)
-    except Exception as e:  # torchvision raises RuntimeError, OSError or URLError offline
-        try:
-            denied = e.filename if isinstance(e, PermissionError) else None
-            bad = not denied and corrupted_file(name, root, train)
-        except PermissionError as p:
-            denied = p.filename
-        if denied:
-            raise DataError(f"{name} {split} split: {denied}: permission denied; check its "
-                            f"permissions (chmod -R u+rwX), or pass another --data-root") from None
-        if bad:
-            raise DataError(f"{name} {split} split: {bad}; delete it and place the official "
-                            f"file there, or let it download (README: offline use)") from None
-        where = os.path.normpath(os.path.join(root, folder))
-        how = "could not be downloaded" if download else "download is off"
-        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else "no message"
-        raise DataError(f"{name} {split} split missing or corrupted in {where} and {how} "
-                        f"({type(e).__name__}: {reason}); place {files} there "
-                        f"(README: offline use)") from None
-    if log.getvalue():
-        print(log.getvalue(), end="")
-    images = torch.as_tensor(ds.data)
-    images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)  # CIFAR: NHWC
-    return images.contiguous(), torch.as_tensor(ds.targets, dtype=torch.long)
-
-
-def unreadable(folder):
-    """The first existing folder on the way to `folder` that cannot be listed, or None."""
-    parts = os.path.normpath(folder).split(os.sep)
-    for i in range(1, len(parts) + 1):  # the folders above it need only be entered, not listed
-        path = os.sep.join(parts[:i]) or os.sep
-        need = os.R_OK | os.X_OK if i == len(parts) else os.X_OK
-        if os.path.isdir(path) and not os.access(path, need):
-            return path
-    return None
-
-
-def corrupted_file(name, root, train):
-    """The first file of a split that is present but damaged, said in words, or None.
-
-    MNIST-style IDX files: the header's sizes must match the file's length; their .gz
-    archives and CIFAR-10's must match torchvision's md5 sums; CIFAR-10 batches must unpickle.
-    """
-    cls = getattr(torchvision.datasets, DATASETS[name].torchvision[0])
-    if hasattr(cls, "base_folder"):  # CIFAR-10's pickled batches
-        folder = os.path.join(root, cls.base_folder)
-        present = [(os.path.join(folder, file), md5) for file, md5 in
-                   (cls.train_list if train else cls.test_list)
-                   if os.path.isfile(os.path.join(folder, file))]
-        for path, _ in present:
-            try:
-                with open(path, "rb") as f:
-                    pickle.load(f, encoding="latin1")  # the official batches are plain dicts
-            except Exception:
-                return f"{path} is corrupted (it does not unpickle)"
-        for path, md5 in present:
-            if not tv_utils.check_integrity(path, md5):
-                return f"{path} is corrupted (its md5 is not the official one)"
-        archive = os.path.join(root, cls.filename)
-        if os.path.isfile(archive) and not tv_utils.check_integrity(archive, cls.tgz_md5):
-            return f"{archive} is corrupted (its md5 is not the official one)"
-        return None
-    raw = os.path.join(root, cls.__name__, "raw")
-    for gz, md5 in cls.resources:
-        if gz.startswith("train") != train:
-            continue
-        path = os.path.join(raw, gz[:-3])
-        if os.path.isfile(path):
-            with open(path, "rb") as f:
-                magic = f.read(4)
-                ndim = magic[3] if len(magic) == 4 else 0
-                sizes = f.read(4 * ndim)
-            if magic[:3] != b"\x00\x00\x08" or not ndim or len(sizes) != 4 * ndim:
-                return f"{path} is corrupted (not an IDX file of bytes: bad header)"
-            expected = 4 + 4 * ndim + math.prod(struct.unpack(f">{ndim}I", sizes))
-            if os.path.getsize(path) != expected:
-                return (f"{path} is corrupted ({os.path.getsize(path)} bytes; its header "
-                        f"promises {expected})")
-        elif os.path.isfile(path + ".gz") and not tv_utils.check_integrity(path + ".gz", md5):
-            return f"{path}.gz is corrupted (its md5 is not the official one)"
-    return None
-
-
 def load(name, root="./data", device="cpu", download=True, budget=float("inf"), size=None,
          channels=None, skip_bad=False, val_split=0, keep=None):
-    """Both splits: {"train": (images, labels), "test": (images, labels)} (and "val" for a
-    dataset with its own validation split: celeba), each on `device`
-    when its images fit `budget` bytes, else left in host memory (pinned for a GPU), to be
-    copied over a batch at a time: pass batches(..., device=device) for those.
-    size, channels: --image-size and --channels (see fit); skip_bad: --skip-bad-images;
-    val_split: --val-split, held out of the training split here (split_off), before the
-    splits are placed. keep: the class indices the training split keeps (--classes; see
-    kept_classes); the test split stays whole."""
+    """{"train": (images, labels), "test": ..., and "val" (the dataset's own or --val-split's)},
+    each on `device` when its images fit `budget` bytes, else in host memory (pinned for a GPU)
+    to be copied a batch at a time (batches(..., device=device)). size, channels, skip_bad,
+    val_split: the flags; keep: the classes the training split keeps (the test split is whole)."""
     name = canonical_name(name)
     read = record(name, root, download, size, channels, skip_bad, read=True).splits
     read = {split: (fit(images, size, channels) if torch.is_tensor(images) else images, labels)
@@ -251,23 +132,6 @@ def load(name, root="./data", device="cpu", download=True, budget=float("inf"), 
             pin = torch.device(device).type == "cuda"
             splits[split] = (images.pin_memory(), labels.pin_memory()) if pin else (images, labels)
     return splits
-
-
-def check_splits(name, where, splits, shape, k):
-    """DataError unless each split has one label per image, in range, and images of the
-    dataset's shape: files that each read well can still not belong together."""
-    for split, (images, labels) in splits.items():
-        if tuple(images.shape[1:]) != shape:
-            bad = (f"its images are {'x'.join(map(str, images.shape[1:]))} (C x H x W), not "
-                   f"{'x'.join(map(str, shape))}")
-        elif len(labels) != len(images):
-            bad = f"it has {len(images)} images but {len(labels)} labels"
-        elif len(labels) and not 0 <= labels.min() <= labels.max() < k:
-            bad = f"its labels reach {labels.max().item()}, outside 0..{k - 1}"
-        else:
-            continue
-        raise DataError(f"{name} {split} split in {where}: {bad}; its files do not belong "
-                        f"together: place the official files there (README: offline use)")
 
 
 def identity(splits):

@@ -1,4 +1,5 @@
-"""The training-time figures of a run folder: one growing, labelled image per run.
+"""A training run's progress: the epoch's running sums of every term (Tally), and the
+training-time figures of the run folder, one growing, labelled image each.
 
 After each epoch train.py adds a row to each: `training_reconstructions.png` (8 test
 inputs, over their reconstructions after epoch 1, 2, ...) and `training_samples.png` (the
@@ -14,6 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
 import data
+import parallel
 import runs
 
 FILE = "training_images.pt"
@@ -86,6 +88,61 @@ def add_epoch(run_dir, epoch, fixed, by_kind, titles):
         draw([*above.values(), *(by_epoch[e] for e in epochs)],
              [*above, *(f"epoch {e}" for e in epochs)], titles[kind],
              os.path.join(run_dir, f"training_{kind}.png"))
+
+
+class Tally:
+    """A training epoch's running sums of every term, and for each term the first step at
+    which it was not finite (0: none yet), kept on the device: the host reads them at
+    progress lines and at the end only, so no step waits for the device. Terms are averaged
+    over images, except skips_* (counts per step), which are summed."""
+
+    def __init__(self, resume=None):
+        r = resume or {"sums": 0, "n": 0, "names": None, "first_bad": None}
+        self.sums, self.n, self.names, self.first_bad = r["sums"], r["n"], r["names"], r["first_bad"]
+        if resume and parallel.world()[0] > 0:
+            self.sums, self.n = self.sums * 0, 0  # the saved sums are every process's: rank 0 holds them
+        self.scales = {}  # images per step -> what each term is multiplied by before summing
+
+    def add(self, out, step, images):
+        if self.names is None:
+            self.names = list(out)
+            self.first_bad = torch.zeros(len(self.names), dtype=torch.long, device=out["loss"].device)
+            self.sums = torch.zeros(len(self.names), device=out["loss"].device)
+        if images not in self.scales:
+            self.scales[images] = torch.tensor([1.0 if k.startswith("skips_") else images
+                                                for k in self.names], device=self.first_bad.device)
+        values = torch.stack([out[k].detach() for k in self.names])
+        self.sums = torch.addcmul(self.sums, values, self.scales[images])
+        self.first_bad = torch.where((self.first_bad == 0) & ~torch.isfinite(values), step,
+                                     self.first_bad)
+        self.n += images
+
+    def mean(self, name):
+        return self.sums[self.names.index(name)].item() / self.n
+
+    def stop_if_bad(self, epoch):
+        """Raise, naming the terms that were not finite at the first bad step (one host
+        sync); with several processes, on all of them when any one went bad."""
+        never = torch.iinfo(torch.long).max
+        first = torch.where(self.first_bad > 0, self.first_bad, never)
+        first = parallel.minimum(first).tolist()
+        step = min(first)
+        if step < never:
+            terms = [name for name, f in zip(self.names, first) if f == step]
+            terms = [name for name in terms if name != "loss"] or ["loss"]
+            raise FloatingPointError(f"non-finite {' and '.join(terms)} at epoch {epoch}, "
+                                     f"step {step}")
+
+    def state(self):
+        """The sums of every process together, for a checkpoint inside the epoch."""
+        dev = self.first_bad.device
+        return {"sums": parallel.total(self.sums.clone()), "n": parallel.count(self.n, dev),
+                "names": self.names, "first_bad": self.first_bad}
+
+    def means(self):
+        sums, n = parallel.total(self.sums), parallel.count(self.n, self.first_bad.device)
+        counted = torch.tensor([k.startswith("skips_") for k in self.names], device=sums.device)
+        return dict(zip(self.names, torch.where(counted, sums, sums / n).tolist()))
 
 
 @torch.no_grad()

@@ -1,13 +1,6 @@
-"""One command line for every model: builds data and model from flags, trains, evaluates
-on the test split every epoch, and writes the run folder (GUIDE.md, "The run folder").
-
-    python train.py --model vae --dataset mnist
-    python train.py --model vae --dataset cifar10 --arch conv --beta 4 --dropout 0.3
-    python train.py --model vaegan --dataset mnist --no-batchnorm
-    python train.py --resume runs/vae-mnist-20261120-101500 --epochs 20
-
-The optimisation is the same for every model of models.py: train_step below. The rest of
-this file is bookkeeping around it: the epoch's sums, progress lines, signals, resume.
+"""One command line for every model: data and model from flags (flags.py, config.py), the
+same train_step for every model, the test loss every epoch, and the run folder (GUIDE.md,
+"The run folder"). python train.py --model vae --dataset cifar10 --arch conv --beta 4
 """
 import signal
 import sys
@@ -70,9 +63,8 @@ def train_step(model, loss, opt, groups, x, target, labels, cfg, autocast=contex
 
 
 def grad_norm(parameters, clip=None):
-    """The L2 norm of all gradients together, on the device; with clip, scaled down to it.
-    Without clip, a sum of dot products (one BLAS call per tensor: 0.11 against 0.16 ms for
-    torch's norm of the MLP VAE's 650,000 gradients on this project's CPU)."""
+    """The L2 norm of all gradients together, on the device; with clip, scaled down to it
+    (without: dot products, 0.11 against torch's norm's 0.16 ms for the MLP VAE here)."""
     if clip:
         return nn.utils.clip_grad_norm_([p for p in parameters if p.grad is not None], clip)
     squares = [torch.dot(g, g) for g in (p.grad.reshape(-1) for p in parameters if p.grad is not None)]
@@ -81,15 +73,10 @@ def grad_norm(parameters, clip=None):
 
 def train_epoch(model, opt, split, cfg, epoch, noise, signals=None, resume=None,
                 autocast=contextlib.nullcontext, copy_to=None, loss=None):
-    """One pass over the training split, as pytorch/examples' train(); returns the terms'
-    means and the seconds it took.
-
-    A signal stops it after the current step with guard.Stop, carrying the epoch's data
-    order, step and sums; `resume` is that state, to finish the epoch as if never stopped.
-    copy_to: the device, for a split kept in host memory (--data-budget). loss: model.loss
-    or its DistributedDataParallel wrapper, which takes this process's part of each global
-    batch.
-    """
+    """One pass over the training split, as pytorch/examples' train(): the terms' means and
+    the seconds it took. A signal stops it after the step with guard.Stop, carrying the
+    epoch's order, step and sums; `resume` is that state. copy_to: the device, for a split
+    in host memory; loss: model.loss or its DistributedDataParallel wrapper."""
     images, labels = split
     model.before_epoch(x for x, _, _ in data.eval_batches(  # a model fitted in closed form (PCA) fits here
         split, cfg["output"], noise, copy_to))
@@ -97,7 +84,7 @@ def train_epoch(model, opt, split, cfg, epoch, noise, signals=None, resume=None,
     loss, groups = loss or model.loss, model.parameter_groups()
     r = resume or {"step": 0, "seconds": 0.0,
                    "order": torch.randperm(images.shape[0], device=images.device)}
-    order, tally = r["order"].to(images.device), Tally(resume)
+    order, tally = r["order"].to(images.device), progress.Tally(resume)
     local, batch = parallel.shard(order, cfg["batch_size"]), cfg["batch_size"] // parallel.world()[1]
     n_steps, t0 = -(-len(local) // batch), time.perf_counter() - r["seconds"]
     one_is_too_few = nets.normalizes(model)
@@ -112,15 +99,15 @@ def train_epoch(model, opt, split, cfg, epoch, noise, signals=None, resume=None,
         model.progress = epoch - 1 + (step - 1) / n_steps  # epochs done: the KL schedules' clock
         out = train_step(model, loss, opt, groups, x, target, y, cfg, autocast)
         tally.add(out, step, x.shape[0])
-        progress = step % cfg["log_interval"] == 0 and step < n_steps
-        if progress:
+        line = step % cfg["log_interval"] == 0 and step < n_steps
+        if line:
             tally.stop_if_bad(epoch)
             rate = tally.n / (time.perf_counter() - t0)  # this epoch's images/s so far
             print(f"Train Epoch: {epoch} [{tally.n}/{len(local)} "
                   f"({100 * tally.n / len(local):.0f}%)]\tLoss: {tally.mean('loss'):.4f}\t"
                   f"({rate:,.0f} images/s, {(len(local) - tally.n) / rate:.0f} s left in the "
                   f"epoch)", flush=True)
-        if step < n_steps and stop_requested(signals, progress):
+        if step < n_steps and stop_requested(signals, line):
             tally.stop_if_bad(epoch)  # never save weights after a bad step
             raise guard.Stop(signals.received or signal.SIGTERM, {
                 "step": step, "order": order, "processes": parallel.world()[1],
@@ -133,67 +120,11 @@ def train_epoch(model, opt, split, cfg, epoch, noise, signals=None, resume=None,
 
 
 def stop_requested(signals, progress):
-    """Whether a signal asks to stop after this step; several processes must stop at the
-    same step, so they agree on it at progress lines."""
+    """Whether a signal asks to stop after this step (processes agree at progress lines)."""
     received = signals and signals.received
     if parallel.active():
         return progress and parallel.any_rank(received)
     return bool(received)
-
-
-class Tally:
-    """A training epoch's running sums of every term, and for each term the first step at
-    which it was not finite (0: none yet), kept on the device: the host reads them at
-    progress lines and at the end only, so no step waits for the device. Terms are averaged
-    over images, except skips_* (counts per step), which are summed."""
-
-    def __init__(self, resume=None):
-        r = resume or {"sums": 0, "n": 0, "names": None, "first_bad": None}
-        self.sums, self.n, self.names, self.first_bad = r["sums"], r["n"], r["names"], r["first_bad"]
-        if resume and parallel.world()[0] > 0:
-            self.sums, self.n = self.sums * 0, 0  # the saved sums are every process's: rank 0 holds them
-        self.scales = {}  # images per step -> what each term is multiplied by before summing
-
-    def add(self, out, step, images):
-        if self.names is None:
-            self.names = list(out)
-            self.first_bad = torch.zeros(len(self.names), dtype=torch.long, device=out["loss"].device)
-            self.sums = torch.zeros(len(self.names), device=out["loss"].device)
-        if images not in self.scales:
-            self.scales[images] = torch.tensor([1.0 if k.startswith("skips_") else images
-                                                for k in self.names], device=self.first_bad.device)
-        values = torch.stack([out[k].detach() for k in self.names])
-        self.sums = torch.addcmul(self.sums, values, self.scales[images])
-        self.first_bad = torch.where((self.first_bad == 0) & ~torch.isfinite(values), step,
-                                     self.first_bad)
-        self.n += images
-
-    def mean(self, name):
-        return self.sums[self.names.index(name)].item() / self.n
-
-    def stop_if_bad(self, epoch):
-        """Raise, naming the terms that were not finite at the first bad step (one host
-        sync); with several processes, on all of them when any one went bad."""
-        never = torch.iinfo(torch.long).max
-        first = torch.where(self.first_bad > 0, self.first_bad, never)
-        first = parallel.minimum(first).tolist()
-        step = min(first)
-        if step < never:
-            terms = [name for name, f in zip(self.names, first) if f == step]
-            terms = [name for name in terms if name != "loss"] or ["loss"]
-            raise FloatingPointError(f"non-finite {' and '.join(terms)} at epoch {epoch}, "
-                                     f"step {step}")
-
-    def state(self):
-        """The sums of every process together, for a checkpoint inside the epoch."""
-        dev = self.first_bad.device
-        return {"sums": parallel.total(self.sums.clone()), "n": parallel.count(self.n, dev),
-                "names": self.names, "first_bad": self.first_bad}
-
-    def means(self):
-        sums, n = parallel.total(self.sums), parallel.count(self.n, self.first_bad.device)
-        counted = torch.tensor([k.startswith("skips_") for k in self.names], device=sums.device)
-        return dict(zip(self.names, torch.where(counted, sums, sums / n).tolist()))
 
 
 def epoch_line(terms, weights):
@@ -203,9 +134,8 @@ def epoch_line(terms, weights):
 
 
 def run(cfg, ckpt=None, signals=None):
-    """Train as cfg says (from ckpt when resuming), writing the run folder; signals: the
-    guard.Signals of main (when called alone, none: signals are not caught). Returns the
-    history rows."""
+    """Train as cfg says (from ckpt when resuming), writing the run folder; signals: main's
+    guard.Signals (alone: none caught). Returns the history rows (None: nothing to do)."""
     if ckpt is not None:
         runs.catch_up(ckpt, cfg["out"])  # files a full disk kept behind checkpoint.pt
         if ckpt["mid_epoch"] is None and ckpt["epoch"] >= cfg["epochs"]:
@@ -214,33 +144,8 @@ def run(cfg, ckpt=None, signals=None):
             return None
     signals = signals or guard.Signals()
     device = parallel.device_for(pick_device(cfg["device"]))
-    rank, processes, _ = parallel.world()
-    writer = rank == 0  # under torchrun, rank 0 alone writes the run folder
-    print(f"Run folder: {cfg['out']} (its config.json keeps every setting)")
-    print(f"Device: {device}" + (f", {processes} processes" if parallel.active() else ""))
-    kept = data.kept_classes(cfg)
-    print(f"Training: {cfg['model']} on {cfg['dataset']}"
-          + (f" (classes {', '.join(cfg['classes'][c] for c in kept)} only)" if kept else "")
-          + (f", {cfg['epochs']} epoch(s) of batch {cfg['batch_size']}, Adam lr {cfg['lr']:g}"
-             if models.from_config(cfg, device="meta").parameter_groups() else
-             ", fitted in closed form (no parameters to optimise)")
-          + f", seed {cfg['seed']}")
-    torch.manual_seed(cfg["seed"] + rank)  # each process its own z, dropout and noise draws
-    budget = parallel.data_budget(cfg, device)
-    splits = data.load(cfg["dataset"], cfg["data_root"], device, cfg["download"], budget,
-                       cfg["image_size"], cfg["channels"], cfg["skip_bad_images"], cfg["val_split"],
-                       data.kept_classes(cfg))
-    copy_to = {name: None if data.fits(images, budget) else device
-               for name, (images, _) in splits.items()}
-    for name, (images, _) in splits.items():
-        if copy_to[name] is not None:
-            print(f"Data: the {name} split ({images.numel() / 2**20:.0f} MB) is over the "
-                  f"{budget / 2**20:.0f} MB budget: kept in host memory"
-                  f"{' (pinned)' if images.is_pinned() else ''}, copied a batch at a time")
-    runs.check_data(cfg, ckpt, data.identity(splits))
-    if "val" in splits:  # --val-split's, or the dataset's own (celeba): best.pt is chosen on it
-        print(f"Data: {len(splits['train'][0])} training, {len(splits['val'][0])} validation "
-              f"and {len(splits['test'][0])} test images")
+    writer = parallel.world()[0] == 0  # under torchrun, rank 0 alone writes the run folder
+    splits, copy_to = load_data(cfg, ckpt, device)
     noise = data.parse_noise(cfg["noise"])
     model = models.from_config(cfg).to(device)
     print(f"Model: {type(model).__name__} ({models.describe(model)}), "
@@ -255,7 +160,6 @@ def run(cfg, ckpt=None, signals=None):
         where = f"epoch {start}, step {mid_epoch['step']}" if mid_epoch else f"epoch {start - 1}"
         print(f"Resuming {cfg['out']} after {where}")
     loss = parallel.loss_fn(model, device)  # model.loss, or DDP around it (same weights everywhere)
-    weights = model.term_weights  # --l1's sum |w| is logged beside the loss, not in it
     if writer:
         runs.remove_temporaries(cfg["out"])  # none is ours: we hold the folder's lock
         runs.save_config(cfg, cfg["out"])
@@ -271,40 +175,18 @@ def run(cfg, ckpt=None, signals=None):
             save(state(epoch - 1, stop.mid_epoch), "checkpoint.pt")
             stop.where = f"epoch {epoch}, step {stop.mid_epoch['step']}"
             raise
-        mid_epoch, t0 = None, time.perf_counter()
-        test = metrics.test_loss(model, splits["test"], cfg["output"], noise, copy_to["test"])
-        val = metrics.test_loss(model, splits["val"], cfg["output"], noise, copy_to["val"]) if (
-            "val" in splits) else {}
-        seconds += time.perf_counter() - t0
-        lr = next(iter(opt.values())).param_groups[0]["lr"] if opt else None
+        mid_epoch = None
+        history.append(end_of_epoch(model, splits, copy_to, cfg, noise, epoch, train, seconds, opt))
         for s in sched.values():
             s.step()
-        print(f"====> Epoch: {epoch} Average loss: {train['loss']:.4f} "
-              f"({epoch_line(train, weights)}) {seconds:.1f}s")
-        if val:
-            print(f"====> Validation loss: {val['loss']:.4f} ({epoch_line(val, {})})")
-        active = metrics.count_active(model, splits["test"], cfg["output"], noise, copy_to["test"])
-        print(f"====> Test set loss: {test['loss']:.4f} ({epoch_line(test, {})})"
-              + (f"; active units {active} of {model.latent_dim}" if active is not None else ""),
-              flush=True)
-        if active is not None and active < model.latent_dim / 4:
-            print(f"warning: posterior collapse: {active} of {model.latent_dim} latent units are "
-                  f"active (Cov_x E[z_d | x] > 0.01 on the test split); a lower --beta, "
-                  f"--kl-warmup or --free-bits keeps more")
-        history.append({"epoch": epoch, **{f"train_{k}": v for k, v in train.items()},
-                        **{f"val_{k}": v for k, v in val.items()},
-                        **{f"test_{k}": v for k, v in test.items()},
-                        **({"test_active_units": active} if active is not None else {}),
-                        "seconds": round(seconds, 3), "lr": lr})
-        improved = bool(val) and val["loss"] < best  # chosen on validation, never on test
-        best = min(best, val["loss"]) if val else best
+        val = history[-1].get("val_loss")
+        improved, best = val is not None and val < best, min(best, val if val is not None else best)
         save(state(epoch), "checkpoint.pt")  # first: no other file runs ahead of it
         if writer:
             runs.write_history(history, cfg["out"])
-            if improved:
-                runs.atomic_save({"format": runs.FORMAT, "model": model.state_dict(),
-                                  "config": cfg, "epoch": epoch,
-                                  "val_loss": best}, os.path.join(cfg["out"], "best.pt"))
+            if improved:  # chosen on validation, never on test
+                runs.atomic_save({"format": runs.FORMAT, "model": model.state_dict(), "config": cfg,
+                                  "epoch": epoch, "val_loss": best}, os.path.join(cfg["out"], "best.pt"))
             progress.save_figures(model, splits["test"], cfg, noise, epoch, copy_to["test"])
         if parallel.any_rank(signals.received) and epoch < cfg["epochs"]:
             stop = guard.Stop(signals.received or signal.SIGTERM)
@@ -314,17 +196,67 @@ def run(cfg, ckpt=None, signals=None):
     return history
 
 
+def load_data(cfg, ckpt, device):
+    """The run's splits on the device (or in host memory past --data-budget: copy_to names
+    the device to copy their batches to), said in a few lines; the data's identity checked
+    against a resumed run's."""
+    rank, processes, _ = parallel.world()
+    kept = data.kept_classes(cfg)
+    print(f"Run folder: {cfg['out']} (its config.json keeps every setting)")
+    print(f"Device: {device}" + (f", {processes} processes" if parallel.active() else ""))
+    print(f"Training: {cfg['model']} on {cfg['dataset']}"
+          + (f" (classes {', '.join(cfg['classes'][c] for c in kept)} only)" if kept else "")
+          + (f", {cfg['epochs']} epoch(s) of batch {cfg['batch_size']}, Adam lr {cfg['lr']:g}"
+             if models.from_config(cfg, device="meta").parameter_groups() else
+             ", fitted in closed form (no parameters to optimise)") + f", seed {cfg['seed']}")
+    torch.manual_seed(cfg["seed"] + rank)  # each process its own z, dropout and noise draws
+    budget = parallel.data_budget(cfg, device)
+    splits = data.load(cfg["dataset"], cfg["data_root"], device, cfg["download"], budget,
+                       cfg["image_size"], cfg["channels"], cfg["skip_bad_images"], cfg["val_split"], kept)
+    copy_to = {name: None if data.fits(images, budget) else device for name, (images, _) in splits.items()}
+    for name, (images, _) in splits.items():
+        if copy_to[name] is not None:
+            print(f"Data: the {name} split ({images.numel() / 2**20:.0f} MB) is over the "
+                  f"{budget / 2**20:.0f} MB budget: kept in host memory"
+                  f"{' (pinned)' if images.is_pinned() else ''}, copied a batch at a time")
+    runs.check_data(cfg, ckpt, data.identity(splits))
+    if "val" in splits:  # --val-split's, or the dataset's own (celeba): best.pt is chosen on it
+        print(f"Data: {len(splits['train'][0])} training, {len(splits['val'][0])} validation "
+              f"and {len(splits['test'][0])} test images")
+    return splits, copy_to
+
+
+def end_of_epoch(model, splits, copy_to, cfg, noise, epoch, train, seconds, opt):
+    """The epoch's test (and validation) loss and active units, printed as pytorch/examples
+    does; its history row."""
+    t0 = time.perf_counter()
+    test = metrics.test_loss(model, splits["test"], cfg["output"], noise, copy_to["test"])
+    val = metrics.test_loss(model, splits["val"], cfg["output"], noise, copy_to["val"]) if (
+        "val" in splits) else {}
+    seconds += time.perf_counter() - t0
+    print(f"====> Epoch: {epoch} Average loss: {train['loss']:.4f} "
+          f"({epoch_line(train, model.term_weights)}) {seconds:.1f}s")
+    if val:
+        print(f"====> Validation loss: {val['loss']:.4f} ({epoch_line(val, {})})")
+    active = metrics.count_active(model, splits["test"], cfg["output"], noise, copy_to["test"])
+    print(f"====> Test set loss: {test['loss']:.4f} ({epoch_line(test, {})})"
+          + (f"; active units {active} of {model.latent_dim}" if active is not None else ""), flush=True)
+    if active is not None and active < model.latent_dim / 4:
+        print(f"warning: posterior collapse: {active} of {model.latent_dim} latent units are "
+              f"active (Cov_x E[z_d | x] > 0.01 on the test split); a lower --beta, "
+              f"--kl-warmup or --free-bits keeps more")
+    return {"epoch": epoch, **{f"train_{k}": v for k, v in train.items()},
+            **{f"val_{k}": v for k, v in val.items()}, **{f"test_{k}": v for k, v in test.items()},
+            **({"test_active_units": active} if active is not None else {}),
+            "seconds": round(seconds, 3), "lr": next(iter(opt.values())).param_groups[0]["lr"] if opt else None}
+
+
 def fit(**options):
-    """Train from Python (a notebook) as train.py would from the shell, and return the model.
-
-        model, history = train.fit(model="vae", dataset="mnist", epochs=2, latent_dim=2)
-
-    Keywords are train.py's flags (latent_dim for --latent-dim; True/False for a switch,
-    batchnorm=False for --no-batchnorm; hidden=(300, 100) for --hidden 300,100). Returns
-    the trained model (on the CPU, in evaluation mode) and its history (one dict per
-    epoch). The run folder is written as by train.py; its path is then in
-    train.fit.last_run. A bad flag raises ValueError before any work; a failed or
-    interrupted run raises RuntimeError (resume it with fit(resume=RUN_DIR))."""
+    """Train from Python (a notebook) as from the shell: model, history = train.fit(
+    model="vae", dataset="mnist", epochs=2, latent_dim=2). Keywords are the flags (True/False
+    for a switch, batchnorm=False for --no-batchnorm, hidden=(300, 100)). Returns the model
+    (CPU, eval mode) and its history; the run folder is in train.fit.last_run. A bad flag
+    raises ValueError before any work; a failed run RuntimeError (fit(resume=RUN_DIR))."""
     argv = []
     for name, value in options.items():
         value = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import data
+import torchvision_data
 from conftest import N_TEST, N_TRAIN, images_for
 
 
@@ -141,6 +142,6 @@ def test_official_archives_load_offline(tmp_path, monkeypatch):
     def no_network(*args, **kwargs):
         raise AssertionError("tried to download")
     monkeypatch.setattr(urllib.request, "urlopen", no_network)
-    images, labels = data.load_split("mnist", str(tmp_path), train=False, download=True)
+    images, labels = torchvision_data.load_split("mnist", str(tmp_path), train=False, download=True)
     assert images.shape == (10000, 1, 28, 28) and images.dtype == torch.uint8
     assert labels[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]  # the official test labels

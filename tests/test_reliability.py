@@ -16,6 +16,7 @@ import torch
 import ae
 import cvae
 import data
+import torchvision_data
 import evaluate
 import guard
 import runs
@@ -273,7 +274,7 @@ def test_a_damaged_data_file_is_named_and_nothing_is_written(tmp_path, capsys, m
     assert f"{path} is corrupted" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
     if dataset != "cifar10":  # the tiny CIFAR-10 files cannot match the official md5 sums
-        assert data.corrupted_file(data.canonical_name(dataset), root, train=False) is None
+        assert torchvision_data.corrupted_file(data.canonical_name(dataset), root, train=False) is None
 
 
 def test_evaluate_out_of_memory_says_to_lower_the_chunk(tiny_data, tmp_path, capsys, monkeypatch):

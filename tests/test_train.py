@@ -11,6 +11,7 @@ import torch
 import config
 import flags
 import models
+import progress
 import runs
 import train
 import vae
@@ -222,7 +223,7 @@ def test_model_options_are_recorded_resolved_and_foreign_ones_refused(tmp_path, 
 
 
 def test_progress_lines_print_the_running_loss_whatever_the_order_of_the_terms():
-    tally = train.Tally()
+    tally = progress.Tally()
     for step, (recon, loss) in enumerate([(5.0, 7.0), (1.0, 3.0)], start=1):
         tally.add({"recon": torch.tensor(recon), "loss": torch.tensor(loss),
                    "skips_disc": torch.tensor(1.0)}, step, 2)
