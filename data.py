@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+import augment
 import dsprites
 import torchvision_data
 from images import DataError, fit, folder_header, npz_header, read_celeba, read_folder, read_npz
@@ -36,28 +36,28 @@ class Record:
 def torchvision_loader(name, shape, classes):
     """A loader of one of torchvision's datasets (torchvision_data.py)."""
     def load(path, root, download, size, channels, skip_bad, read):
-        return Record(shape, classes, read and torchvision_data.read(name, root, download, shape,
-                                                                     len(classes)))
+        splits = torchvision_data.read(name, root, download, shape, len(classes)) if read else None
+        return Record(shape, classes, splits)
     return load
 
 
 def celeba(path, root, download, size, channels, skip_bad, read):
-    return Record((3, 64, 64), None, read and read_celeba(root, download, size, channels, skip_bad),
-                  own_val=True)  # 64x64 after read_celeba's centre crop and resize
+    return Record((3, 64, 64), None, read_celeba(root, download, size, channels, skip_bad) if read
+                  else None, own_val=True)  # 64x64 after read_celeba's centre crop and resize
 
 
 def sprites(path, root, download, size, channels, skip_bad, read):
     if (size or 64) != 64 or (channels or 1) != 1:
         raise ValueError("dsprites is drawn at 64x64 in grey: drop --image-size and --channels")
-    return Record((1, 64, 64), dsprites.SHAPES, read and dsprites.read(root), factors=dsprites.GroundTruth)
+    return Record((1, 64, 64), dsprites.SHAPES, dsprites.read(root) if read else None, factors=dsprites.GroundTruth)
 
 
 def npz(path, root, download, size, channels, skip_bad, read):
-    return Record(*npz_header(path), read and read_npz(path))
+    return Record(*npz_header(path), read_npz(path) if read else None)
 
 
 def folder(path, root, download, size, channels, skip_bad, read):
-    return Record(*folder_header(path), read and read_folder(path, size, channels, skip_bad))
+    return Record(*folder_header(path), read_folder(path, size, channels, skip_bad) if read else None)
 
 
 # --dataset NAME, or KIND:PATH for the kinds that take a path (npz, folder): name -> loader.
@@ -213,44 +213,6 @@ def parse_noise(spec):
     return kind, level
 
 
-def random_hflip(x):
-    """Flip each image left-right with probability 1/2. x: (B, C, H, W)."""
-    B = x.shape[0]
-    flip = torch.rand(B, device=x.device) < 0.5
-    both = torch.cat([x, x.flip(3)])  # every image, then every image mirrored
-    return both.index_select(0, torch.arange(B, device=x.device) + B * flip)  # (5x torch.where)
-
-
-def random_crop(x, padding=4):
-    """Zero-pad by `padding`, then cut a random HxW window per image (the CIFAR-10 standard)."""
-    B, C, H, W = x.shape
-    padded = F.pad(x, (padding,) * 4).flatten(2)  # (B, C, (H + 2p) (W + 2p))
-    dy = torch.randint(0, 2 * padding + 1, (B, 1), device=x.device)
-    dx = torch.randint(0, 2 * padding + 1, (B, 1), device=x.device)
-    rows = dy + torch.arange(H, device=x.device)  # (B, H): the window's rows in the padded image
-    cols = dx + torch.arange(W, device=x.device)  # (B, W)
-    flat = rows[:, :, None] * (W + 2 * padding) + cols[:, None, :]  # (B, H, W) positions
-    # one gather over the flattened pixels: 4x faster than indexing with four index tensors
-    return padded.gather(2, flat.view(B, 1, H * W).expand(B, C, H * W)).view(B, C, H, W)
-
-
-def corrupt(x, noise, generator=None):
-    """Corrupt x in [0, 1]: additive Gaussian (clipped), salt-and-pepper, or masking.
-
-    Salt-and-pepper and masking pick pixel positions (all channels of a pixel together).
-    """
-    kind, level = noise
-    B, C, H, W = x.shape
-    rand = lambda *shape: torch.rand(*shape, device=x.device, generator=generator)  # noqa: E731
-    if kind == "gaussian":
-        noise = torch.randn(x.shape, device=x.device, generator=generator)
-        return (x + level * noise).clamp(0, 1)
-    hit = rand(B, 1, H, W) < level
-    if kind == "saltpepper":
-        return torch.where(hit, (rand(B, 1, H, W) < 0.5).to(x.dtype), x)
-    return x.masked_fill(hit, 0.0)  # mask
-
-
 def to_range(x, output="sigmoid"):
     """[0, 1] images for a sigmoid decoder, [-1, 1] for a tanh decoder."""
     return x if output == "sigmoid" else x * 2 - 1
@@ -309,9 +271,9 @@ def batches(images, labels, batch_size, shuffle=False, output="sigmoid", hflip=F
             elif x.data_ptr() == buffers[slot].data_ptr():
                 x = x.clone()  # the same device: never hand out the buffer itself
         if hflip:
-            x = random_hflip(x)
+            x = augment.random_hflip(x)
         if crop:
-            x = random_crop(x)
+            x = augment.random_crop(x)
         clean = x.float().div_(255)  # in place: one allocation less than x.float() / 255
-        noisy = corrupt(clean, noise, generator) if noise is not None else clean
+        noisy = augment.corrupt(clean, noise, generator) if noise is not None else clean
         yield to_range(noisy, output), to_range(clean, output), y

@@ -4,6 +4,7 @@ import shutil
 import pytest
 import torch
 
+import augment
 import data
 import torchvision_data
 from conftest import N_TEST, N_TRAIN, images_for
@@ -60,7 +61,7 @@ def test_scaling_follows_the_output():
 def test_hflip_flips_some_images_and_keeps_the_rest():
     torch.manual_seed(0)
     x = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
-    out = data.random_hflip(x)
+    out = augment.random_hflip(x)
     same = (out == x).flatten(1).all(1)
     flipped = (out == x.flip(3)).flatten(1).all(1)
     assert (same | flipped).all() and same.any() and flipped.any()
@@ -69,14 +70,14 @@ def test_hflip_flips_some_images_and_keeps_the_rest():
 def test_crop_is_a_window_of_the_zero_padded_image():
     torch.manual_seed(0)
     x = torch.randint(1, 256, (32, 3, 8, 8), dtype=torch.uint8)
-    out = data.random_crop(x, padding=4)
+    out = augment.random_crop(x, padding=4)
     assert out.shape == x.shape and out.dtype == x.dtype
     padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
     for i in range(32):
         windows = [padded[i, :, dy:dy + 8, dx:dx + 8] for dy in range(9) for dx in range(9)]
         assert any(torch.equal(out[i], w) for w in windows)
     assert not torch.equal(out, x)  # 32 images all left in place has probability 81^-32
-    assert torch.equal(data.random_crop(x, padding=0), x)
+    assert torch.equal(augment.random_crop(x, padding=0), x)
 
 
 def test_flip_and_crop_take_the_same_draws_and_give_the_same_images_as_their_definitions():
@@ -93,7 +94,7 @@ def test_flip_and_crop_take_the_same_draws_and_give_the_same_images_as_their_def
     expected = torch.nn.functional.pad(flipped, (4,) * 4)[
         torch.arange(16)[:, None, None, None], torch.arange(3)[None, :, None, None], rows, cols]
     torch.manual_seed(1)
-    assert torch.equal(data.random_crop(data.random_hflip(x)), expected)
+    assert torch.equal(augment.random_crop(augment.random_hflip(x)), expected)
     after = torch.get_rng_state()  # and they drew exactly as much from the generator
     torch.manual_seed(1)
     torch.rand(16), torch.randint(0, 9, (16, 1)), torch.randint(0, 9, (16, 1))
