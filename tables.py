@@ -1,6 +1,7 @@
 """evaluate.py's tables: one markdown row per run, and the runs that differ only in the seed
 grouped (mean ± std over the seeds, n), each two groups that differ in one setting compared
-(the difference, its 95% confidence interval and Welch's t-test p-value)."""
+(the difference, its 95% confidence interval and Welch's t-test p-value). markdown() lays out
+reproduce.py's tables too."""
 import json
 import math
 
@@ -22,6 +23,11 @@ COLUMNS = [("test_loss", "test loss", 2), ("train_loss", "train loss", 2), ("gap
            ("auroc_discriminator", "AUROC D", 3)]
 
 
+def markdown(heads, rows):
+    """The lines of a markdown table: the header, the rule, one line per row of cells."""
+    return ["| " + " | ".join(heads) + " |", "|---" * len(heads) + "|",
+            *("| " + " | ".join(cells) + " |" for cells in rows)]
+
 
 def cell(m, key, digits):
     """One number of the table; a bce decoder's likelihoods carry a * (see the footnote)."""
@@ -35,15 +41,10 @@ NOT_SETTINGS = {"seed", "out", "command", "resume_commands", "resume", "data", "
                 "log_interval", "compile", "channels_last", "data_budget", "download",
                 "data_root", "classes", "format"}  # runs that differ only in these form one group
 IMPLIED = {"augment": ("hflip", "crop")}  # a setting that sets others: compared as one
-GROUPED = [("test_loss", "test loss", 2), ("nelbo", "NELBO", 2), ("nll_iw", "NLL (IW)", 2),
-           ("mse", "MSE", 4), ("psnr", "PSNR dB", 2), ("active_units", "AU", 1),
-           ("probe_accuracy", "probe acc", 3), ("fid", "FID", 2), ("kid", "KID", 4),
-           ("precision", "precision", 3), ("recall", "recall", 3), ("fid_recon", "FID rec", 2),
-           ("fid_inception", "FID (Inc.)", 2), ("beta_vae", "BetaVAE", 3),
-           ("factor_vae", "FactorVAE", 3), ("mig", "MIG", 3), ("dci_disentanglement", "DCI D", 3),
-           ("sap", "SAP", 3), ("auroc_recon_error", "AUROC rec", 3), ("auroc_nelbo", "AUROC ELBO", 3),
-           ("auroc_nll_iw", "AUROC NLL", 3), ("auroc_code_distance", "AUROC code", 3),
-           ("auroc_discriminator", "AUROC D", 3)]
+GROUPED = [(key, name, 1 if key == "active_units" else digits) for key, name, digits in COLUMNS
+           if key not in {"train_loss", "gap", "bits_per_dim", "psnr_noisy", "acc_real", "acc_rec",
+                          "acc_prior", "class_match", "kid_inception", "fid_recon_inception",
+                          "dci_completeness", "dci_informativeness"}]  # group_table's columns
 COMPARED = ("test_loss", "nll_iw", "mse", "fid", "mig")  # the differences group_table tests
 
 
@@ -69,29 +70,33 @@ def label(setting, only=None):
 
 
 def group_table(rows, configs):
-    """Each group's metrics as mean +- std over its seeds, with n; then, for two groups that
-    differ in one setting, the difference of each metric with its 95% confidence interval
-    and Welch's t-test p-value. Empty when no group has two runs."""
-    found = dict(rows)
-    by_setting = {setting: [found[n] for n in names] for setting, names in groups(rows, configs).items()}
+    """Each group's metrics as mean +- std over its seeds, with n, then comparisons(); empty
+    when no group has two runs."""
+    found, named = dict(rows), groups(rows, configs)
+    by_setting = {setting: [found[n] for n in names] for setting, names in named.items()}
     if all(len(ms) < 2 for ms in by_setting.values()):
         return ""
     cols = [c for c in GROUPED if any(c[0] in m for _, m in rows)]
-    lines = ["| setting | n | " + " | ".join(c[1] for c in cols) + " |",
-             "|" + "---|" * (len(cols) + 2)]
-    seeds = {s: [configs[n]["seed"] for n in names] for s, names in groups(rows, configs).items()}
-    repeated = [s for s, ss in seeds.items() if len(set(ss)) < len(ss)]
+    repeated = [s for s, names in named.items()
+                if len({configs[n]["seed"] for n in names}) < len(names)]
+    cells = []
     for setting, ms in by_setting.items():
-        cells = []
+        cells.append([label(setting), str(len(ms))])
         for key, _, digits in cols:
             values = [m[key] for m in ms if key in m]
             mean, std = metrics.mean_std(values) if values else (0, 0)
-            cells.append(f"{mean:.{digits}f} ± {std:.{digits}f}" if values else "-")
-        lines.append(f"| {label(setting)} | {len(ms)} | " + " | ".join(cells) + " |")
+            cells[-1].append(f"{mean:.{digits}f} ± {std:.{digits}f}" if values else "-")
+    lines = markdown(["setting", "n", *(c[1] for c in cols)], cells)
     lines.append("\nMean ± standard deviation over each group's seeds (n runs)."
                  + "".join(f" {label(s)} repeats a seed: its runs are not independent, and it "
                            f"is not compared." for s in repeated))
-    settings = list(by_setting)
+    return "\n".join(lines + comparisons(by_setting, cols, repeated))
+
+
+def comparisons(by_setting, cols, repeated):
+    """For two groups that differ in one setting, the difference of each COMPARED metric with
+    its 95% confidence interval and Welch's t-test p-value."""
+    lines, settings = [], list(by_setting)
     for i, a in enumerate(settings):
         for b in settings[i + 1:]:
             differ = [k for (k, x), (_, y) in zip(a, b) if x != y]
@@ -100,18 +105,16 @@ def group_table(rows, configs):
             rest = [k for k, _ in a if k not in differ]
             where = f" (at {label(a, rest)})" if rest else ""
             for key, name, digits in cols:
-                if key not in COMPARED:
-                    continue
                 of_b = [m[key] for m in by_setting[b] if key in m]
                 of_a = [m[key] for m in by_setting[a] if key in m]
-                if len(of_a) < 2 or len(of_b) < 2:
+                if key not in COMPARED or len(of_a) < 2 or len(of_b) < 2:
                     continue
                 diff, (low, high), p, _ = metrics.welch(of_b, of_a)
                 test = ("no spread over the seeds: the test is undefined" if math.isnan(p) else
                         f"95% CI {low:+.{digits}f} to {high:+.{digits}f}; Welch's t-test p = {p:.2g}")
                 lines.append(f"- {name}, {label(b, differ)} minus {label(a, differ)}{where}: "
                              f"{diff:+.{digits}f} ({test}, n = {len(of_b)} and {len(of_a)})")
-    return "\n".join(lines)
+    return lines
 
 
 def feature_notes(rows):
@@ -141,12 +144,9 @@ def table(rows):
     """A markdown table, one row per run, the columns any run has."""
     cols = [c for c in COLUMNS if any(c[0] in m for _, m in rows)]
     k = next((m["iw_samples"] for _, m in rows if "iw_samples" in m), None)
-    heads = ["run", "model", "epoch"] + [f"NLL (K={k})" if c[0] == "nll_iw" else c[1] for c in cols]
-    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
-    for name, m in rows:
-        cells = [name, m["model"], str(m["epoch"])]
-        cells += [cell(m, key, digits) for key, _, digits in cols]
-        lines.append("| " + " | ".join(cells) + " |")
+    heads = ["run", "model", "epoch", *(f"NLL (K={k})" if c[0] == "nll_iw" else c[1] for c in cols)]
+    lines = markdown(heads, [[name, m["model"], str(m["epoch"]), *(cell(m, key, d) for key, _, d in cols)]
+                             for name, m in rows])
     if len({m["model"] for _, m in rows}) > 1:
         lines.append("\nThe test loss is each model's own quantity: a negative ELBO with z "
                      "sampled once (vae, cvae), the reconstruction term (ae), the reconstruction "

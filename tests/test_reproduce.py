@@ -4,12 +4,13 @@ import os
 
 import pytest
 
+import experiments
 import reproduce
 
 
 @pytest.mark.e2e
 def test_every_experiment_is_planned_with_valid_train_flags(tmp_path):
-    for name, exp in reproduce.EXPERIMENTS.items():
+    for name, exp in experiments.EXPERIMENTS.items():
         args = reproduce.build_parser().parse_args([name, "--runs", str(tmp_path), "--cifar10", "cifar10"])
         folder, todo = reproduce.plan(name, exp, args)
         assert len(todo) == 3 * len(exp["settings"])  # three seeds of every setting
@@ -81,7 +82,7 @@ def test_the_gaussian_decoder_study_reports_final_numbers_and_draws_samples(tiny
 
 
 def test_final_table_puts_the_published_number_beside_ours():
-    exp = reproduce.EXPERIMENTS["gaussian-decoder"]
+    exp = experiments.EXPERIMENTS["gaussian-decoder"]
     rows = [{"train_loss": v, "train_recon": v - 14, "train_kl": 14.0, "test_loss": v} for v in (300.0, 310.0)]
     lines = reproduce.final_table(exp, {"mlp-mnist-z2": [[rows[0]] * 15, [rows[1]] * 15]})
     head, row = lines[0].split(" | "), lines[2].split(" | ")
@@ -121,9 +122,9 @@ def test_the_sample_quality_study_measures_each_run_once(tiny_data, tmp_path, ca
 @pytest.mark.e2e
 def test_the_one_class_benchmark_reports_the_best_score_per_class(tiny_data, tmp_path, capsys, monkeypatch):
     settings = [f"mnist-{c}-{m}" for c in range(10) for m in ("pca", "ae-mlp")]
-    monkeypatch.setitem(reproduce.ONE_CLASS_PUBLISHED, "mnist", {"a baseline": list(range(90, 100))})
-    models_ = dict(reproduce.ONE_CLASS_MODELS)
-    monkeypatch.setattr(reproduce, "ONE_CLASS_MODELS", {k: models_[k] for k in ("pca", "ae-mlp")})
+    monkeypatch.setitem(experiments.ONE_CLASS_PUBLISHED, "mnist", {"a baseline": list(range(90, 100))})
+    models_ = dict(experiments.ONE_CLASS_MODELS)
+    monkeypatch.setattr(experiments, "ONE_CLASS_MODELS", {k: models_[k] for k in ("pca", "ae-mlp")})
     assert reproduce.main(["one-class", "--quick", "--data-root", tiny_data, "--runs", str(tmp_path),
                            "--settings", ",".join(settings)]) == 0
     text = capsys.readouterr().out
