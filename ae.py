@@ -1,10 +1,7 @@
-"""Autoencoders: plain (under- or overcomplete), denoising, sparse and contractive.
+"""Autoencoders: plain (under- or overcomplete), denoising, sparse and contractive (nets.Model).
 
-Follows the model contract (nets.Model). The encoder and decoder are the VAE's networks
-of the same arch (nets.build_networks), so an AE-vs-VAE comparison changes one thing
-only: a deterministic code h of size latent_dim instead of q(z|x). Denoising is the
-data's job (train.py --noise): the model just sees a corrupted input and a clean target.
-Copy this file with nets.py and losses.py.
+The networks are the VAE's (nets.build_networks), so AE vs VAE changes one thing: a code h
+instead of q(z|x). Denoising is the data's job (train.py --noise). Copy with nets.py, losses.py.
 
     from ae import AE
     model = AE((1, 28, 28), latent_dim=32, contractive=0.1)
@@ -16,20 +13,15 @@ import torch
 import torch.nn as nn
 
 import losses
-from nets import (ACTIVATIONS, ARCHS, HIDDEN, NETWORK_OPTIONS, Model, at_least, build_networks,
-                  check_networks, positive)
+from nets import (ACTIVATIONS, ARCHS, HIDDEN, NETWORK_OPTIONS, Model, at_least, batch_norms,
+                  build_networks, check_networks, overriding, positive)
 
 CODES = {"linear": lambda h: h, "relu": torch.relu, "sigmoid": torch.sigmoid}
 
 
 class AE(Model):
-    """x -> h = encoder(x) -> decoder(h). Penalties, each weighted and logged on its own:
-
-    code: the code's activation, linear (default), relu or sigmoid.
-    sparsity L: L * sum_j |h_j| per image (L1 on the code), or with sparsity_target rho,
-        L * sum_j KL(rho || rho_hat_j) over the batch, on a sigmoid code (Ng's sparse AE);
-    contractive L: L * ||dh/dx||_F^2 per image (Rifai et al. 2011).
-    """
+    """x -> h = encoder(x) -> decoder(h), with weighted penalties: sparsity (L1 on h, or Ng's KL
+    form on a sigmoid code) and contractive ||dh/dx||_F^2 (Rifai et al. 2011)."""
     OPTIONS = {**NETWORK_OPTIONS,
                "code": (str, "the code's activation: linear, relu or sigmoid (relu for L1 "
                              "sparsity; --sparsity-target implies sigmoid) (default: linear)"),
@@ -58,12 +50,10 @@ class AE(Model):
             if not (0 < sparsity_target < 1 and sparsity):
                 raise ValueError(f"sparsity_target={sparsity_target!r} must be in (0, 1) and "
                                  f"needs sparsity > 0")
-            # the KL form needs activations in (0, 1)
             if code not in (None, "sigmoid"):
                 raise ValueError(f"sparsity_target={sparsity_target!r} needs a sigmoid code "
                                  f"(rho_hat in (0, 1)); leave code out or use code='sigmoid'")
-        # L1 on a linear code can be dodged by shrinking h and growing the decoder's
-        # weights, so use relu codes with sparsity
+        # L1 on a linear code is dodged by shrinking h and growing the decoder: use relu codes
         self.code = code or ("sigmoid" if sparsity_target is not None else "linear")
         self.latent_dim, self.arch, self.act, self.dropout = latent_dim, arch, act, dropout
         self.output, self.recon, self.c = output, recon, c
@@ -88,19 +78,12 @@ class AE(Model):
         return self.decode(h), h
 
     def jacobian_norm2(self, x, h=None):
-        """||dh/dx||_F^2 per image, shape (B,), differentiable in the weights.
+        """||dh/dx||_F^2 per image (B,), differentiable in the weights.
 
-        Closed form for a one-hidden-layer MLP encoder h = W2 a(W1 x + b1) + b2 (no batch
-        norm or dropout): J = W2 diag(s) W1 with s = a'(W1 x + b1), so
-        ||J||_F^2 = s^T [(W1 W1^T) * (W2^T W2)] s. Cost: one H x H matrix per step
-        (H^2 (P + D) multiply-adds) and H^2 per image.
-        Otherwise, exact autograd: D vector-Jacobian products batched in one vmapped
-        backward (is_grads_batched), about D encoder backward passes, plus the double
-        backward that trains through it. x must require grad and h = self.encode(x). h must
-        not couple the images: with batch norm in training mode, pass the code of
-        frozen_statistics (loss does), else every image's rows gain the other images'
-        terms through the batch statistics (44% too small after training, measured).
-        """
+        One-hidden-layer MLP h = W2 a(W1 x + b1) + b2: closed form ||J||_F^2 = s^T [(W1 W1^T) *
+        (W2^T W2)] s, s = a'(W1 x + b1). Otherwise exact autograd, D vector-Jacobian products in
+        one batched backward; x must require grad and h = self.encode(x) must not couple images
+        (batch norm in training: pass frozen_statistics' code, as loss does; else 44% too small)."""
         layers = [m for m in self.encoder if not isinstance(m, nn.Flatten)]
         kinds = [type(m) for m in layers]
         if (self.code == "linear" and len(layers) == 3 and kinds[0] is nn.Linear
@@ -119,25 +102,19 @@ class AE(Model):
         return jac.pow(2).flatten(2).sum(2).sum(0)
 
     def loss(self, input, target, labels=None):
-        """Batch means of the per-image terms: loss = recon + penalties."""
+        """Batch means of the per-image terms: loss = recon + weighted penalties."""
         x = input.detach().requires_grad_(True) if self.contractive else input
-        layers = [m for m in self.encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-                  and m.training] if self.contractive else []
+        layers = [m for m in batch_norms(self.encoder) if m.training] if self.contractive else []
         if layers:  # each batch-norm layer's batch statistics, for the contractive penalty
             stats, rng = [], saved_generators(x.device)
-            hooks = [m.register_forward_hook(lambda m, i, o: stats.append(batch_moments(i[0])))
-                     for m in layers]
+            hooks = [m.register_forward_hook(lambda m, i, o: stats.append(batch_moments(i[0]))) for m in layers]
         h = self.encode(x)
-        if layers:
-            for hook in hooks:
-                hook.remove()
-        recon = losses.reconstruction(self.recon, self.decode(h), target, self.output, self.c).mean()
-        out = {"loss": recon, "recon": recon}
+        for hook in hooks if layers else []:
+            hook.remove()
+        out = self.recon_term(h, target)
         if self.sparsity:
-            if self.sparsity_target is None:
-                out["sparsity"] = losses.l1_activity(h).mean()
-            else:
-                out["sparsity"] = losses.kl_sparsity(h, self.sparsity_target)
+            out["sparsity"] = (losses.l1_activity(h).mean() if self.sparsity_target is None
+                               else losses.kl_sparsity(h, self.sparsity_target))
             out["loss"] = out["loss"] + self.sparsity * out["sparsity"]
         if self.contractive:
             if layers:  # the same pass, each image alone: statistics constant, same dropout
@@ -149,10 +126,11 @@ class AE(Model):
 
     def test_loss(self, input, target, labels=None):
         """The reconstruction term alone: the AE's number in the VAE's units."""
-        h = self.encode(input)
+        return self.recon_term(self.encode(input), target)
+
+    def recon_term(self, h, target):
         recon = losses.reconstruction(self.recon, self.decode(h), target, self.output, self.c).mean()
         return {"loss": recon, "recon": recon}
-
 
 
 def batch_moments(t):
@@ -161,18 +139,10 @@ def batch_moments(t):
     return t.mean(dims).detach(), t.var(dims, unbiased=False).detach()
 
 
-@contextlib.contextmanager
 def frozen_statistics(layers, stats):
-    """Batch-norm layers that normalize by the given (mean, variance) held constant: in
-    evaluation mode, with those as their running statistics (the real ones put back)."""
-    saved = [(m.training, m.running_mean, m.running_var) for m in layers]
-    for m, (mean, var) in zip(layers, stats):
-        m.training, m.running_mean, m.running_var = False, mean, var
-    try:
-        yield
-    finally:
-        for m, (training, mean, var) in zip(layers, saved):
-            m.training, m.running_mean, m.running_var = training, mean, var
+    """Batch-norm layers normalizing by the given constant (mean, variance), as running statistics."""
+    return overriding(layers, [{"training": False, "running_mean": mean, "running_var": var}
+                               for mean, var in stats])
 
 
 def saved_generators(device):
@@ -181,8 +151,7 @@ def saved_generators(device):
 
 @contextlib.contextmanager
 def replayed(states, device):
-    """The random generators back at `states` inside (the same dropout masks again), and as
-    they were before it after."""
+    """The random generators at `states` inside (the same dropout masks again), restored after."""
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.set_rng_state(states[0])
         if states[1] is not None:
@@ -194,8 +163,7 @@ if __name__ == "__main__":
     # Runs alone: each variant on a random batch, with its terms.
     x = torch.rand(16, 1, 28, 28)
     for name, kw in (("plain", {}), ("sparse L1", {"sparsity": 1e-3}),
-                     ("sparse KL", {"sparsity": 1.0, "sparsity_target": 0.05}),
-                     ("contractive", {"contractive": 0.1}),
+                     ("sparse KL", {"sparsity": 1.0, "sparsity_target": 0.05}), ("contractive", {"contractive": 0.1}),
                      ("contractive conv", {"contractive": 0.1, "arch": "conv"})):
         out = AE((1, 28, 28), latent_dim=32, **kw).loss(x, x)
         print(f"{name:17s}" + " ".join(f"{k} {v.item():.3f}" for k, v in out.items()))

@@ -1,24 +1,12 @@
-"""The beta-TCVAE (Chen et al. 2018, "Isolating Sources of Disentanglement in VAEs"): a VAE
-whose KL term is split in three, each with its own weight,
-
-    E_x KL(q(z|x) || p(z)) = I_q(x; z)                    index-code mutual information
+"""The beta-TCVAE (Chen et al. 2018, "Isolating Sources of Disentanglement in VAEs"): the KL
+split in three, each weighted (imports only torch, losses.py, nets.py and vae.py):
+    E_x KL(q(z|x) || p(z)) = I_q(x; z)                    index-code mutual information (MI)
                            + KL(q(z) || prod_d q(z_d))     total correlation (TC)
                            + sum_d KL(q(z_d) || p(z_d))    dimension-wise KL
-
     loss = recon + mi_weight * MI + beta * TC + dim_kl_weight * dimension-wise KL
-
-with the aggregate posterior q(z) estimated on each batch of M codes z_i as the average of
-the batch's posteriors (Chen et al.'s minibatch-weighted sampling, their eq. S6, up to its
-constant):
-    log q(z_i)       ~ logsumexp_j log q(z_i | x_j) - log M
-    log q(z_id)      ~ logsumexp_j log q(z_id | x_j) - log M        for each dimension d.
-Chen et al. subtract log(N M), N the training set's size: against ours that shifts MI by
-+ log N, TC by + (D - 1) log N and the dimension-wise KL by - D log N, constants with no
-gradient (they add up to 0), so the training is the same; with log M the three start near 0 and add up to the KL (from one
-sample). Small batches bias them (M codes stand in for N).
-
-Follows the model contract (nets.Model). Imports only torch, losses.py and vae.py: copy
-them and nets.py into a notebook.
+q(z) is estimated on each batch of M codes (minibatch-weighted sampling, eq. S6): log q(z_i) ~
+logsumexp_j log q(z_i | x_j) - log M, and per dimension likewise. Chen et al.'s log(N M) shifts
+the three by constants adding up to 0 (the same training); with log M they add up to the KL.
 """
 import math
 
@@ -37,8 +25,7 @@ def log_normal(z, mu, logvar):
 
 
 def kl_decomposition(z, mu, logvar):
-    """(MI, TC, dimension-wise KL), each a batch mean in nats, of codes z (M, D) drawn from
-    q(z | x) = N(mu, exp(logvar)), estimated on the batch (module docstring)."""
+    """(MI, TC, dimension-wise KL), batch means in nats, of codes z (M, D) ~ N(mu, exp(logvar))."""
     pairs = log_normal(z[:, None, :], mu[None, :, :], logvar[None, :, :])  # (M, M, D): log q(z_id | x_j)
     constant = math.log(z.shape[0])
     log_qz = torch.logsumexp(pairs.sum(2), dim=1) - constant  # (M,)
@@ -50,13 +37,11 @@ def kl_decomposition(z, mu, logvar):
 
 class BetaTCVAE(VAE):
     """The VAE's networks and options; beta weighs the total correlation alone."""
-    OPTIONS = {name: v for name, v in VAE.OPTIONS.items() if name not in ("free_bits", "capacity",
-                                                                         "capacity_epochs")}
-    OPTIONS.update({
-        "beta": (float, "weight of the total correlation (beta-TCVAE; Chen et al. use 6 on "
-                        "dSprites); 1 with the other weights 1 is the ELBO"),
-        "mi_weight": (float, "btcvae: weight of the index-code mutual information (alpha)"),
-        "dim_kl_weight": (float, "btcvae: weight of the dimension-wise KL (gamma)")})
+    OPTIONS = {**{k: v for k, v in VAE.OPTIONS.items() if k not in ("free_bits", "capacity", "capacity_epochs")},
+               "beta": (float, "weight of the total correlation (beta-TCVAE; Chen et al. use 6 on "
+                               "dSprites); 1 with the other weights 1 is the ELBO"),
+               "mi_weight": (float, "btcvae: weight of the index-code mutual information (alpha)"),
+               "dim_kl_weight": (float, "btcvae: weight of the dimension-wise KL (gamma)")}
     LOSS = "negative ELBO"
 
     def __init__(self, image_shape=(1, 28, 28), num_classes=None, mi_weight=1.0,
@@ -72,28 +57,17 @@ class BetaTCVAE(VAE):
                 "dim_kl": self.dim_kl_weight, **({"tc": 0} if self.scheduled else {})}
 
     def loss(self, input, target, labels=None):
-        """Batch means: loss = recon + mi_weight MI + beta TC + dim_kl_weight dim-KL; the
-        closed-form KL beside them (MI + TC + dim-KL estimate it, from one sample)."""
+        """Batch means: loss = recon + mi_weight MI + beta TC + dim_kl_weight dim-KL; kl closed-form."""
         mu, logvar = self.encode(input, labels)
         z = self.reparameterize(mu, logvar)
         recon = self.nll(self.decode(z, labels), target).mean()
         mi, tc, dim_kl = kl_decomposition(z, mu, logvar)
-        t = math.inf if self.progress is None else self.progress
-        beta = (losses.warmup_weight(self.beta, t, self.kl_warmup) if self.kl_warmup else
-                losses.cyclical_weight(self.beta, t, self.kl_cycle) if self.kl_cycle and t < math.inf
-                else self.beta)
+        beta = self.beta_at(math.inf if self.progress is None else self.progress)
         out = {"loss": recon + self.mi_weight * mi + beta * tc + self.dim_kl_weight * dim_kl,
                "recon": recon, "kl": losses.kl_normal(mu, logvar).mean(), "mi": mi, "tc": tc,
                "dim_kl": dim_kl}
         if self.scheduled:  # beta ramped: the TC's share of the loss, logged as it was added
             out["tc_term"] = beta * tc
-        return out
-
-    def test_loss(self, input, target, labels=None):
-        """The negative ELBO per image (recon + the closed-form KL), whatever the weights."""
-        out = self.loss(input, target, labels)
-        out.pop("tc_term", None)
-        out["loss"] = out["recon"] + out["kl"]
         return out
 
 

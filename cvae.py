@@ -1,12 +1,6 @@
-"""The conditional VAE (Sohn, Lee & Yan 2015, "Learning Structured Output Representation
-using Deep Conditional Generative Models"): q(z|x, y), p(x|z, y) and p(z) = N(0, I), for
-a class label y.
-
-Follows the model contract (nets.Model): the VAE of vae.py with the label, one-hot, also
-given to the encoder (beside the flattened image for the MLP, as constant extra input
-channels for the conv net) and to the decoder (beside z). Copy it with vae.py and
-losses.py.
-
+"""The conditional VAE (Sohn, Lee & Yan 2015, "Learning Structured Output Representation using Deep
+Conditional Generative Models"): vae.py's VAE with a one-hot class label y also given to the
+encoder (beside the flattened image, or as constant extra channels) and to the decoder (beside z).
     from cvae import CVAE
     model = CVAE((1, 28, 28), num_classes=10, latent_dim=5)
     out = model.loss(x, x, labels)                       # labels: (B,) class indices
@@ -20,13 +14,11 @@ from vae import VAE
 
 
 class CVAE(VAE):
-    """The VAE's networks and options; every method that encodes or decodes takes labels
-    (by default 0, 1, ..., K-1, 0, ...: default_labels)."""
+    """The VAE's networks and options; what encodes or decodes takes labels (default_labels if None)."""
     LOSS = "negative ELBO of x given its label"
 
     def __init__(self, image_shape=(1, 28, 28), num_classes=10, latent_dim=5, **options):
-        # latent_dim 5: the larger the code, the less a sample from the prior keeps to the
-        # class asked for (RESULTS.md, conditional VAE: 99.6% of MNIST samples at 2, 93% at 5, 67% at 20)
+        # latent_dim 5: larger codes' samples keep less to their class (RESULTS.md: 99.6% at 2, 67% at 20)
         if not (isinstance(num_classes, int) and num_classes >= 2):
             raise ValueError(f"num_classes={num_classes!r}: the conditional VAE needs labelled "
                              f"data with 2 or more classes")

@@ -1,9 +1,8 @@
 """Every loss term, as pure functions.
 
-Units contract (GUIDE.md, "Units"): each term is summed over pixels and latent dimensions and
-returned per image, shape (B,). Callers average over images with `.mean()`, so a
-number is "nats per image" and does not depend on the batch size. The reconstruction terms
-also take n decodes of each image, shape (n, B, ...), against the B targets, and return (n, B).
+Units (GUIDE.md, "Units"): each term is summed over pixels and latent dimensions and returned
+per image, (B,); callers `.mean()` over images, so a number is nats per image whatever the
+batch size. Reconstruction terms also take n decodes (n, B, ...) of B targets and return (n, B).
 """
 import math
 
@@ -12,20 +11,13 @@ import torch.nn.functional as F
 
 
 def bce_logits(logits, x):
-    """Bernoulli negative log-likelihood -sum[x log s(l) + (1-x) log(1-s(l))] from logits.
-
-    Computed from logits (log-sum-exp form), so it stays finite where sigmoid(l) rounds
-    to 0 or 1. Data must lie in [0, 1]: BCE on [-1, 1] data is silently wrong, so it is
-    refused here, for tensors on the CPU. On a GPU the check would stop the step to read a
-    number back (a host sync); there, the models' check_recon (recon='bce' needs
-    output='sigmoid') is what keeps [-1, 1] data away.
-    """
+    """Bernoulli NLL -sum[x log s(l) + (1-x) log(1-s(l))] from logits, finite where s(l) rounds
+    to 0 or 1. Targets outside [0, 1] are refused on the CPU (on a GPU: a host sync; check_recon)."""
     if x.device.type == "cpu" and x.numel():
         low, high = torch.aminmax(x)  # one pass over x
         if low < 0 or high > 1:
-            raise ValueError(
-                f"bce needs targets in [0, 1], got values in [{low.item():.3g}, "
-                f"{high.item():.3g}]; use recon='mse' or recon='gaussian' for [-1, 1] (tanh) data")
+            raise ValueError(f"bce needs targets in [0, 1], got values in [{low.item():.3g}, "
+                             f"{high.item():.3g}]; use recon='mse' or recon='gaussian' for [-1, 1] (tanh) data")
     if logits.shape == x.shape:
         return F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
     # n decodes of each image, logits (n, B, ...) against x (B, ...): BCE = softplus(l) - x l,
@@ -35,8 +27,7 @@ def bce_logits(logits, x):
 
 
 def per_image(t, x):
-    """t summed over the dimensions of one image of x: (B,) for t shaped like x (B, ...),
-    (n, B) for n versions of each image, t shaped (n, B, ...)."""
+    """t summed over one image's dimensions of x: (B,) for t like x, (n, B) for t (n, B, ...)."""
     return t.flatten(t.dim() - x.dim() + 1).sum(-1)
 
 
@@ -46,11 +37,7 @@ def mse(x_hat, x):
 
 
 def gaussian(x_hat, x, c=0.05):
-    """||x - x_hat||^2 / (2c): the NLL of a Gaussian decoder N(x_hat, cI) up to a constant.
-
-    The constant D/2 * log(2 pi c) is left out (as in the MLP-vs-CNN Gaussian-decoder study, c = 0.05); add
-    `gaussian_const(D, c)` for the full negative log-likelihood in nats.
-    """
+    """||x - x_hat||^2 / (2c): the NLL of a Gaussian decoder N(x_hat, cI) less gaussian_const."""
     return mse(x_hat, x) / (2 * c)
 
 
@@ -63,8 +50,7 @@ RECONS = ("bce", "mse", "gaussian")
 
 
 def check_recon(recon, output, recons=RECONS):
-    """recon, or its default for the output (None: bce for sigmoid, mse for tanh); ValueError
-    for a reconstruction loss that does not fit the decoder's output."""
+    """recon, or its default (bce for sigmoid, mse for tanh); ValueError if it does not fit output."""
     recon = recon or ("bce" if output == "sigmoid" else "mse")
     if output not in ("sigmoid", "tanh"):
         raise ValueError(f"output={output!r} is unknown; use 'sigmoid' ([0, 1] data) or 'tanh' "
@@ -91,27 +77,18 @@ def reconstruction(recon, logits, target, output="sigmoid", c=0.05):
 
 
 def kl_normal(mu, logvar, per_dim=False):
-    """KL(N(mu, sigma^2) || N(0, I)) = 1/2 sum(mu^2 + sigma^2 - log sigma^2 - 1).
-
-    Closed form (Kingma & Welling 2014, appendix B). mu, logvar: (B, D). Returns (B,),
-    or (B, D) with per_dim=True.
-    """
+    """KL(N(mu, sigma^2) || N(0, I)) in closed form (Kingma & Welling 2014, app. B): (B,) or (B, D)."""
     kl = 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1)
     return kl if per_dim else kl.sum(1)
 
 
 def gan_real(logits):
-    """-log D(x) = softplus(-l) per image, D = sigmoid(l): BCE with label 1.
-
-    The discriminator's loss on real images, and the decoder's non-saturating adversarial
-    loss on its own images (Goodfellow et al. 2014, section 3). logits: (B,).
-    """
+    """-log D(x) = softplus(-l): D's loss on real images; the non-saturating G loss (Goodfellow 2014)."""
     return F.softplus(-logits)
 
 
 def gan_fake(logits):
-    """-log(1 - D(x)) = softplus(l) per image: BCE with label 0, the discriminator's loss
-    on reconstructions and prior samples."""
+    """-log(1 - D(x)) = softplus(l): the discriminator's loss on generated images."""
     return F.softplus(logits)
 
 
@@ -126,11 +103,7 @@ def l1_activity(h):
 
 
 def kl_sparsity(h, rho, eps=1e-7):
-    """sum_j KL(rho || rho_hat_j), rho_hat_j = mean activation of code unit j over the batch.
-
-    KL(rho || r) = rho log(rho / r) + (1 - rho) log((1 - rho) / (1 - r)) (Ng, "Sparse
-    autoencoder" notes). h: (B, D) sigmoid codes in (0, 1). One number for the batch.
-    """
+    """sum_j KL(rho || rho_hat_j), rho_hat_j code unit j's batch-mean activation (Ng's sparse AE)."""
     rho_hat = h.mean(0).clamp(eps, 1 - eps)
     return (rho * torch.log(rho / rho_hat) + (1 - rho) * torch.log((1 - rho) / (1 - rho_hat))).sum()
 
@@ -143,20 +116,17 @@ def warmup_weight(beta, epochs_done, epochs):
 
 
 def cyclical_weight(beta, epochs_done, cycle, ramp=0.5):
-    """Cyclical annealing (Fu et al. 2019): within each cycle of `cycle` epochs, beta rises
-    linearly from 0 over the first `ramp` of it, then holds."""
+    """Cyclical annealing (Fu et al. 2019): each cycle, beta rises from 0 over its first `ramp`."""
     return beta * min(1.0, (epochs_done % cycle) / (ramp * cycle))
 
 
 def free_bits_kl(kl_per_dim, floor):
-    """Free bits (Kingma et al. 2016): sum_d max(floor, the batch-mean KL of dimension d).
-    kl_per_dim: (B, D). Below the floor a dimension's KL has no gradient."""
+    """Free bits (Kingma et al. 2016): sum_d max(floor, batch-mean KL of dimension d)."""
     return kl_per_dim.mean(0).clamp_min(floor).sum()
 
 
 def capacity_target(c_max, epochs_done, epochs):
-    """Controlled capacity (Burgess et al. 2018): C rises linearly from 0 to c_max nats over
-    `epochs` (at once when 0)."""
+    """Controlled capacity (Burgess et al. 2018): C rises from 0 to c_max nats over `epochs`."""
     return c_max * (min(1.0, epochs_done / epochs) if epochs else 1.0)
 
 

@@ -1,14 +1,6 @@
-"""The model registry. Every model follows the contract of nets.Model (the members there,
-with their defaults), and nothing outside a model asks what type it is.
-
-Adding a model is one file, and its line in MODELS below (with its import): train.py,
-evaluate.py, the benchmarks and the tests build every model from here (cvae.py is a
-worked example: a VAE conditioned on the label). Model(image_shape, num_classes=None,
-**options): image_shape (C, H, W) and num_classes (None for unlabelled data) come from
-the dataset; the options are the model's own keyword arguments, listed in OPTIONS =
-{name: (type, help)} with the constructor's defaults; train.py makes a flag of each. After
-construction every option is an attribute holding its resolved value (config.json keeps
-them); every model has latent_dim and output ('sigmoid' for [0, 1] data, 'tanh' for [-1, 1]).
+"""The model registry (GUIDE.md, "Adding a model"): every model follows nets.Model's contract, and
+nothing outside a model asks its type. Model(image_shape, num_classes=None, **options); after
+construction each option is an attribute holding its resolved value (config.json keeps them).
 """
 import contextlib
 import inspect

@@ -1,20 +1,14 @@
 """Network blocks every model builds on, and `Model`, the base class of the model contract.
 
-The contract (models.py keeps the registry): a model is a `Model` with
-
-    OPTIONS                    {option: (type, help)}: its keyword arguments, one flag each in
-                               train.py; a bad value raises ValueError naming it as name=value
+A model (models.py keeps the registry) is a `Model` with
+    OPTIONS                    {option: (type, help)}: its keyword arguments, one train.py flag
+                               each; a bad value raises ValueError naming it as name=value
     loss(input, target, labels)       {term: batch mean, nats per image}, "loss" among them
     test_loss(input, target, labels)  the evaluation number (no beta, no penalties)
     parameter_groups(), objectives(out)   which parameters each objective trains
-    latent(x, labels), generate(z, labels), reconstruct(x, labels)
-    sample(n, generator, labels)  images from the prior, or None (a model without one)
-    and encode, decode, nll for a likelihood model (its `likelihood` names the decoder's
-    distribution; None for a model without one).
-
-The defaults below make the rest optional, so callers never ask what a model is: the
-labels a conditional model needs it fills itself; a model fitted in closed form (PCA)
-does so in before_epoch and has no parameter groups. Imports only torch.
+    latent(x, labels), generate(z, labels), reconstruct(x, labels), sample(n, generator, labels)
+    and encode, decode, nll for a likelihood model (`likelihood` names the decoder's distribution).
+The defaults below make the rest optional, so callers never ask what a model is. Imports only torch.
 """
 import contextlib
 import math
@@ -29,16 +23,25 @@ CONV3X3_WIDTHS = (32, 64, 32)  # the Gaussian-decoder study's CNN
 
 
 @contextlib.contextmanager
-def evaluating(model):
-    """Evaluation mode inside (batch norm uses and keeps its running statistics, no
-    dropout); the modules' own modes after."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
+def overriding(modules, values):
+    """Each module's attributes set to its dict of values (or all to one dict) inside; put back after."""
+    values = [values] * len(modules) if isinstance(values, dict) else values
+    saved = [{name: getattr(m, name) for name in v} for m, v in zip(modules, values)]
+
+    def put(settings):
+        for m, v in zip(modules, settings):
+            for name, value in v.items():
+                setattr(m, name, value)
+    put(values)
     try:
         yield
     finally:
-        for m, training in modes:
-            m.training = training
+        put(saved)
+
+
+def evaluating(model):
+    """Evaluation mode inside (running batch-norm statistics, no dropout); the modules' own after."""
+    return overriding(list(model.modules()), {"training": False})
 
 
 class Model(nn.Module):
@@ -57,8 +60,7 @@ class Model(nn.Module):
         return self.loss(input, target, labels)
 
     def latent(self, x, labels=None):
-        """The code figures and metrics use (a VAE's posterior mean), in evaluation mode;
-        differentiable (callers that want no graph use torch.no_grad)."""
+        """The code figures and metrics use (a VAE's posterior mean), in evaluation mode; differentiable."""
         with evaluating(self):
             return self.encode(x, labels)
 
@@ -73,8 +75,7 @@ class Model(nn.Module):
         return self.generate(self.latent(x, labels), labels)
 
     def sample(self, n, generator=None, labels=None):
-        """n images decoded from prior draws (z from `generator`, on the CPU; labels by
-        default default_labels(n)); None: a model without a prior."""
+        """n images decoded from prior draws (z from `generator`, on the CPU); None: no prior."""
         return None
 
     def default_labels(self, n):
@@ -90,8 +91,7 @@ class Model(nn.Module):
         return {}
 
     def before_epoch(self, batches):
-        """Called by train.py before each epoch with the training inputs (an iterator of
-        (B, C, H, W) batches); a model fitted in closed form fits here."""
+        """Called before each epoch with the training batches; a closed-form model (PCA) fits here."""
 
     def parameter_groups(self):
         return {"model": list(self.parameters())}
@@ -101,8 +101,7 @@ class Model(nn.Module):
 
 
 def block(layer, width, batchnorm, act, dropout=0.0, dims=1):
-    """[layer, (BatchNorm), act, (Dropout)]: the unit every network repeats; act a name of
-    ACTIVATIONS or a module (the VAE-GAN discriminator's LeakyReLU)."""
+    """[layer, (BatchNorm), act, (Dropout)]; act a name of ACTIVATIONS or a module."""
     bn = [(nn.BatchNorm1d if dims == 1 else nn.BatchNorm2d)(width)] if batchnorm else []
     return [layer, *bn, ACTIVATIONS[act]() if isinstance(act, str) else act,
             *([nn.Dropout(dropout)] if dropout > 0 else [])]
@@ -123,49 +122,40 @@ def mlp_decoder(image_shape, hidden, latent_dim, act="relu", batchnorm=False):
     for h in reversed(hidden):
         layers += block(nn.Linear(width, h), h, batchnorm, act)
         width = h
-    return nn.Sequential(*layers, nn.Linear(width, math.prod(image_shape)),
-                         nn.Unflatten(1, image_shape))
+    return nn.Sequential(*layers, nn.Linear(width, math.prod(image_shape)), nn.Unflatten(1, image_shape))
 
 
 def conv_kernels(image_shape):
-    """Kernel sizes of the stride-2 convolutions that take the image to a 4x4 map.
-
-    Square sizes 4 * 2^k (16, 32, 64, 128, ...): k convolutions of kernel 4, each halving the
-    side exactly (32 -> 16 -> 8 -> 4, the CIFAR-10 regularization tutorial's).
-    28x28: 4, 4, 3 gives 28 -> 14 -> 7 -> 4; the decoder mirrors it (3, 4, 4 transposed)
-    to 4 -> 7 -> 14 -> 28, so the output is exactly 28x28 with no padding or cropping.
-    """
+    """Kernel sizes of the stride-2 convolutions that take the image to a 4x4 map: kernel 4
+    for sides 4 * 2^k (32 -> 16 -> 8 -> 4); 28x28 gets 4, 4, 3 (28 -> 14 -> 7 -> 4), which the
+    decoder mirrors back to exactly 28x28 with no padding or cropping."""
     h, w = image_shape[-2:]
     if (h, w) == (28, 28):
         return (4, 4, 3)
     stages = max(0, round(math.log2(h / 4)))
     if h != w or h < 16 or h != 4 * 2 ** stages:
-        raise ValueError(f"image_shape={tuple(image_shape)}: the conv arch takes square images "
-                         f"of 28 or 4 * 2^k pixels (16, 32, 64, 128, ...); resize them with "
-                         f"--image-size, or use arch='mlp'")
+        raise ValueError(f"image_shape={tuple(image_shape)}: the conv arch takes square images of 28 or 4 * 2^k "
+                         f"pixels (16, 32, 64, 128, ...); resize them with --image-size, or use arch='mlp'")
     return (4,) * stages
 
 
 def conv_widths(kernels, first=32, most=512):
-    """Channels of the stride-2 stages, doubling from `first` (32-64-128 for three) up to
-    `most` (a 1024x1024 VAE keeps 31 M parameters, not 362 M)."""
+    """Channels doubling from `first` up to `most` (a 1024x1024 VAE keeps 31 M parameters, not 362 M)."""
     return [min(first * 2 ** i, most) for i in range(len(kernels))]
 
 
-def conv_encoder(image_shape, out_dim, act="relu", dropout=0.0, batchnorm=True):
-    """Stride-2 convolution blocks 32-64-128(-256...) down to 4x4, then a linear layer."""
-    kernels = conv_kernels(image_shape)
-    layers, channels = [], image_shape[0]
-    for width, k in zip(conv_widths(kernels), kernels):
-        layers += block(nn.Conv2d(channels, width, k, stride=2, padding=1), width, batchnorm,
-                        act, dropout, dims=2)
-        channels = width
-    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(channels * 4 * 4, out_dim))
+def conv_encoder(image_shape, out_dim, act="relu", dropout=0.0, batchnorm=True, widths=None, kernels=None):
+    """Stride-2 convolution blocks, by default 32-64-128(-256...) down to 4x4, then a linear layer."""
+    kernels = kernels or conv_kernels(image_shape)
+    layers, channels, (h, w) = [], image_shape[0], image_shape[-2:]
+    for width, k in zip(widths or conv_widths(kernels), kernels):
+        layers += block(nn.Conv2d(channels, width, k, stride=2, padding=1), width, batchnorm, act, dropout, 2)
+        channels, h, w = width, (h - k) // 2 + 2, (w - k) // 2 + 2  # padding 1: (side + 2 - k) // 2 + 1
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(channels * h * w, out_dim))
 
 
 def conv_decoder(image_shape, latent_dim, act="relu", batchnorm=True):
-    """Linear to the encoder's last map (128x4x4 for three stages), then transposed
-    convolutions mirroring the encoder, the last one to the image's channels."""
+    """Linear to the encoder's last 4x4 map, then transposed convolutions mirroring it."""
     kernels = conv_kernels(image_shape)
     widths = conv_widths(kernels)[::-1] + [image_shape[0]]  # e.g. 128, 64, 32, C
     layers = [nn.Linear(latent_dim, widths[0] * 4 * 4), nn.Unflatten(1, (widths[0], 4, 4))]
@@ -175,32 +165,12 @@ def conv_decoder(image_shape, latent_dim, act="relu", batchnorm=True):
     return nn.Sequential(*layers)
 
 
-def conv3x3_sides(image_shape, stages=3):
-    """Sides (h, w) after each 3x3, stride-2, padding-1 convolution: 28 -> 14 -> 7 -> 4."""
-    sides = [tuple(image_shape[-2:])]
-    for _ in range(stages):
-        sides.append(tuple((s + 1) // 2 for s in sides[-1]))
-    return sides
-
-
-def conv3x3_encoder(image_shape, out_dim, act="elu", dropout=0.0, batchnorm=True):
-    """The Gaussian-decoder study's CNN: three 3x3 stride-2 convolution blocks 32-64-32,
-    then a linear layer (512 inputs for 28x28)."""
-    layers, channels = [], image_shape[0]
-    for width in CONV3X3_WIDTHS:
-        layers += block(nn.Conv2d(channels, width, 3, stride=2, padding=1), width, batchnorm,
-                        act, dropout, dims=2)
-        channels = width
-    h, w = conv3x3_sides(image_shape)[-1]
-    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(channels * h * w, out_dim))
-
-
 def conv3x3_decoder(image_shape, latent_dim, act="elu", batchnorm=True):
-    """Its mirror: linear to 32x4x4, act, three 3x3 stride-2 transposed convolution blocks
-    32-64-32-32 (4 -> 7 -> 14 -> 28: the output padding makes each side exact), then a 3x3
-    convolution to the image's channels. (The study prints an activation beside the
-    decoder's linear layer; we apply it there.)"""
-    sides = conv3x3_sides(image_shape)[::-1]  # (4, 4), (7, 7), (14, 14), (28, 28)
+    """The Gaussian-decoder study's CNN decoder: linear to 32x4x4, act (the study prints one there),
+    3x3 transposed blocks (output padding makes 4 -> 7 -> 14 -> 28 exact), a 3x3 convolution."""
+    sides = [tuple(image_shape[-2:])]
+    for _ in range(3):  # each 3x3 stride-2 convolution's sides, from the last: (4, 4), (7, 7), (14, 14), (28, 28)
+        sides.insert(0, tuple((s + 1) // 2 for s in sides[0]))
     widths = CONV3X3_WIDTHS[::-1] + CONV3X3_WIDTHS[:1]  # 32, 64, 32, 32
     layers = [nn.Linear(latent_dim, widths[0] * sides[0][0] * sides[0][1]), ACTIVATIONS[act](),
               nn.Unflatten(1, (widths[0], *sides[0]))]
@@ -217,14 +187,13 @@ def build_networks(image_shape, code_dim, latent_dim, arch="mlp", hidden=HIDDEN,
     if arch == "mlp":
         return (mlp_encoder(image_shape, hidden, code_dim, act, dropout, batchnorm),
                 mlp_decoder(image_shape, hidden, latent_dim, act, batchnorm))
-    if arch == "conv3x3":
-        return (conv3x3_encoder(image_shape, code_dim, act, dropout, batchnorm),
+    if arch == "conv3x3":  # the encoder: 3x3 stride-2 blocks 32-64-32, then linear
+        return (conv_encoder(image_shape, code_dim, act, dropout, batchnorm, CONV3X3_WIDTHS, (3, 3, 3)),
                 conv3x3_decoder(image_shape, latent_dim, act, batchnorm))
     return (conv_encoder(image_shape, code_dim, act, dropout, batchnorm),
             conv_decoder(image_shape, latent_dim, act, batchnorm))
 
 
-# name: (type, help). The defaults are the constructors'.
 NETWORK_OPTIONS = {
     "latent_dim": (int, "size of the code: z for the VAE family, h for the AE"),
     "arch": (str, "mlp; conv (stride-2 convolutions 32-64-128 down to 4x4); or conv3x3 "
@@ -243,14 +212,13 @@ NETWORK_OPTIONS = {
 
 
 def check_networks(image_shape, latent_dim, arch, hidden, act, dropout, archs=ARCHS):
-    """ValueError, in the constructor's words, for options no network can be built with."""
+    """ValueError for options no network can be built with."""
     if arch not in archs:
         raise ValueError(f"arch={arch!r} is unknown; use {', '.join(map(repr, archs))}")
     if arch == "conv":
         conv_kernels(image_shape)
     if arch == "conv3x3" and min(image_shape[-2:]) < 8:
-        raise ValueError(f"image_shape={tuple(image_shape)}: the conv3x3 arch needs sides of 8 "
-                         f"pixels or more")
+        raise ValueError(f"image_shape={tuple(image_shape)}: the conv3x3 arch needs sides of 8 pixels or more")
     if arch != "mlp" and hidden is not None:
         raise ValueError(f"hidden={hidden!r} sets the mlp's widths; the conv arch's channels "
                          f"are fixed (leave hidden out)")
@@ -281,4 +249,9 @@ def positive(**values):
 
 def normalizes(model):
     """Whether the model has batch norm layers (they cannot normalize a batch of one image)."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    return bool(batch_norms(model))
+
+
+def batch_norms(net):
+    """The batch-norm layers of net."""
+    return [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]

@@ -1,14 +1,9 @@
-"""PCA as a model: the principal components of the training split, fitted in closed form,
-the baseline an autoencoder is measured against ("an AE is a non-linear PCA").
-
-    code  h = W^T (x - m)          W: the top `latent_dim` eigenvectors of the covariance
-    decode x_hat = m + W h          (P, D), orthonormal columns; m: the mean image
-
-Fitted in closed form: train.py calls before_epoch() with the training split's batches (the
-model contract, nets.Model), and finds no parameters to optimise. Its loss is the squared error summed over pixels per
-image (not a likelihood); on the training split it equals the sum of the discarded
-eigenvalues, the least any linear code of this size can reach. Imports only torch and
-nets.py.
+"""PCA as a model, the baseline an autoencoder is measured against ("a non-linear PCA"):
+    code  h = W^T (x - m)          W (P, D): the top `latent_dim` eigenvectors of the covariance
+    decode x_hat = m + W h          m: the mean image
+Fitted in closed form in before_epoch (no parameters to optimise). Its loss, the squared error
+per image, equals the discarded eigenvalues' sum on the training split, the least any linear
+code of this size can reach. Imports only torch and nets.py.
 """
 import math
 
@@ -43,8 +38,7 @@ class PCA(Model):
 
     @torch.no_grad()
     def before_epoch(self, batches):
-        """The mean and the covariance (divided by N) of every image in `batches` (tensors
-        (B, C, H, W)), in float64, then its top latent_dim eigenvectors."""
+        """The mean and covariance (over N) of every image in `batches`, in float64; its top eigenvectors."""
         total, outer, n = 0, 0, 0
         for x in batches:
             x = x.flatten(1).double()

@@ -1,7 +1,5 @@
-"""The VAE (Kingma & Welling 2014) and beta-VAE (Higgins et al. 2017), MLP and conv.
-
-Follows the model contract (nets.Model). Imports only torch, losses.py and nets.py (the
-network blocks), so it can be copied into a notebook with those two and run alone:
+"""The VAE (Kingma & Welling 2014) and beta-VAE (Higgins et al. 2017), MLP and conv; the model
+contract of nets.Model. Imports only torch, losses.py and nets.py: copy the three and run:
 
     from vae import VAE
     model = VAE(image_shape=(1, 28, 28), latent_dim=20)         # pytorch/examples' 784-400-20
@@ -22,8 +20,8 @@ from nets import (ARCHS, HIDDEN, NETWORK_OPTIONS, Model, at_least, build_network
 
 def check_schedules(kl_warmup, kl_cycle, free_bits, capacity, capacity_epochs):
     """ValueError for a negative schedule setting or two that cannot go together."""
-    for name, v in (("kl_warmup", kl_warmup), ("kl_cycle", kl_cycle), ("free_bits", free_bits),
-                    ("capacity", capacity), ("capacity_epochs", capacity_epochs)):
+    for name, v in zip(("kl_warmup", "kl_cycle", "free_bits", "capacity", "capacity_epochs"),
+                       (kl_warmup, kl_cycle, free_bits, capacity, capacity_epochs)):
         if not (isinstance(v, (int, float)) and 0 <= v < math.inf):
             raise ValueError(f"{name}={v!r} must be a number >= 0 (0: off)")
     if kl_warmup and kl_cycle:
@@ -36,12 +34,7 @@ def check_schedules(kl_warmup, kl_cycle, free_bits, capacity, capacity_epochs):
 
 
 class VAE(Model):
-    """q(z|x) = N(mu(x), diag sigma^2(x)), p(z) = N(0, I), p(x|z) from the decoder.
-
-    recon: "bce" (Bernoulli decoder, sigmoid output), "mse", or "gaussian" (N(x_hat, cI)).
-    output: "sigmoid" for [0, 1] data, "tanh" for [-1, 1] data.
-    beta weights the KL term (beta-VAE); beta = 1 is the plain VAE and the ELBO.
-    """
+    """q(z|x) = N(mu(x), diag sigma^2(x)), p(z) = N(0, I), p(x|z) the decoder; beta weighs the KL."""
     OPTIONS = {**NETWORK_OPTIONS,
                "beta": (float, "weight of the KL term (beta-VAE); 1 is the ELBO"),
                "kl_warmup": (float, "epochs over which beta rises linearly from 0 (KL warm-up); 0: off"),
@@ -58,6 +51,7 @@ class VAE(Model):
                                            "+ 1e-8, the Gaussian-decoder study's)")}
     RECONS, ARCHS = losses.RECONS, ARCHS
     LOSS, CODE, UNIT = "negative ELBO", "z = μ", "z"
+    SCHEDULE_TERMS = ("kl_term", "capacity_c", "tc_term")  # what test_loss leaves out (BetaTCVAE's too)
 
     def __init__(self, image_shape=(1, 28, 28), num_classes=None, latent_dim=20, arch="mlp",
                  hidden=None, act="relu", dropout=0.0, batchnorm=None, output="sigmoid",
@@ -67,20 +61,17 @@ class VAE(Model):
         self.image_shape = tuple(image_shape)
         check_networks(self.image_shape, latent_dim, arch, hidden, act, dropout, self.ARCHS)
         if posterior_variance not in ("logvar", "softplus"):
-            raise ValueError(f"posterior_variance={posterior_variance!r} is unknown; use "
-                             f"'logvar' or 'softplus'")
+            raise ValueError(f"posterior_variance={posterior_variance!r} is unknown; use 'logvar' or "
+                             f"'softplus'")
         recon = losses.check_recon(recon, output, self.RECONS)
         positive(c=c)
         at_least(0, beta=beta)
         self.latent_dim, self.arch, self.act, self.dropout = latent_dim, arch, act, dropout
         self.output, self.recon, self.beta, self.c = output, recon, beta, c
-        self.posterior_variance = posterior_variance
-        check_schedules(kl_warmup=kl_warmup, kl_cycle=kl_cycle, free_bits=free_bits,
-                        capacity=capacity, capacity_epochs=capacity_epochs)
+        self.posterior_variance, self.likelihood = posterior_variance, recon  # nll()'s distribution
+        check_schedules(kl_warmup, kl_cycle, free_bits, capacity, capacity_epochs)
         self.kl_warmup, self.kl_cycle, self.free_bits = kl_warmup, kl_cycle, free_bits
         self.capacity, self.capacity_epochs = capacity, capacity_epochs
-        self.progress = None  # epochs done, set by the loop each step; None: past any schedule
-        self.likelihood = recon  # the decoder's distribution that nll() uses
         self.batchnorm = arch != "mlp" if batchnorm is None else bool(batchnorm)
         self.hidden = (tuple(hidden) if hidden else self.default_hidden()) if arch == "mlp" else None
         for name, net in self.networks().items():
@@ -90,12 +81,10 @@ class VAE(Model):
         return HIDDEN
 
     def networks(self):
-        """{"encoder": ..., "decoder": ...}. The VAE-GAN adds its discriminator here, the CVAE
-        its label inputs."""
-        encoder, decoder = build_networks(self.image_shape, 2 * self.latent_dim, self.latent_dim,
-                                          self.arch, self.hidden, self.act, self.dropout,
-                                          self.batchnorm)
-        return {"encoder": encoder, "decoder": decoder}
+        """{"encoder": ..., "decoder": ...}; the VAE-GAN adds its discriminator, the CVAE labels."""
+        return dict(zip(("encoder", "decoder"), build_networks(
+            self.image_shape, 2 * self.latent_dim, self.latent_dim, self.arch, self.hidden, self.act,
+            self.dropout, self.batchnorm)))
 
     @property
     def scheduled(self):
@@ -103,36 +92,36 @@ class VAE(Model):
 
     @property
     def term_weights(self):
-        """With a schedule the loss adds kl_term (beta now times the KL, free bits or
-        |KL - C|), and the true KL is logged beside it."""
+        """With a schedule the loss adds kl_term (scheduled beta times KL, free bits or |KL - C|)."""
         return {"kl": 0, "kl_term": 1, "capacity_c": 0} if self.scheduled else {"kl": self.beta}
 
     def kl_terms(self, mu, logvar):
-        """({"kl": the batch-mean KL, and with a schedule "kl_term" (and the capacity C)},
-        what the loss adds for the KL)."""
+        """({"kl": batch-mean KL, with a schedule "kl_term" (and "capacity_c")}, the loss's KL part)."""
         per_dim = losses.kl_normal(mu, logvar, per_dim=True)  # (B, D)
         kl = per_dim.sum(1).mean()
         if not self.scheduled:
             return {"kl": kl}, self.beta * kl
-        t = math.inf if self.progress is None else self.progress
-        terms = {"kl": kl}
+        t, terms = math.inf if self.progress is None else self.progress, {"kl": kl}
         if self.capacity:
-            terms["capacity_c"] = torch.full_like(kl, losses.capacity_target(
-                self.capacity, t, self.capacity_epochs))
+            terms["capacity_c"] = torch.full_like(kl, losses.capacity_target(self.capacity, t,
+                                                                             self.capacity_epochs))
             terms["kl_term"] = self.beta * losses.capacity_kl(kl, terms["capacity_c"])
-            return terms, terms["kl_term"]
-        beta = (losses.warmup_weight(self.beta, t, self.kl_warmup) if self.kl_warmup else
+        else:
+            kl_or_floor = losses.free_bits_kl(per_dim, self.free_bits) if self.free_bits else kl
+            terms["kl_term"] = self.beta_at(t) * kl_or_floor
+        return terms, terms["kl_term"]
+
+    def beta_at(self, t):
+        """beta after t epochs under kl_warmup or kl_cycle (t = inf: past any schedule)."""
+        return (losses.warmup_weight(self.beta, t, self.kl_warmup) if self.kl_warmup else
                 losses.cyclical_weight(self.beta, t, self.kl_cycle) if self.kl_cycle and t < math.inf
                 else self.beta)
-        terms["kl_term"] = beta * (losses.free_bits_kl(per_dim, self.free_bits) if self.free_bits else kl)
-        return terms, terms["kl_term"]
 
     def encode(self, x, labels=None):
         return self.posterior(self.encoder(x))
 
     def posterior(self, h):
-        """(mu, logvar) of q(z|x) from the encoder's output (B, 2D), in at least float32 (under
-        --amp the networks run in bfloat16): the KL sums in full precision."""
+        """(mu, logvar) of q(z|x) from the encoder's (B, 2D), in at least float32 (--amp: bfloat16)."""
         mu, h = h.to(torch.promote_types(h.dtype, torch.float32)).chunk(2, dim=1)  # (B, D)
         if self.posterior_variance == "softplus":
             return mu, torch.log(F.softplus(h) + 1e-8)
@@ -165,9 +154,8 @@ class VAE(Model):
         mu, logvar = self.encode(x, labels)
         return self.decode(self.reparameterize(mu, logvar), labels), mu, logvar
 
-
     def loss(self, input, target, labels=None):
-        """Batch means of the per-image terms: loss = recon + beta * kl (nats per image)."""
+        """Batch means (nats per image): loss = recon + beta * kl."""
         logits, mu, logvar = self(input, labels)
         recon = self.nll(logits, target).mean()
         terms, kl_loss = self.kl_terms(mu, logvar)
@@ -175,18 +163,14 @@ class VAE(Model):
 
     def test_loss(self, input, target, labels=None):
         """The negative ELBO per image: beta = 1 whatever the training beta or schedule."""
-        out = self.loss(input, target, labels)
-        out = {k: v for k, v in out.items() if k not in ("kl_term", "capacity_c")}
-        out["loss"] = out["recon"] + out["kl"]
-        return out
+        out = {k: v for k, v in self.loss(input, target, labels).items() if k not in self.SCHEDULE_TERMS}
+        return {**out, "loss": out["recon"] + out["kl"]}
 
     def anomaly_scores(self, input, target, labels=None):
-        """{score: (B,)}, higher for a more unusual image: the negative ELBO (z sampled once)."""
+        """{"nelbo": the negative ELBO per image, z sampled once}."""
         with evaluating(self):
-            mu, logvar = self.encode(input, labels)
-            z = self.reparameterize(mu, logvar)
-            return {"nelbo": self.nll(self.decode(z, labels), target) + losses.kl_normal(mu, logvar)}
-
+            logits, mu, logvar = self(input, labels)
+            return {"nelbo": self.nll(logits, target) + losses.kl_normal(mu, logvar)}
 
 
 if __name__ == "__main__":
@@ -197,6 +181,6 @@ if __name__ == "__main__":
             x = torch.rand(8, *shape)
             out = model.loss(x, x)
             params = sum(p.numel() for p in model.parameters())
-            print(f"{arch:4s} {shape}: {params:,} parameters, sample {tuple(model.sample(4).shape)}, "
-                  f"loss {out['loss'].item():.1f} = recon {out['recon'].item():.1f} "
-                  f"+ kl {out['kl'].item():.2f} nats/image")
+            print(f"{arch:4s} {shape}: {params:,} parameters, sample {tuple(model.sample(4).shape)}, loss "
+                  f"{out['loss'].item():.1f} = recon {out['recon'].item():.1f} + kl {out['kl'].item():.2f}"
+                  f" nats/image")

@@ -1,21 +1,13 @@
 """The VAE-GAN (Larsen et al. 2016, "Autoencoding beyond pixels using a learned similarity
-metric"): a VAE whose decoder is also a GAN generator, with a discriminator beside it.
-
-Follows the model contract (nets.Model); train.py trains it, and `python vaegan.py` shows
-the step any loop needs (each network's own loss into its own parameters). Imports only
-torch, losses.py, nets.py and vae.py: copy the four into a notebook.
-
-Three networks, three losses (all nats per image, averaged over the batch):
+metric"): a VAE whose decoder is also a GAN generator. Imports only torch, losses.py, nets.py
+and vae.py; `python vaegan.py` shows the step any loop needs. Three losses, nats per image:
     encoder        recon + beta * KL
     decoder        gamma * recon + adversarial       adversarial = -log D(x_rec) - log D(x_prior)
     discriminator  -log D(x) - log(1 - D(x_rec)) - log(1 - D(x_prior))
-recon is pixel-wise (bce, mse, gaussian) or Larsen's feature-wise error on a layer of the
-discriminator ("feature"). Each network descends the gradient of its own loss only, all
-three computed from one forward pass (the paper's Algorithm 1). `out["loss"]` is the
-encoder's loss, for reporting: a loop that backpropagates it alone would train a plain
-VAE, so doing that raises an error.
+recon is pixel-wise (bce, mse, gaussian) or Larsen's error on a discriminator layer ("feature").
+Each network descends its own loss, all from one forward pass (the paper's Algorithm 1);
+out["loss"] is the encoder's, for reporting: backpropagating it alone raises an error.
 """
-import contextlib
 import math
 import os
 
@@ -23,17 +15,14 @@ import torch
 import torch.nn as nn
 
 import losses
-from nets import block, conv_kernels, conv_widths, evaluating, mlp_decoder, mlp_encoder, positive
+from nets import (batch_norms, block, conv_encoder, conv_kernels, conv_widths, evaluating, mlp_decoder,
+                  mlp_encoder, overriding, positive)
 from vae import VAE
 
 
 def mlp_networks(image_shape, latent_dim, hidden, act="relu", dropout=0.0, batchnorm=True):
-    """The MNIST VAE-GAN batch-norm study's networks; with hidden = (d*d,) and latent_dim = d:
-
-    encoder        784 -> d^2 (BN, ReLU) -> 2d (BN): mu and log sigma^2
-    decoder        d -> d^2 (BN, ReLU) -> 784 logits
-    discriminator  784 -> 256 (BN, ReLU) -> 1 logit
-    """
+    """The MNIST VAE-GAN batch-norm study's: encoder 784 -> d^2 (BN, ReLU) -> 2d (BN), decoder
+    d -> d^2 (BN, ReLU) -> 784, discriminator 784 -> 256 (BN, ReLU) -> 1 logit."""
     pixels = math.prod(image_shape)
     enc = mlp_encoder(image_shape, hidden, 2 * latent_dim, act, dropout, batchnorm)
     enc = nn.Sequential(*enc, *([nn.BatchNorm1d(2 * latent_dim)] if batchnorm else []))
@@ -43,38 +32,23 @@ def mlp_networks(image_shape, latent_dim, hidden, act="relu", dropout=0.0, batch
 
 
 def conv_networks(image_shape, latent_dim, act="relu", dropout=0.0, batchnorm=True):
-    """DCGAN guidelines (Radford et al. 2016) with three stride-2 stages 64-128-256:
-
-    encoder        convolutions with BN and act, then a linear layer to mu, log sigma^2
-    decoder        linear to 256x4x4 (BN, ReLU), transposed convolutions with BN and ReLU,
-                   the last one without BN (the output activation comes after it)
-    discriminator  convolutions with LeakyReLU 0.2 and BN on all but the first, then a
-                   linear layer to one logit
-    Channels 64-128-256 (one more doubling per stage above 32x32); nets.conv_kernels gives
-    the kernels (4, 4, 4 take 32x32 to 4x4; 4, 4, 3 take 28 -> 14 -> 7 -> 4), and the
-    decoder mirrors them back.
-    """
+    """DCGAN guidelines (Radford et al. 2016), stride-2 stages 64-128-256 (nets.conv_kernels): the
+    decoder's linear and transposed convolutions have BN and ReLU but the last; the
+    discriminator LeakyReLU 0.2 and BN on all but the first block, then a linear logit."""
     channels, kernels = image_shape[0], conv_kernels(image_shape)
     widths = conv_widths(kernels, first=64)  # 64-128-256 for 28x28 and 32x32
     last = widths[-1]
-    enc, c_in = [], channels
-    for width, k in zip(widths, kernels):
-        enc += block(nn.Conv2d(c_in, width, k, stride=2, padding=1), width, batchnorm, act, dropout, dims=2)
-        c_in = width
-    enc += [nn.Flatten(), nn.Linear(last * 4 * 4, 2 * latent_dim)]
+    enc = conv_encoder(image_shape, 2 * latent_dim, act, dropout, batchnorm, widths, kernels)
     dec = [*block(nn.Linear(latent_dim, last * 4 * 4), last * 4 * 4, batchnorm, "relu"),
            nn.Unflatten(1, (last, 4, 4))]
     for i in reversed(range(1, len(widths))):  # back up the encoder's stages but the first
         dec += block(nn.ConvTranspose2d(widths[i], widths[i - 1], kernels[i], stride=2, padding=1),
                      widths[i - 1], batchnorm, "relu", dims=2)
     dec += [nn.ConvTranspose2d(widths[0], channels, kernels[0], stride=2, padding=1)]
-    disc, c_in = nn.ModuleList(), channels
-    for i, (width, k) in enumerate(zip(widths, kernels)):
-        disc.append(nn.Sequential(*block(nn.Conv2d(c_in, width, k, stride=2, padding=1), width,
-                                         batchnorm and i > 0, nn.LeakyReLU(0.2), dims=2)))
-        c_in = width
-    head = nn.Sequential(nn.Flatten(), nn.Linear(last * 4 * 4, 1))
-    return nn.Sequential(*enc), nn.Sequential(*dec), disc, head
+    disc = nn.ModuleList(nn.Sequential(*block(nn.Conv2d(c_in, width, k, stride=2, padding=1), width,
+                                              batchnorm and i > 0, nn.LeakyReLU(0.2), dims=2))
+                         for i, (c_in, width, k) in enumerate(zip([channels, *widths], widths, kernels)))
+    return enc, nn.Sequential(*dec), disc, nn.Sequential(nn.Flatten(), nn.Linear(last * 4 * 4, 1))
 
 
 class Discriminator(nn.Module):
@@ -86,21 +60,15 @@ class Discriminator(nn.Module):
 
     def forward(self, x, layer):
         features = None
-        for i, block in enumerate(self.blocks, start=1):
-            x = block(x)
+        for i, stage in enumerate(self.blocks, start=1):
+            x = stage(x)
             features = x if i == layer else features
         logits = self.head(x).squeeze(1)
         return logits.to(torch.promote_types(logits.dtype, torch.float32)), features  # (B,), (B, ...)
 
 
 class VAEGAN(VAE):
-    """The VAE's encoder q(z|x) and decoder p(x|z), and a discriminator D(x) = sigmoid(logit).
-
-    recon: "bce", "mse", "gaussian" (pixels) or "feature" (Larsen's Dis_l error).
-    gamma weights the reconstruction in the decoder's loss against the adversarial term.
-    feature_layer: which discriminator block (1-based) the feature-wise error compares;
-    None is the deepest. equilibrium, margin: optional gating (see objectives).
-    """
+    """The VAE's encoder q(z|x) and decoder p(x|z), and a discriminator D(x) = sigmoid(logit)."""
     OPTIONS = {**VAE.OPTIONS,
                "gamma": (float, "weight of the reconstruction in the decoder's loss, gamma * "
                                 "recon + adversarial (both nats per image)"),
@@ -139,20 +107,16 @@ class VAEGAN(VAE):
         if self.feature_layer is not None and not 1 <= self.feature_layer <= blocks:
             raise ValueError(f"feature_layer={feature_layer!r} must be in 1..{blocks} for the "
                              f"{self.arch} discriminator")
-        # The test loss is always a pixel likelihood, also when training on features.
-        if self.recon == "feature":
+        if self.recon == "feature":  # the test loss is a pixel likelihood all the same
             self.likelihood = losses.check_recon(None, self.output)
 
     def default_hidden(self):
         return (self.latent_dim ** 2,)  # d^2, the MNIST VAE-GAN study's
 
     def networks(self):
-        if self.arch == "mlp":
-            nets = mlp_networks(self.image_shape, self.latent_dim, self.hidden, self.act,
-                                self.dropout, self.batchnorm)
-        else:
-            nets = conv_networks(self.image_shape, self.latent_dim, self.act, self.dropout,
-                                 self.batchnorm)
+        shape, d = self.image_shape, self.latent_dim
+        nets = (mlp_networks(shape, d, self.hidden, self.act, self.dropout, self.batchnorm) if self.arch == "mlp"
+                else conv_networks(shape, d, self.act, self.dropout, self.batchnorm))
         return dict(zip(("encoder", "decoder"), nets[:2]), discriminator=Discriminator(*nets[2:]))
 
     def discriminate(self, x):
@@ -160,13 +124,8 @@ class VAEGAN(VAE):
         return self.discriminator(x, self.feature_layer)
 
     def loss(self, input, target, labels=None):
-        """Every term of one forward pass, as batch means (nats per image).
-
-        encoder: recon + beta * KL (reported as loss); decoder: gamma * recon + adv; disc:
-        the discriminator's. acc_*: the fraction of real, reconstructed and prior-sampled
-        images the discriminator classifies correctly. disc_real and disc_fake (the mean
-        of the reconstructed and sampled halves) are what equilibrium gating compares.
-        """
+        """Every term of one forward pass, batch means (nats per image): each network's loss, the
+        discriminator's accuracies, and disc_real, disc_fake that equilibrium gating compares."""
         mu, logvar = self.encode(input)
         rec_logits = self.decode(self.reparameterize(mu, logvar))
         rec = self.activate(rec_logits)
@@ -193,24 +152,17 @@ class VAEGAN(VAE):
         return out
 
     def parameter_groups(self):
-        return {name: list(getattr(self, name).parameters())
-                for name in ("encoder", "decoder", "discriminator")}
+        return {n: list(getattr(self, n).parameters()) for n in ("encoder", "decoder", "discriminator")}
 
     def objectives(self, out):
-        """Each network's loss this step; out gains the step's skip counts.
-
-        Equilibrium gating (Larsen's code; equilibrium 0.68 ~ ln 2, margin 0.35): when the
-        discriminator's loss on real or on fake images is below equilibrium - margin it is
-        too good and is not updated; when either is above equilibrium + margin it is too
-        bad, and the decoder drops its adversarial term; if both would be skipped, neither
-        is. Deciding needs the two numbers on the host: one sync per step, with gating only.
-        """
+        """Each network's loss this step; out gains the step's skip counts. Equilibrium gating
+        (Larsen's code): a discriminator loss below equilibrium - margin skips its update, above
+        equilibrium + margin the decoder's adversarial term; both: neither. One host sync a step."""
         train_disc = train_adv = True
         if self.equilibrium is not None:
             real, fake = out["disc_real"].item(), out["disc_fake"].item()
             low, high = self.equilibrium - self.margin, self.equilibrium + self.margin
-            train_disc = not (real < low or fake < low)
-            train_adv = not (real > high or fake > high)
+            train_disc, train_adv = not (real < low or fake < low), not (real > high or fake > high)
             if not (train_disc or train_adv):
                 train_disc = train_adv = True
         # full_like fills on the device; new_tensor would copy from the host every step
@@ -222,8 +174,7 @@ class VAEGAN(VAE):
 
     @torch.no_grad()
     def anomaly_scores(self, input, target, labels=None):
-        """The VAE's scores, and how fake the discriminator finds each image: -logit D(x)
-        (batch norm with its running statistics, so one image's score is its own)."""
+        """The VAE's scores, and -logit D(x) (running batch-norm statistics: each image its own)."""
         scores = super().anomaly_scores(input, target, labels)
         with evaluating(self):
             scores["discriminator"] = -self.discriminate(target)[0]
@@ -231,9 +182,8 @@ class VAEGAN(VAE):
 
     @torch.no_grad()
     def test_loss(self, input, target, labels=None):
-        """The MNIST VAE-GAN study's test loss, pixel recon + KL with z = mu (loss), the
-        honest negative ELBO with z sampled (nelbo), and the discriminator's accuracies on
-        test images, reconstructions (z = mu) and prior samples, one batch of each kind."""
+        """The MNIST VAE-GAN study's loss, pixel recon + KL at z = mu; nelbo with z sampled; and
+        the discriminator's accuracies on test images, reconstructions (z = mu) and prior samples."""
         mu, logvar = self.encode(input)
         kl = losses.kl_normal(mu, logvar)
         rec_mu = self.decode(mu)
@@ -247,8 +197,7 @@ class VAEGAN(VAE):
 
 
 def reported(loss):
-    """loss, as a tensor whose backward pass raises: the VAE-GAN's networks each train on
-    their own loss (objectives), never on the encoder's alone."""
+    """loss, as a tensor whose backward raises: each network trains on its own (objectives)."""
     if not loss.requires_grad:
         return loss
     logged = loss * 1  # a node of its own: the hook fires only for a backward through it
@@ -261,21 +210,10 @@ def reported(loss):
     return logged
 
 
-@contextlib.contextmanager
 def batch_statistics(net):
-    """Batch norm in `net` normalizes each batch with its own statistics, as in training,
-    and leaves the running averages alone. D is trained on all-real and all-generated
-    batches, so its running averages mix the two, and in evaluation mode it would be a
-    different classifier from the one the decoder was trained against."""
-    layers = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [(m.training, m.track_running_stats) for m in layers]
-    for m in layers:
-        m.training, m.track_running_stats = True, False
-    try:
-        yield
-    finally:
-        for m, (training, track) in zip(layers, saved):
-            m.training, m.track_running_stats = training, track
+    """Batch norm in `net` normalizes each batch by its own statistics, running averages left
+    alone: D trains on all-real and all-fake batches, so its running averages mix the two."""
+    return overriding(batch_norms(net), {"training": True, "track_running_stats": False})
 
 
 def accuracies(real_logit, rec_logit, prior_logit):
