@@ -1,29 +1,17 @@
-"""dSprites (Matthey et al. 2017): 64x64 binary images of one shape, on a grid of five
-factors, generated here; or read from DeepMind's file where the user has it.
-
-The grid, in the original order (the last factor varies fastest), 737,280 images:
-    shape        3   square, ellipse, heart
-    scale        6   0.5 to 1, evenly spaced
-    orientation 40   2 pi k / 40, k = 0..39 (counter-clockwise)
-    position x  32   0 to 1, evenly spaced (left to right)
-    position y  32   0 to 1, evenly spaced (top to bottom)
-
-The renderer. DeepMind did not publish theirs, so ours is exact about its own geometry but
-not pixel-identical to theirs. A shape at scale s has radius R = 12 s pixels. Its centre
-is at 14 + 36 p on each axis of the 64-pixel canvas (p the position; pixel i spans [i, i + 1)),
-and no pixel of a shape lies further than 14 pixels from it, so every shape stays whole. A pixel is on when its centre, rotated by minus the orientation
+"""dSprites (Matthey et al. 2017): 64x64 binary images of one shape on a grid of five factors,
+737,280 in the original order (the last fastest): shape 3 (square, ellipse, heart), scale 6
+(0.5 to 1), orientation 40 (2 pi k / 40, counter-clockwise), x 32 and y 32 (0 to 1, left to
+right, top to bottom), all evenly spaced. Generated, or read from DeepMind's FILE in the data
+root ('imgs' of 0/1 bytes, the same order; orientations linspace(0, 2 pi, 40), repeating 0). A
+split is grid positions (`Sprites`, not 2.8 GB of images), drawn or unpacked from the file's bits
+(360 MB) a batch at a time on its device. The renderer is exact about its own geometry, not
+pixel-identical to DeepMind's (unpublished): at scale s the radius is R = 12 s pixels, the centre
+at 14 + 36 p on each axis (p the position; pixel i spans [i, i + 1)); no pixel of a shape lies over
+14 px from it, so all stay whole. A pixel is on when its centre, rotated by minus the orientation
 about the shape's centre and divided by R, lands in the unit shape:
     square   max(|u|, |v|) <= 1 / sqrt(2)   (its corners reach R when rotated)
     ellipse  u^2 + (2 v)^2 <= 1              (semi-axes R and R / 2)
     heart    (a^2 + b^2 - 1)^3 <= a^2 b^3, with (a, b) = 1.15 (u, v + 0.1)   (lobes up)
-
-The real file (dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz, 'imgs' of 0/1 bytes) is
-read instead when it is in the data root: the same order, so the same factors; its
-orientations are linspace(0, 2 pi, 40), which repeats 0 at the end.
-
-Neither is held in memory as images (2.8 GB as bytes): a split is a list of grid positions
-(`Sprites`) whose images are drawn, or unpacked from the real file's bits (360 MB), one
-batch at a time on the split's device.
 """
 import hashlib
 import math
@@ -44,19 +32,13 @@ VERSION = 2  # of the renderer: a run records it in its data hash
 
 def factors_of(index):
     """Grid positions (N,) -> factor indices (N, 5), mixed radix, the last factor fastest."""
-    out, rest = [], index
-    for size in reversed(SIZES):
-        out.append(rest % size)
-        rest = rest // size
-    return torch.stack(out[::-1], 1)
+    return torch.stack(torch.unravel_index(index, SIZES), 1)
 
 
 def index_of(factors):
     """Factor indices (N, 5) -> grid positions (N,)."""
-    index = torch.zeros(len(factors), dtype=torch.long, device=factors.device)
-    for k, size in enumerate(SIZES):
-        index = index * size + factors[:, k]
-    return index
+    strides = [math.prod(SIZES[k + 1:]) for k in range(len(SIZES))]
+    return (factors * torch.tensor(strides, device=factors.device)).sum(1)
 
 
 def values(factors):
@@ -98,17 +80,9 @@ def render(factors):
 MOVED = {}  # (the real file's bits, device) -> their copy there, shared by the splits
 
 
-def on_device(bits, device):
-    key = (bits.data_ptr(), str(torch.device(device)))
-    if key not in MOVED:
-        MOVED[key] = bits.to(device)
-    return MOVED[key]
-
-
 class Sprites:
-    """One split of dSprites standing in for a uint8 image tensor (N, 1, 64, 64): the grid
-    positions `index` (N,) on a device; its images are drawn (or unpacked from `bits`,
-    the real file's packed pixels, (737,280, 512) uint8) when a batch is taken."""
+    """A split standing in for uint8 images (N, 1, 64, 64): grid positions `index` (N,), drawn (or
+    unpacked from `bits`, the file's packed pixels (737,280, 512) uint8) when a batch is taken."""
     dtype = torch.uint8
 
     def __init__(self, index, bits=None):
@@ -142,7 +116,10 @@ class Sprites:
         return Sprites(self.index[idx.to(self.device) if torch.is_tensor(idx) else idx], self.bits)
 
     def to(self, device):
-        return Sprites(self.index.to(device), None if self.bits is None else on_device(self.bits, device))
+        key = None if self.bits is None else (self.bits.data_ptr(), str(torch.device(device)))
+        if key and key not in MOVED:
+            MOVED[key] = self.bits.to(device)
+        return Sprites(self.index.to(device), key and MOVED[key])
 
     def cpu(self):
         return self.to("cpu")
@@ -169,9 +146,8 @@ class Sprites:
 
 
 def read(root):
-    """{"train": (Sprites, shape labels), "test": (...)}: the fixed test positions (seed 0)
-    and the rest in a fixed random order, drawn by the renderer or, when root holds FILE,
-    unpacked from it."""
+    """{"train": (Sprites, shape labels), "test": (...)}: the fixed test positions (seed 0) and
+    the rest in a fixed random order, drawn by the renderer or unpacked from root/FILE."""
     order = torch.randperm(COUNT, generator=torch.Generator().manual_seed(0))
     bits, path = None, os.path.join(root, FILE)
     if os.path.isfile(path):
@@ -180,15 +156,12 @@ def read(root):
             raise ValueError(f"{path}: 'imgs' is {images.shape}, not ({COUNT}, 64, 64); place "
                              f"DeepMind's file there, or remove it to use the generated grid")
         bits = torch.from_numpy(np.packbits(images.reshape(COUNT, -1), axis=1))
-    splits = {}
-    for split, index in (("test", order[:TEST_SIZE].sort().values), ("train", order[TEST_SIZE:])):
-        splits[split] = Sprites(index, bits), factors_of(index)[:, 0].clone()
-    return splits
+    return {split: (Sprites(index, bits), factors_of(index)[:, 0].clone())
+            for split, index in (("test", order[:TEST_SIZE].sort().values), ("train", order[TEST_SIZE:]))}
 
 
 class GroundTruth:
-    """The factor grid as disentanglement metrics use it: sizes, uniform draws, and the
-    images (floats in [0, 1]) of chosen factors, on `device`."""
+    """The grid as disentanglement.py uses it: sizes, uniform draws, images in [0, 1] of factors."""
     def __init__(self, sprites, device="cpu"):
         self.sprites, self.device = sprites, torch.device(device)
         self.factor_sizes, self.factor_names = list(SIZES), list(FACTORS)  # SIZES as now (tests shrink it)

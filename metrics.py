@@ -1,8 +1,6 @@
-"""Evaluation metrics as functions of a model and tensors; evaluate.py runs them on run folders.
-
+"""Evaluation metrics as functions of a model and tensors (evaluate.py runs them on run folders).
 Units (GUIDE.md, "Units"): likelihood terms in nats per image, summed over pixels and latent
-dimensions; reconstruction MSE and PSNR on [0, 1] pixels, whatever the model's scaling.
-"""
+dimensions; reconstruction MSE and PSNR on [0, 1] pixels, whatever the model's scaling."""
 import math
 
 import numpy as np
@@ -19,16 +17,13 @@ LOG_2PI = math.log(2 * math.pi)
 
 @torch.no_grad()
 def test_loss(model, split, output, noise, copy_to=None):
-    """The model's test_loss over a split, per image: the VAE's negative ELBO (z sampled),
-    the AE's reconstruction term, without beta or penalties. Batches of 1000 whatever the
-    processes, so the fixed-seed test noise is the same; under torchrun, process r takes
-    batches r, r + N, ... and the sums are added up. output: sigmoid or tanh (data.to_range);
-    copy_to: see data.batches."""
+    """Per image over a split, the model's test_loss (VAE: negative ELBO; AE: reconstruction; no beta),
+    in batches of 1000 whatever the processes (the same fixed-seed noise); under torchrun, process r
+    sums batches r, r + N, ... output: data.to_range's; copy_to: data.batches'."""
     model.eval()
     sums, names = 0, None
     rank, processes, _ = parallel.world()
-    for i, (x, target, y) in enumerate(data.eval_batches(
-            split, output, noise, copy_to)):
+    for i, (x, target, y) in enumerate(data.eval_batches(split, output, noise, copy_to)):
         if i % processes == rank:
             out = model.test_loss(x, target, y)
             names = names or list(out)
@@ -40,21 +35,11 @@ def test_loss(model, split, output, noise, copy_to=None):
 
 @torch.no_grad()
 def importance_sampled(model, input, target, k, chunk=1024, labels=None):
-    """The importance-weighted bound with K samples (Burda et al. 2016, eq. 8), per image:
-
-        log p(x) >= log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x),   z_k ~ q(z|input)
-
-    All K samples of all B images go through the decoder together, at most `chunk`
-    decodes at a time. model.nll(logits, target) -> (n, B) is -log p(x|z) for n decodes of
-    each image, in the same convention as the test loss (models.py). Returns per-image
-    tensors (B,): nll_iw, the K-sample average of the reconstruction term (recon) and its
-    variance over samples (recon_var), and the closed-form KL, so recon + kl is the
-    negative ELBO averaged over K samples.
-    """
+    """Per image (B,): nll_iw = -log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x), z_k ~ q(z|input) (Burda et
+    al. 2016, eq. 8), decoding `chunk` at a time; recon, recon_var: mean and variance over the samples
+    of model.nll (-log p(x|z), as the test loss); kl in closed form (recon + kl: the negative ELBO)."""
     mu, logvar = model.encode(input, labels)  # (B, D) each
-    std = torch.exp(0.5 * logvar)
-    B = mu.shape[0]
-    per_chunk = max(1, chunk // B)
+    std, per_chunk = torch.exp(0.5 * logvar), max(1, chunk // len(mu))
     log_w, recon = [], []
     for start in range(0, k, per_chunk):
         n = min(per_chunk, k - start)
@@ -62,7 +47,7 @@ def importance_sampled(model, input, target, k, chunk=1024, labels=None):
         z = mu + std * eps
         logits = model.decode(z.flatten(0, 1), None if labels is None else
                               labels.expand(n, *labels.shape).flatten(0, 1))
-        r = model.nll(logits.unflatten(0, (n, B)), target)  # (n, B, C, H, W) against (B, C, H, W)
+        r = model.nll(logits.unflatten(0, (n, -1)), target)  # (n, B, C, H, W) against (B, C, H, W)
         log_pz = -0.5 * (z.pow(2) + LOG_2PI).sum(-1)  # log N(z; 0, I)
         log_qz = -0.5 * (eps.pow(2) + logvar + LOG_2PI).sum(-1)  # log N(z; mu, sigma^2)
         log_w.append(-r + log_pz - log_qz)
@@ -74,27 +59,16 @@ def importance_sampled(model, input, target, k, chunk=1024, labels=None):
 
 
 def likelihood_constant(recon, c, num_pixels):
-    """What the reconstruction term leaves out of -log p(x|z), in nats per image.
-
-    bce: nothing (Bernoulli). gaussian: D/2 log(2 pi c). mse: ||x - x_hat||^2 is the
-    Gaussian NLL with c = 1/2 less D/2 log(pi).
-    """
-    if recon == "gaussian":
-        return losses.gaussian_const(num_pixels, c)
-    if recon == "mse":
-        return losses.gaussian_const(num_pixels, 0.5)
-    return 0.0
+    """What the reconstruction term leaves out of -log p(x|z), nats per image: bce 0; gaussian
+    D/2 log(2 pi c); mse D/2 log(pi) (||x - x_hat||^2 is the c = 1/2 Gaussian NLL less that)."""
+    var = {"gaussian": c, "mse": 0.5}.get(recon)  # the Gaussian's c
+    return 0.0 if var is None else losses.gaussian_const(num_pixels, var)
 
 
 def bits_per_dim(nll, recon, c, num_pixels, output="sigmoid"):
-    """Bits per dimension from an NLL in nats per image (as the test loss reports it).
-
-    Gaussian and mse decoders are densities on the scaled pixels: their full NLL plus
-    D log(255 / range) (bins of width range / 255, range 1 for [0, 1] data and 2 for
-    [-1, 1]) is the NLL of the 8-bit pixel values, comparable with papers' bits/dim.
-    A Bernoulli (bce) decoder on gray levels is not a density over pixel values: its
-    number is NLL / (D ln 2) and is only comparable with other Bernoulli numbers.
-    """
+    """Bits per dimension of an NLL in nats per image. Gaussian and mse: the full NLL plus D log(255 /
+    range) (range 1 for [0, 1] data, 2 for [-1, 1]) is that of the 8-bit values, as in papers. bce on
+    gray levels is no density over pixel values: NLL / (D ln 2) compares only with other bce numbers."""
     full = nll + likelihood_constant(recon, c, num_pixels)
     if recon != "bce":
         full = full + num_pixels * math.log(255 / (1 if output == "sigmoid" else 2))
@@ -109,8 +83,7 @@ def psnr(x, y):
 
 @torch.no_grad()
 def count_active(model, split, output, noise, copy_to=None):
-    """The active units on the test split of a model with a posterior (Burda et al. 2016), or
-    None: the units whose mean E_q[z_d | x] varies over the test images by more than 0.01."""
+    """The count of active units of the posterior means on a split; None without a posterior."""
     codes = []
     for x, _, y in data.eval_batches(split, output, noise, copy_to):
         if not codes and model.kl_per_dim(x[:1], y[:1]) is None:
@@ -120,20 +93,15 @@ def count_active(model, split, output, noise, copy_to=None):
 
 
 def active_units(mu, threshold=0.01):
-    """Burda et al. 2016: unit d is active when Cov_x(E_q[z_d | x]) > threshold.
-
-    mu: (N, D) posterior means over a dataset. Returns (count, variance per unit (D,)).
-    """
+    """(count, variance per unit (D,)) of posterior means mu (N, D): unit d is active when
+    Cov_x(E_q[z_d | x]) > threshold (Burda et al. 2016)."""
     var = mu.var(0, unbiased=False)
     return int((var > threshold).sum()), var
 
 
 def linear_probe(train_x, train_y, test_x, test_y, weight_decay=1e-4, iters=200):
-    """Accuracy on the test codes of a multinomial logistic regression fit to the train codes.
-
-    Features are standardized with the train split's mean and std; full-batch L-BFGS,
-    deterministic. A measure of how much of the label a linear map can read off the code.
-    """
+    """Test accuracy of a multinomial logistic regression on train-standardized codes (full-batch
+    L-BFGS, deterministic): how much of the label a linear map reads off the code."""
     mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
     a, b = (train_x - mean) / std, (test_x - mean) / std
     classes = int(max(train_y.max(), test_y.max())) + 1
@@ -143,8 +111,7 @@ def linear_probe(train_x, train_y, test_x, test_y, weight_decay=1e-4, iters=200)
 
     def closure():
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(a @ w + bias, train_y)
-        loss = loss + weight_decay * w.pow(2).sum()
+        loss = torch.nn.functional.cross_entropy(a @ w + bias, train_y) + weight_decay * w.pow(2).sum()
         loss.backward()
         return loss
 
@@ -155,23 +122,19 @@ def linear_probe(train_x, train_y, test_x, test_y, weight_decay=1e-4, iters=200)
 
 
 def fid(real, fake):
-    """Fréchet distance between Gaussians fitted to two feature sets (N, F) and (M, F)
-    (Heusel et al. 2017): ||m1 - m2||^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)), with
-    tr (S1 S2)^(1/2) = sum of sqrt(eigenvalues of S1^(1/2) S2 S1^(1/2)), a symmetric matrix
-    (float64; sample covariances, N - 1)."""
+    """Fréchet distance (Heusel et al. 2017) of Gaussians fit to features (N, F), (M, F) in float64:
+    ||m1 - m2||^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)), the last via the symmetric S1^(1/2) S2 S1^(1/2)."""
     real, fake = real.double(), fake.double()
-    m1, m2 = real.mean(0), fake.mean(0)
     s1, s2 = torch.cov(real.T), torch.cov(fake.T)  # (F, F) each
     lam, v = torch.linalg.eigh(s1)
     root1 = (v * lam.clamp_min(0).sqrt()) @ v.T  # S1^(1/2)
     middle = torch.linalg.eigvalsh(root1 @ s2 @ root1).clamp_min(0).sqrt().sum()
-    return ((m1 - m2).pow(2).sum() + s1.trace() + s2.trace() - 2 * middle).item()
+    return ((real.mean(0) - fake.mean(0)).pow(2).sum() + s1.trace() + s2.trace() - 2 * middle).item()
 
 
 def kid(real, fake, subsets=100, size=1000, seed=0):
-    """Kernel Inception Distance (Binkowski et al. 2018): the unbiased MMD^2 estimate with
-    the kernel k(a, b) = (a.b / F + 1)^3, over `subsets` random subsets of `size` of each set
-    (fewer when a set is smaller). Returns (mean, standard deviation over the subsets)."""
+    """Kernel Inception Distance (Binkowski et al. 2018): (mean, std) over `subsets` random subsets of
+    `size` (at most) of the unbiased MMD^2 with the kernel (a.b / F + 1)^3."""
     real, fake = real.double(), fake.double()
     m = min(size, len(real), len(fake))
     gen = torch.Generator().manual_seed(seed)
@@ -186,29 +149,19 @@ def kid(real, fake, subsets=100, size=1000, seed=0):
     return mean_std(values)
 
 
-def kth_distances(x, ks, chunk=2048):
-    """{k: the distance from each row of x to its k-th nearest other row (N,)} for each k."""
-    nearest = torch.cat([torch.cdist(part, x).topk(max(ks) + 1, dim=1, largest=False).values
-                         for part in x.split(chunk)])  # (N, max k + 1), ascending; the row itself first
-    return {k: nearest[:, k] for k in ks}
-
-
 def manifold_metrics(real, fake, k_pr=3, k_dc=5, chunk=2048):
-    """Improved precision and recall (Kynkäänniemi et al. 2019, k = 3) and density and
-    coverage (Naeem et al. 2020, k = 5) of fake features (M, F) against real ones (N, F).
-
-    Each set's manifold is the union of balls around its points reaching their k-th nearest
-    neighbour in the set. Precision: the share of fake points inside the real manifold;
-    recall: the share of real points inside the fake one. Density: the mean number of real
-    balls (k = 5) holding a fake point, over k (about 1 when the fakes spread as the reals
-    do; above 1 where they crowd); coverage: the share of real balls holding a fake point.
-    """
+    """Precision, recall (Kynkäänniemi et al. 2019, k = 3), density, coverage (Naeem et al. 2020, k = 5) of
+    fakes (M, F) against reals (N, F) with balls to each point's k-th neighbour: fakes in real balls,
+    reals in fake balls, real balls per fake / k (1 if spread as the reals), real balls holding a fake."""
     real, fake = real.float(), fake.float()
-    radius = kth_distances(real, (k_pr, k_dc), chunk)
-    fake_radius = kth_distances(fake, (k_pr,), chunk)[k_pr]
-    precise, dense = 0, 0
-    recalled = torch.zeros(len(real), dtype=torch.bool, device=real.device)
-    covered = torch.zeros(len(real), dtype=torch.bool, device=real.device)
+
+    def kth(x, ks):  # {k: the distance from each row to its k-th nearest other row (N,)}
+        nearest = torch.cat([torch.cdist(part, x).topk(max(ks) + 1, dim=1, largest=False).values
+                             for part in x.split(chunk)])  # (N, max k + 1) ascending, the row itself first
+        return {k: nearest[:, k] for k in ks}
+
+    radius, fake_radius = kth(real, (k_pr, k_dc)), kth(fake, (k_pr,))[k_pr]
+    precise, dense, (recalled, covered) = 0, 0, torch.zeros(2, len(real), dtype=torch.bool, device=real.device)
     for part, r_fake in zip(fake.split(chunk), fake_radius.split(chunk)):
         d = torch.cdist(part, real)  # (chunk, N)
         precise += (d <= radius[k_pr]).any(1).sum().item()
@@ -221,14 +174,10 @@ def manifold_metrics(real, fake, k_pr=3, k_dc=5, chunk=2048):
 
 
 def classifier_view(logits, asked=None):
-    """What the domain classifier makes of samples, from its logits (M, K): the mean
-    confidence (top softmax probability), the entropy of the histogram of predicted classes
-    in nats (log K when every class is drawn equally often; 0 when all samples look like
-    one class: the Inception score's diversity idea) and, for conditional samples with the
-    classes `asked` (M,), the share classified as asked."""
+    """From logits (M, K): mean top softmax probability; entropy (nats) of the predicted classes (log K
+    if even, 0 if one class: the Inception score's idea); the share classified as `asked` (M,)."""
     p = logits.double().softmax(1)
-    counts = torch.bincount(p.argmax(1), minlength=p.shape[1]).double()
-    share = counts / counts.sum()
+    share = torch.bincount(p.argmax(1), minlength=p.shape[1]).double() / len(p)
     view = {"confidence": p.max(1).values.mean().item(),
             "class_entropy": -(share[share > 0] * share[share > 0].log()).sum().item()}
     if asked is not None:
@@ -242,10 +191,8 @@ def mean_std(values):
 
 
 def welch(a, b, level=0.95):
-    """Welch's t-test (unequal variances) of mean(a) - mean(b), by scipy.stats.ttest_ind:
-    (difference, its `level` confidence interval (low, high), two-sided p, degrees of
-    freedom). With no spread in either list the test is undefined: the interval is the
-    difference itself and p is nan."""
+    """Welch's t-test of mean(a) - mean(b) (scipy): (difference, `level` interval, two-sided p, degrees
+    of freedom); with no spread in either list: the difference as interval, p nan."""
     diff = float(np.mean(a) - np.mean(b))
     if np.var(a) == 0 and np.var(b) == 0:
         return diff, (diff, diff), float("nan"), float("inf")
@@ -254,25 +201,23 @@ def welch(a, b, level=0.95):
     return diff, (float(low), float(high)), float(test.pvalue), float(test.df)
 
 
+def as_numpy(scores, positive):
+    """(positives as numpy bools, scores as numpy float64), sklearn's argument order."""
+    return positive.bool().cpu().numpy(), scores.double().cpu().numpy()
+
+
 def auroc(scores, positive):
-    """The area under the ROC curve of scores (N,) for the positives (N,) bools
-    (scikit-learn's roc_auc_score; ties count one half)."""
-    positive = positive.bool().cpu().numpy()
-    if positive.all() or not positive.any():
+    """Area under the ROC curve of scores (N,) for positives (N,) (sklearn; ties count one half)."""
+    if positive.bool().all() or not positive.bool().any():
         raise ValueError("auroc needs positives and negatives")
-    return float(sklearn.metrics.roc_auc_score(positive, scores.double().cpu().numpy()))
+    return float(sklearn.metrics.roc_auc_score(*as_numpy(scores, positive)))
 
 
 def average_precision(scores, positive):
-    """The area under the precision-recall curve as scikit-learn's average_precision_score:
-    sum over thresholds of (R_n - R_n-1) P_n."""
-    return float(sklearn.metrics.average_precision_score(positive.bool().cpu().numpy(),
-                                                         scores.double().cpu().numpy()))
+    """Area under the precision-recall curve, sum_n (R_n - R_n-1) P_n (sklearn)."""
+    return float(sklearn.metrics.average_precision_score(*as_numpy(scores, positive)))
 
 
 def roc_points(scores, positive):
-    """(false positive rates, true positive rates) of the ROC curve, from (0, 0) up
-    (scikit-learn's roc_curve)."""
-    fpr, tpr, _ = sklearn.metrics.roc_curve(positive.bool().cpu().numpy(),
-                                            scores.double().cpu().numpy())
-    return fpr, tpr
+    """(false positive rates, true positive rates) of the ROC curve from (0, 0) (sklearn)."""
+    return tuple(sklearn.metrics.roc_curve(*as_numpy(scores, positive))[:2])
