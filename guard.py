@@ -1,7 +1,5 @@
-"""How train.py ends: signals (Ctrl-C, a cluster's SIGTERM, a closed terminal), one writer
-per run folder (a lock), output whose reader went away, a full disk, and the one-line
-message and exit code of every way a run can end. train.py calls main() and hold().
-"""
+"""How train.py ends: signals (Ctrl-C, SIGTERM, a closed terminal), one writer per run folder (a lock), output
+whose reader went away, a full disk, and each ending's one-line message and exit code."""
 import errno
 import io
 import os
@@ -21,10 +19,14 @@ except ImportError:  # Windows: run folders are not locked
     fcntl = None
 
 
+def say(text):
+    """One line on stderr, as train.py's."""
+    print(f"train.py: {text}", file=sys.stderr)
+
+
 def main(argv, start):
-    """start(argv, signals) -> exit code, with signals caught and stdout and stderr guarded
-    (a closed output, train.py | head, stops the run as a signal does)."""
-    with Signals() as signals:  # SIGINT, SIGTERM, SIGHUP: see Signals
+    """start(argv, signals) -> exit code, signals caught, stdout and stderr guarded (see Output)."""
+    with Signals() as signals:
         out, err = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = Output(out, signals.closed), Output(err, signals.closed)
         try:
@@ -40,17 +42,16 @@ def main(argv, start):
 
 
 def hold(cfg, ckpt, signals, run):
-    """run(cfg, ckpt, signals) holding the run folder's lock (rank 0 alone writes it); the
-    exit code of how it ended (finish)."""
-    held, error = None, None
-    if parallel.world()[0] == 0:
+    """finish(cfg, ckpt, signals, run) holding the run folder's lock (rank 0 alone writes it)."""
+    held, error, rank = None, None, parallel.world()[0]
+    if rank == 0:
         try:
             held = lock(cfg["out"], fresh=ckpt is None)
         except ValueError as e:
             error = str(e)
     if parallel.share(error):
-        if parallel.world()[0] == 0:
-            print(f"train.py: error: {error}", file=sys.stderr)
+        if rank == 0:
+            say(f"error: {error}")
         return 2
     try:
         return finish(cfg, ckpt, signals, run)
@@ -61,56 +62,51 @@ def hold(cfg, ckpt, signals, run):
 
 def finish(cfg, ckpt, signals, run):
     """run(), and the one-line message and exit code of each way it can end."""
+    out = cfg["out"]
     try:
         if run(cfg, ckpt, signals) is None:
             return 0  # nothing to do
     except (data.DataError, ValueError) as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
+        say(f"error: {e}")
         return 2
     except FloatingPointError as e:
         kept = saved_epoch(cfg)
-        print(f"train.py: stopped: {e}; " + (
-            f"{cfg['out']} keeps the checkpoint after epoch {kept}: --resume it, or start a "
-            f"new run with a lower --lr or with --grad-clip" if kept is not None else
-            "no epoch was saved: start again (the same --out will do) with a lower --lr or "
-            "with --grad-clip"),
-            file=sys.stderr)
+        say(f"stopped: {e}; " + (
+            f"{out} keeps the checkpoint after epoch {kept}: --resume it, or start a new run with "
+            f"a lower --lr or with --grad-clip" if kept is not None else "no epoch was saved: start "
+            "again (the same --out will do) with a lower --lr or with --grad-clip"))
         return 1
     except Stop as stop:
         rank, processes, _ = parallel.world()
-        launch = (f"torchrun --nproc_per_node {processes} train.py" if parallel.active()
-                  else "python train.py")
-        why = {"SIGHUP": " (the terminal closed)", "SIGPIPE": " (its output was closed)"}
+        launch = f"torchrun --nproc_per_node {processes} train.py" if parallel.active() else "python train.py"
         name = signal.Signals(stop.signum).name
+        why = {"SIGHUP": " (the terminal closed)", "SIGPIPE": " (its output was closed)"}.get(name, "")
         if rank == 0:
-            print(f"train.py: stopped by {name}{why.get(name, '')} at {stop.where}; "
-                  f"saved {os.path.join(cfg['out'], 'checkpoint.pt')}. Resume with: {launch} "
-                  f"--resume {cfg['out']}", file=sys.stderr)
+            say(f"stopped by {name}{why} at {stop.where}; saved {os.path.join(out, 'checkpoint.pt')}. "
+                f"Resume with: {launch} --resume {out}")
         return 128 + stop.signum  # 130 for SIGINT, 143 for SIGTERM
     except KeyboardInterrupt:
         print("\ntrain.py: interrupted; " + (
-            f"the last saved checkpoint is kept. Resume with: python train.py --resume "
-            f"{cfg['out']}" if saved_epoch(cfg) is not None else
-            "no epoch was saved, so there is nothing to resume: start again (the same "
-            "command will do)"), file=sys.stderr)
+            f"the last saved checkpoint is kept. Resume with: python train.py --resume {out}"
+            if saved_epoch(cfg) is not None else "no epoch was saved, so there is nothing to "
+            "resume: start again (the same command will do)"), file=sys.stderr)
         return 130
     except (runs.DiskFull, OSError) as e:
         if not runs.full_disk(e) and not isinstance(e, runs.DiskFull):
             raise
         kept = saved_epoch(cfg)
         what = e if isinstance(e, runs.DiskFull) else f"no space left on device while writing {e.filename}"
-        print(f"train.py: stopped: {what}; the files in {cfg['out']} are whole" + (
-            f" (checkpoint.pt keeps epoch {kept}): free some space, then resume with: "
-            f"python train.py --resume {cfg['out']}" if kept is not None else
-            ": free some space, then start again (the same command will do)"), file=sys.stderr)
+        say(f"stopped: {what}; the files in {out} are whole" + (
+            f" (checkpoint.pt keeps epoch {kept}): free some space, then resume with: python "
+            f"train.py --resume {out}" if kept is not None else
+            ": free some space, then start again (the same command will do)"))
         return 1
     except torch.OutOfMemoryError:
-        print(f"train.py: stopped: out of memory on {cfg['device']} at --batch-size "
-              f"{cfg['batch_size']}; start again with a smaller --batch-size (e.g. "
-              f"{max(1, cfg['batch_size'] // 2)}); the last finished epoch is saved",
-              file=sys.stderr)
+        say(f"stopped: out of memory on {cfg['device']} at --batch-size {cfg['batch_size']}; start "
+            f"again with a smaller --batch-size (e.g. {max(1, cfg['batch_size'] // 2)}); the last "
+            f"finished epoch is saved")
         return 1
-    print(f"Run folder: {cfg['out']}")
+    print(f"Run folder: {out}")
     return 0
 
 
@@ -121,12 +117,9 @@ def saved_epoch(cfg):
 
 
 def lock(run_dir, fresh):
-    """Make run_dir and hold an exclusive lock on it (flock on run_dir/.lock) for as long as
-    the returned file stays open (unlock closes it): one writer per run folder. The system
-    releases it when the process ends in any way, so a lock left by a dead process never
-    blocks. fresh: the folder must hold no run once locked (two new runs started with the
-    same --out). ValueError, in one line, when another process holds it or the folder
-    cannot be made."""
+    """Make run_dir and flock run_dir/.lock while the returned file is open: one writer per folder.
+    The system releases it when the process ends in any way, so a dead process's lock never blocks.
+    fresh: the folder must hold no run once locked (two new runs with one --out). ValueError if not."""
     if not run_dir:
         raise ValueError("--out '' names no folder; give a folder name")
     created = not os.path.isdir(run_dir)
@@ -136,8 +129,7 @@ def lock(run_dir, fresh):
             raise PermissionError(errno.EACCES, "permission denied")
         f = open(os.path.join(run_dir, ".lock"), "a+")
     except OSError as e:
-        why = "permission denied" if e.errno in (errno.EACCES, errno.EPERM) else (
-            e.strerror or type(e).__name__)
+        why = "permission denied" if e.errno in (errno.EACCES, errno.EPERM) else e.strerror or type(e).__name__
         raise ValueError(f"cannot create the run folder {run_dir}: {why}; choose another --out"
                          if created else f"cannot write to the run folder {run_dir}: {why}; "
                          f"make it writable (chmod -R u+w), or copy it and use the copy") from None
@@ -162,8 +154,7 @@ def lock(run_dir, fresh):
 
 
 def unlock(f, run_dir):
-    """Release lock()'s file; a folder it made that got nothing else is removed again, so a
-    run refused before any work (say, for its data) leaves nothing behind."""
+    """Release lock()'s file; a folder it made is removed if it got nothing else (a refused run leaves none)."""
     f.close()
     if f.created and os.listdir(run_dir) == [".lock"]:
         os.remove(os.path.join(run_dir, ".lock"))
@@ -171,7 +162,7 @@ def unlock(f, run_dir):
 
 
 class Stop(Exception):
-    """SIGINT or SIGTERM arrived; `mid_epoch` is where the epoch stopped (None: at its end)."""
+    """A signal arrived; `mid_epoch` is where the epoch stopped (None: at its end)."""
 
     def __init__(self, signum, mid_epoch=None):
         super().__init__(signum)
@@ -179,14 +170,11 @@ class Stop(Exception):
 
 
 class Signals:
-    """SIGINT (Ctrl-C), SIGTERM (a cluster's time limit) and SIGHUP (the terminal closed),
-    for the whole of train.py's main, in three phases:
-    - "setup" (before the first step): stop at once with KeyboardInterrupt (nothing to save);
-    - "training": only set `received`; the loop finishes its step, saves, and stops. A second
-      one stops at once; the files on disk are whole either way, since every write is atomic;
-    - "done" (the last epoch is saved): say so and carry on; the run ends with its own code.
-    `closed()` is called when the output went away (Output): the run stops as for a signal.
-    """
+    """SIGINT (Ctrl-C), SIGTERM (a time limit), SIGHUP (terminal closed) over train.py's main, by phase:
+    "setup" (before the first step): KeyboardInterrupt at once, nothing to save; "training": only
+    set `received`, so the loop finishes its step, saves and stops, and a second one stops at once
+    (every write is atomic, the files stay whole); "done" (last epoch saved): say so, carry on.
+    closed(): the output went away (Output), the run stops as for a signal."""
     NAMES = {"SIGINT", "SIGTERM", "SIGHUP"}  # SIGHUP does not exist on Windows
 
     def __init__(self):  # not entered: catches nothing, and nothing is ever received
@@ -202,8 +190,7 @@ class Signals:
     def handle(self, signum, frame):
         name, self.last = signal.Signals(signum).name, signum
         if self.phase == "done":
-            print(f"\n{name}: the run has finished and is saved; ending normally",
-                  file=sys.stderr, flush=True)
+            print(f"\n{name}: the run has finished and is saved; ending normally", file=sys.stderr, flush=True)
             return
         if self.phase == "setup" or self.received:
             raise KeyboardInterrupt
@@ -221,29 +208,24 @@ class Signals:
 
 
 class Output:
-    """sys.stdout or sys.stderr surviving its reader going away (train.py | head -n 3, a
-    closed terminal): the first failed write points the stream at os.devnull and calls
-    on_close (Signals.closed), so the run saves and stops instead of dying of BrokenPipeError."""
+    """sys.stdout or sys.stderr surviving its reader going away (| head, a closed terminal): the first
+    failed write calls on_close (Signals.closed), so the run saves and stops, not dies of BrokenPipeError."""
 
     def __init__(self, stream, on_close):
         self.stream, self.on_close = stream, on_close
 
     def write(self, text):
-        try:
-            return self.stream.write(text)
-        except OSError as e:
-            self.gone(e)
-            return len(text)
+        return self.call("write", text) or len(text)
 
     def flush(self):
-        try:
-            self.stream.flush()
-        except OSError as e:
-            self.gone(e)
+        self.call("flush")
 
-    def gone(self, e):
-        if not isinstance(e, BrokenPipeError) and e.errno != errno.EIO:  # EIO: terminal closed
-            raise e
+    def call(self, method, *args):
+        try:
+            return getattr(self.stream, method)(*args)
+        except OSError as e:
+            if not isinstance(e, BrokenPipeError) and e.errno != errno.EIO:  # EIO: terminal closed
+                raise
         # Point the file descriptor itself at /dev/null: the text still in the stream's buffer
         # then drains there, also when Python flushes it at exit (no "Exception ignored").
         try:

@@ -4,11 +4,10 @@
         --model vae --dataset cifar10 --arch conv --output tanh --epochs 20
     python evaluate.py runs/sweep-...          # groups the runs by setting: mean +- std, n
 
-Each run gets a folder in the sweep folder, named by its varied flags and seed
-(dropout0.3-beta4-seed2). Every combination's flags are checked before the first run
-starts. A finished run is skipped and an unfinished one resumed, so the same command
-continues an interrupted sweep. --jobs N runs N at a time, sharing the CPU threads out;
---print-commands prints one train.py command per line instead (for a cluster's job array).
+Each run gets a folder in the sweep folder named by its varied flags and seed (dropout0.3-beta4-seed2). Every
+combination's flags are checked before the first run starts. A finished run is skipped and an unfinished one
+resumed, so the same command continues an interrupted sweep. --jobs N runs N at a time, sharing the CPU threads
+out; --print-commands prints one train.py command per line instead (for a cluster's job array).
 """
 import argparse
 import itertools
@@ -27,20 +26,22 @@ import guard
 import runs
 
 TRAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
+# config keys that are not settings: a run folder may differ from the plan in these
+BOOKKEEPING = config.RESUME_SAFE - {"epochs"} | {"out", "command", "resume_commands", "data", "format"}
 
 
 def build_parser():
+    """sweep.py's own flags (train.py's come after --)."""
     p = argparse.ArgumentParser(prog="sweep.py", description=flags.description(__doc__),
                                 usage="sweep.py [options] -- TRAIN.PY FLAGS", formatter_class=flags.Help)
     p.add_argument("--vary", action="append", default=[], metavar="FLAG=V1,V2",
-                   help="a train.py flag and its values (repeat for more flags); true/false "
-                        "for on/off flags, e.g. --vary batchnorm=true,false; separate values "
-                        "with ; when they hold commas: --vary 'hidden=400;300,100'")
+                   help="a train.py flag and its values (repeat for more flags); true/false for on/off "
+                        "flags, e.g. --vary batchnorm=true,false; separate values with ; when they hold "
+                        "commas: --vary 'hidden=400;300,100'")
     p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds, each a run")
     p.add_argument("--out", default=None, help="the sweep folder (default runs/sweep-<time>)")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time (threads shared out)")
-    p.add_argument("--print-commands", action="store_true",
-                   help="print one train.py command per run, run nothing")
+    p.add_argument("--print-commands", action="store_true", help="print one train.py command per run, run nothing")
     return p
 
 
@@ -63,19 +64,18 @@ def plan(args, base):
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
         raise ValueError(f"--seeds {args.seeds!r}: give integers, e.g. 1,2,3") from None
-    runs_ = []
+    todo = []
     for values in itertools.product(*[v for _, v in vary]):
+        words = [w for (name, _), value in zip(vary, values) for w in flag_words(name, value)]
+        label = "-".join(f"{name}{value}" for (name, _), value in zip(vary, values))
         for seed in seeds:
-            words = [w for (name, _), value in zip(vary, values) for w in flag_words(name, value)]
-            label = "-".join(f"{name}{value}" for (name, _), value in zip(vary, values))
             name = re.sub(r"[^A-Za-z0-9_.=+-]", "_", f"{label}-seed{seed}".lstrip("-"))
-            runs_.append((name, [*base, *words, "--seed", str(seed),
-                                 "--out", os.path.join(args.out, name)]))
-    names = [name for name, _ in runs_]
+            todo.append((name, [*base, *words, "--seed", str(seed), "--out", os.path.join(args.out, name)]))
+    names = [name for name, _ in todo]
     twice = next((n for n in names if names.count(n) > 1), None)
     if twice:
         raise ValueError(f"run {twice} comes twice (a repeated seed or value); give each once")
-    return runs_
+    return todo
 
 
 def state(run_dir):
@@ -84,55 +84,42 @@ def state(run_dir):
     if not os.path.isfile(path):
         return "new"
     ckpt, cfg = runs.load_checkpoint(path), runs.load_config(run_dir)
-    try:  # a run that failed after its last checkpoint (a full disk) has fewer history rows
-        with open(os.path.join(run_dir, "history.csv")) as f:
-            whole = sum(1 for _ in f) - 1 == len(ckpt["history"])
-    except OSError:
-        whole = False
     done = ckpt["epoch"] >= cfg["epochs"] and ckpt["mid_epoch"] is None
-    return "finished" if done and whole else "unfinished"
-
-
-# config keys that are not settings: a run folder may differ from the plan in these
-BOOKKEEPING = {"out", "resume", "command", "resume_commands", "data", "format", "device", "log_interval",
-               "data_root", "download", "compile", "channels_last", "data_budget"}
+    # a run that failed after its last checkpoint (a full disk) has fewer history rows
+    return "finished" if done and runs.history_rows(run_dir) == len(ckpt["history"]) else "unfinished"
 
 
 def differences(run_dir, argv):
-    """How the run saved in run_dir differs from the one argv would start, in every setting
-    (its seed and epochs too): ["--lr 0.001 there, 0.0025 planned", ...]."""
+    """How run_dir's run differs from argv's in every setting: ["--lr 0.001 there, 0.0025 planned", ...]."""
     i = argv.index("--out")
     planned = config.resolve([*argv[:i + 1], os.path.normpath(run_dir) + "-unused", *argv[i + 2:]])[0]
     saved = config.fill_added(runs.load_config(run_dir))  # an older version's run: as it ran
-    return [f"--{k.replace('_', '-')} {saved.get(k)!r} there, {planned.get(k)!r} planned"
+    return [f"{config.flag(k)} {saved.get(k)!r} there, {planned.get(k)!r} planned"
             for k in sorted((set(saved) | set(planned)) - BOOKKEEPING) if saved.get(k) != planned.get(k)]
 
 
 def check(todo, elsewhere="another --out"):
-    """Every run's flags through train.py's own checks, and every run folder already there
-    holding the run planned, before any run starts. Returns the configs of the new runs."""
+    """Before any run starts: each run's flags checked, each existing run folder holding its run -> new configs."""
     new = []
     for name, argv in todo:
         run_dir = argv[argv.index("--out") + 1]
         try:
             if state(run_dir) == "new":
-                cfg = config.resolve(argv)[0]
-                config.pick_device(cfg["device"])
-                new.append(cfg)
+                new.append(config.resolve(argv)[0])
+                config.pick_device(new[-1]["device"])
                 continue
             other = differences(run_dir, argv)
         except (ValueError, SystemExit) as e:
-            why = str(e) if isinstance(e, ValueError) else "a malformed flag (printed above)"
+            why = e if isinstance(e, ValueError) else "a malformed flag (printed above)"
             raise ValueError(f"run {name}: {why}") from None
         if other:
-            raise ValueError(f"run {name}: {run_dir} holds a run with other settings "
-                             f"({'; '.join(other[:3])}); move that folder away, or give {elsewhere}")
+            raise ValueError(f"run {name}: {run_dir} holds a run with other settings ({'; '.join(other[:3])}); "
+                             f"move that folder away, or give {elsewhere}")
     return new
 
 
 def fetch_data(configs):
-    """Each dataset the new runs use, downloaded (or decoded into its cache) once here, so
-    that runs started together do not write the same files at once."""
+    """Each dataset the new runs use, fetched once here: runs started together would write the same files."""
     import data
     for dataset, root, download, size, channels, skip in dict.fromkeys(
             (c["dataset"], c["data_root"], c["download"], c["image_size"], c["channels"],
@@ -144,10 +131,10 @@ def fetch_data(configs):
 
 
 def main(argv=None):
+    """sweep.py's command line -> exit code."""
     argv = sys.argv[1:] if argv is None else argv
     own, base = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
-    args = build_parser().parse_args(own)
-    held = None
+    args, held = build_parser().parse_args(own), None
     try:
         if "--out" in base or "--resume" in base or "--seed" in base:
             raise ValueError("give --out to sweep.py (the sweep folder) and seeds with --seeds; "
@@ -159,35 +146,29 @@ def main(argv=None):
         if args.print_commands:
             print("\n".join(shlex.join([sys.executable, TRAIN, *a]) for _, a in todo))
             return 0
-        manifest = {"vary": args.vary, "seeds": args.seeds, "train_flags": base,
-                    "runs": [name for name, _ in todo]}
+        manifest = {"vary": args.vary, "seeds": args.seeds, "train_flags": base, "runs": [n for n, _ in todo]}
         path = os.path.join(args.out, "sweep.json")
         if os.path.isfile(path) and json.load(open(path)) != manifest:
-            raise ValueError(f"{args.out} holds another sweep (its sweep.json differs); use "
-                             f"another --out, or the same flags to continue it")
+            raise ValueError(f"{args.out} holds another sweep (its sweep.json differs); use another --out, "
+                             f"or the same flags to continue it")
         held = guard.lock(args.out, fresh=False)  # one sweep per folder
         new = check(todo)
         if args.jobs > 1:
             fetch_data(new)
         runs.atomic_save(json.dumps(manifest, indent=2) + "\n", path)
-    except ValueError as e:
+        return run_all(todo, args.jobs, f"the same command with --out {args.out}")
+    except ValueError as e:  # a run folder damaged while the sweep runs too
         print(f"sweep.py: error: {e}", file=sys.stderr)
+        return 2
+    finally:
         if held:
             guard.unlock(held, args.out)
-        return 2
-    try:
-        return run_all(todo, args.jobs, f"the same command with --out {args.out}")
-    finally:
-        guard.unlock(held, args.out)
 
 
 def run_all(todo, jobs, again="the same command"):
-    """Run, resume or skip each run, `jobs` at a time; a progress line as each ends. Each
-    run is its own session: a Ctrl-C (or SIGTERM) here is passed on to each running run
-    once, so each saves and stops; a second one is passed on again, stopping them at once."""
-    if jobs < 1:
-        print(f"error: --jobs must be >= 1, got {jobs}", file=sys.stderr)
-        return 2
+    """Run, resume or skip each run, jobs at a time, with a progress line as each ends. Each run is its
+    own session: a Ctrl-C (or SIGTERM) here is passed on to each running run once, so each saves and
+    stops; a second one is passed on again, stopping them at once."""
     # the cores this process may use (a cluster job's share, or taskset's), not the node's
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (cores or 1) // jobs)))
@@ -203,11 +184,10 @@ def run_all(todo, jobs, again="the same command"):
                     done += 1
                     print(f"[{done}/{len(todo)}] {name}: finished before, skipped", flush=True)
                     continue
-                argv = ["--resume", run_dir] if what == "unfinished" else argv
                 log = open(os.path.join(os.path.dirname(run_dir), f"{name}.log"), "a")
-                running[name] = (subprocess.Popen([sys.executable, TRAIN, *argv], stdout=log,
-                                                  stderr=subprocess.STDOUT, env=env,
-                                                  start_new_session=True), log)
+                argv = ["--resume", run_dir] if what == "unfinished" else argv
+                running[name] = (subprocess.Popen([sys.executable, TRAIN, *argv], stdout=log, env=env,
+                                                  stderr=subprocess.STDOUT, start_new_session=True), log)
             time.sleep(0.2)
             for name, (proc, log) in list(running.items()):
                 if proc.poll() is None:
@@ -215,8 +195,7 @@ def run_all(todo, jobs, again="the same command"):
                 log.close()
                 del running[name]
                 done += 1
-                elapsed = time.perf_counter() - t0
-                left = len(waiting) + len(running)
+                elapsed, left = time.perf_counter() - t0, len(waiting) + len(running)
                 status = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}, see {log.name})"
                 failed += [name] if proc.returncode else []
                 print(f"[{done}/{len(todo)}] {name}: {status}; {elapsed / 60:.1f} min so far, "
@@ -232,14 +211,14 @@ def run_all(todo, jobs, again="the same command"):
                     del running[name]
             except KeyboardInterrupt:  # again: passed on again, the runs stop at once
                 continue
-        print(f"\nsweep.py: interrupted; every run saved where it stopped; run {again} to "
-              f"continue", file=sys.stderr)
+        print(f"\nsweep.py: interrupted; every run saved where it stopped; run {again} to continue",
+              file=sys.stderr)
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
     if failed:
-        print(f"sweep.py: {len(failed)} run(s) failed: {', '.join(failed)}; the same command "
-              f"retries them", file=sys.stderr)
+        print(f"sweep.py: {len(failed)} run(s) failed: {', '.join(failed)}; the same command retries them",
+              file=sys.stderr)
         return 1
     return 0
 
