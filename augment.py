@@ -1,12 +1,11 @@
-"""What a batch's pixels may go through on the device, batched (no per-image Python): random
-flips and crops (--hflip, --crop) and the denoising corruption (--noise).
-"""
+"""Batched on-device pixel operations: random flips and crops (--hflip, --crop) and the
+denoising corruption (--noise)."""
 import torch
 import torch.nn.functional as F
 
 
 def random_hflip(x):
-    """Flip each image left-right with probability 1/2. x: (B, C, H, W)."""
+    """Flip each image of x (B, C, H, W) left-right with probability 1/2."""
     B = x.shape[0]
     flip = torch.rand(B, device=x.device) < 0.5
     both = torch.cat([x, x.flip(3)])  # every image, then every image mirrored
@@ -27,17 +26,14 @@ def random_crop(x, padding=4):
 
 
 def corrupt(x, noise, generator=None):
-    """Corrupt x in [0, 1]: additive Gaussian (clipped), salt-and-pepper, or masking.
-
-    Salt-and-pepper and masking pick pixel positions (all channels of a pixel together).
-    """
+    """x in [0, 1] with additive Gaussian noise (clipped), salt-and-pepper or masking (the
+    last two pick pixels, all channels of a pixel together)."""
     kind, level = noise
     B, C, H, W = x.shape
-    rand = lambda *shape: torch.rand(*shape, device=x.device, generator=generator)  # noqa: E731
     if kind == "gaussian":
-        noise = torch.randn(x.shape, device=x.device, generator=generator)
-        return (x + level * noise).clamp(0, 1)
-    hit = rand(B, 1, H, W) < level
+        return (x + level * torch.randn(x.shape, device=x.device, generator=generator)).clamp(0, 1)
+    hit = torch.rand(B, 1, H, W, device=x.device, generator=generator) < level
     if kind == "saltpepper":
-        return torch.where(hit, (rand(B, 1, H, W) < 0.5).to(x.dtype), x)
+        salt = torch.rand(B, 1, H, W, device=x.device, generator=generator) < 0.5
+        return torch.where(hit, salt.to(x.dtype), x)
     return x.masked_fill(hit, 0.0)  # mask

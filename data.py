@@ -1,9 +1,6 @@
-"""Datasets from one registry (DATASETS: name -> loader) as uint8 tensors (N, C, H, W) on the
-training device, and their batches. Every dataset gives a train and a test split (and its own
-validation split where it has one), int64 labels and class names (None: no labels);
---image-size and --channels fit any of them to one shape. Batches are slices of a
-torch.randperm order; scaling, flips, crops and noise are batched tensor operations.
-"""
+"""Datasets from one registry (DATASETS: name -> loader) as uint8 (N, C, H, W) tensors on the device: train,
+test (and val) splits, int64 labels, class names (None: no labels), fitted by --image-size and --channels;
+and their batches, slices of a torch.randperm order."""
 import hashlib
 import os
 from dataclasses import dataclass
@@ -22,10 +19,9 @@ NOISE_KINDS = ("gaussian", "saltpepper", "mask")
 
 @dataclass
 class Record:
-    """What a loader returns: the image shape as stored (C, H, W), the class names (None: no
-    labels), and, when read, the splits {"train": (images, labels), "test": ..., and "val"
-    where the dataset has its own}; factors: the ground truth's class (dsprites.GroundTruth)
-    where the images' generative factors are known."""
+    """A loader's answer: stored image shape (C, H, W), class names (None: no labels), when read the splits
+    {"train": (images, labels), "test": ...[, "val"]}; own_val: the dataset has its own val split;
+    factors: the ground truth's class where the generative factors are known (dsprites.GroundTruth)."""
     shape: tuple
     classes: list = None
     splits: dict = None
@@ -36,14 +32,14 @@ class Record:
 def torchvision_loader(name, shape, classes):
     """A loader of one of torchvision's datasets (torchvision_data.py)."""
     def load(path, root, download, size, channels, skip_bad, read):
-        splits = torchvision_data.read(name, root, download, shape, len(classes)) if read else None
-        return Record(shape, classes, splits)
+        return Record(shape, classes, torchvision_data.read(name, root, download, shape, len(classes)) if read
+                      else None)
     return load
 
 
-def celeba(path, root, download, size, channels, skip_bad, read):
-    return Record((3, 64, 64), None, read_celeba(root, download, size, channels, skip_bad) if read
-                  else None, own_val=True)  # 64x64 after read_celeba's centre crop and resize
+def celeba(path, root, download, size, channels, skip_bad, read):  # 64x64: read_celeba's crop and resize
+    return Record((3, 64, 64), None, read_celeba(root, download, size, channels, skip_bad) if read else None,
+                  own_val=True)
 
 
 def sprites(path, root, download, size, channels, skip_bad, read):
@@ -60,9 +56,8 @@ def folder(path, root, download, size, channels, skip_bad, read):
     return Record(*folder_header(path), read_folder(path, size, channels, skip_bad) if read else None)
 
 
-# --dataset NAME, or KIND:PATH for the kinds that take a path (npz, folder): name -> loader.
-# A loader(path, root, download, size, channels, skip_bad, read) returns a Record; with
-# read False, only its shape and class names (from headers: known before any work).
+# --dataset NAME (or KIND:PATH, for npz and folder) -> loader(path, root, download, size, channels, skip_bad,
+# read): a Record; read False: its shape and class names only (from headers, before any work).
 DATASETS = {
     "mnist": torchvision_loader("mnist", (1, 28, 28), [str(d) for d in range(10)]),
     "fashion-mnist": torchvision_loader("fashion-mnist", (1, 28, 28), [
@@ -70,16 +65,14 @@ DATASETS = {
         "Ankle boot"]),
     "cifar10": torchvision_loader("cifar10", (3, 32, 32), [
         "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]),
-    "celeba": celeba,
-    "dsprites": sprites,
-    "npz": npz,
-    "folder": folder,
+    "celeba": celeba, "dsprites": sprites, "npz": npz, "folder": folder,
 }
 WITH_PATH = ("npz", "folder")
 ALIASES = {"fashionmnist": "fashion-mnist", "cifar-10": "cifar10"}
 
 
 def canonical_name(name):
+    """--dataset's value as DATASETS knows it (KIND:PATH with the paths expanded)."""
     kind, colon, path = name.partition(":")
     if colon and kind in WITH_PATH:
         if not path:
@@ -99,23 +92,20 @@ def record(name, root="./data", download=True, size=None, channels=None, skip_ba
 
 
 def describe(name, size=None, channels=None, val_split=0):
-    """(image shape (C, H, W), class names or None) of a dataset as --image-size and
-    --channels make it, known before loading it (a source's files are looked at, not read);
-    ValueError for a --val-split where the dataset has its own validation split."""
+    """(image shape (C, H, W) as --image-size and --channels make it, class names or None), from headers
+    only; ValueError for --val-split where the dataset has its own."""
     header = record(name, size=size, channels=channels)
     if val_split and header.own_val:
-        raise ValueError(f"--val-split: {name} has its own validation split (its official "
-                         f"partition), used for best.pt; drop --val-split")
+        raise ValueError(f"--val-split: {name} has its own validation split (its official partition), used "
+                         f"for best.pt; drop --val-split")
     channels = channels or header.shape[0]
     return ((channels, size, size) if size else (channels, *header.shape[1:])), header.classes
 
 
 def load(name, root="./data", device="cpu", download=True, budget=float("inf"), size=None,
          channels=None, skip_bad=False, val_split=0, keep=None):
-    """{"train": (images, labels), "test": ..., and "val" (the dataset's own or --val-split's)},
-    each on `device` when its images fit `budget` bytes, else in host memory (pinned for a GPU)
-    to be copied a batch at a time (batches(..., device=device)). size, channels, skip_bad,
-    val_split: the flags; keep: the classes the training split keeps (the test split is whole)."""
+    """{"train": (images, labels), "test": ...[, "val"]}, each on `device` if its images fit `budget` bytes,
+    else in host memory (pinned for a GPU) to copy a batch at a time; keep: the training split's classes."""
     name = canonical_name(name)
     read = record(name, root, download, size, channels, skip_bad, read=True).splits
     read = {split: (fit(images, size, channels) if torch.is_tensor(images) else images, labels)
@@ -124,19 +114,14 @@ def load(name, root="./data", device="cpu", download=True, budget=float("inf"), 
         read["train"] = keep_classes(*read["train"], keep, name)
     if val_split and "val" not in read:
         read["train"], read["val"] = split_off(*read["train"], val_split)
-    splits = {}
-    for split, (images, labels) in read.items():
-        if fits(images, budget):
-            splits[split] = images.to(device), labels.to(device)
-        else:
-            pin = torch.device(device).type == "cuda"
-            splits[split] = (images.pin_memory(), labels.pin_memory()) if pin else (images, labels)
-    return splits
+    pin = torch.device(device).type == "cuda"
+    return {split: (images.to(device), labels.to(device)) if fits(images, budget) else
+            (images.pin_memory(), labels.pin_memory()) if pin else (images, labels)
+            for split, (images, labels) in read.items()}
 
 
 def identity(splits):
-    """{split: [images, a hash of images and labels]}: recorded in config.json, so a resume on
-    other data is noticed (blake2b of MNIST's 47 MB: about 0.1 s)."""
+    """{split: [images, hash]} for config.json: a resume on other data is noticed (blake2b of 47 MB: 0.1 s)."""
     out = {}
     for split, (images, labels) in splits.items():
         h = hashlib.blake2b(digest_size=8)
@@ -147,8 +132,7 @@ def identity(splits):
 
 
 def kept_classes(cfg):
-    """The class indices a run trains on (--classes, or all but --exclude-classes), or None
-    for all of them."""
+    """The class indices a run trains on (--classes, or all but --exclude-classes); None: all."""
     if cfg.get("train_classes") is not None:
         return list(cfg["train_classes"])
     if cfg.get("exclude_classes") is not None:
@@ -161,34 +145,26 @@ def keep_classes(images, labels, keep, name="the data"):
     index = torch.isin(labels, torch.tensor(keep, device=labels.device)).nonzero().squeeze(1)
     if not len(index):
         raise DataError(f"{name}: no training image is of class {', '.join(map(str, keep))}")
-    return rows(images, index), labels.index_select(0, index)
-
-
-def rows(images, index):
-    """The images at `index` (N,), as the split's own kind (a Sprites stays positions)."""
-    return images[index]
+    return images[index], labels.index_select(0, index)  # images[...]: a Sprites stays positions
 
 
 def ground_truth(name, splits):
-    """The generative factors of a dataset that has them, for disentanglement metrics
-    (dsprites.GroundTruth: sizes, names, uniform draws, the images of chosen factors), or
-    None."""
+    """The dataset's generative factors for disentanglement metrics (dsprites.GroundTruth), or None."""
     factors = record(name).factors
     return factors and factors(splits["train"][0], splits["train"][0].device)
 
 
 def split_off(images, labels, size, seed=1):
-    """(train, validation): `size` images (a count, or a fraction of the split when below 1)
-    drawn with a fixed seed, whatever --seed, so every run of a comparison holds out the same."""
+    """(train, validation): `size` images (a count, or a fraction below 1) drawn with a fixed seed, whatever
+    --seed, so every run of a comparison holds out the same."""
     n = len(images)
     count = round(size * n) if size < 1 else int(size)
     if not 1 <= count < n:
-        raise DataError(f"--val-split {size} holds out {count} of the {n} training images; "
-                        f"give a count in [1, {n - 1}] or a fraction in (0, 1)")
+        raise DataError(f"--val-split {size} holds out {count} of the {n} training images; give a count in "
+                        f"[1, {n - 1}] or a fraction in (0, 1)")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(images.device)
     val, train = order[:count].sort().values, order[count:].sort().values
-    return ((rows(images, train), labels.index_select(0, train)),
-            (rows(images, val), labels.index_select(0, val)))
+    return tuple((images[i], labels.index_select(0, i)) for i in (train, val))
 
 
 def fits(images, budget):
@@ -206,8 +182,7 @@ def parse_noise(spec):
     except ValueError:
         level = None
     if kind not in NOISE_KINDS or level is None or not 0 <= level < float("inf"):
-        raise ValueError(f"bad --noise {spec!r}; use gaussian:STD, saltpepper:P or mask:P "
-                         f"(e.g. gaussian:0.5)")
+        raise ValueError(f"bad --noise {spec!r}; use gaussian:STD, saltpepper:P or mask:P (e.g. gaussian:0.5)")
     if kind != "gaussian" and level > 1:
         raise ValueError(f"bad --noise {spec!r}: the fraction of pixels must be in [0, 1]")
     return kind, level
@@ -224,30 +199,23 @@ def to_unit(x, output="sigmoid"):
 
 
 def eval_batches(split, output="sigmoid", noise=None, device=None, batch_size=1000):
-    """An evaluation pass: a split's (input, target, label) batches in order, the inputs with
-    the test split's fixed corruption (TEST_NOISE_SEED) when noise is set."""
-    return batches(*split, batch_size, output=output, noise=noise, noise_seed=TEST_NOISE_SEED,
-                   device=device)
+    """An evaluation pass: a split's (input, target, label) batches in order, inputs with the test split's
+    fixed corruption (TEST_NOISE_SEED) when noise is set."""
+    return batches(*split, batch_size, output=output, noise=noise, noise_seed=TEST_NOISE_SEED, device=device)
 
 
-def batches(images, labels, batch_size, shuffle=False, output="sigmoid", hflip=False,
-            crop=False, noise=None, noise_seed=None, order=None, start=0, device=None):
-    """Yield (input, target, label) batches; input is the corrupted image when noise is set.
-
-    shuffle draws a torch.randperm order from the global generator (seeded by --seed), or
-    takes `order`; `start` skips that many batches (resuming mid-epoch, with the global
-    generator restored to where the skipped batches left it). noise_seed gives the
-    corruption its own generator, so it is the same on every pass.
-    device: for a split kept in host memory (load's budget), each batch is gathered into
-    one of two staging buffers (pinned for a GPU) and copied over asynchronously; batch
-    k + 1 is gathered while batch k's copy is in flight.
-    """
+def batches(images, labels, batch_size, shuffle=False, output="sigmoid", hflip=False, crop=False, noise=None,
+            noise_seed=None, order=None, start=0, device=None):
+    """Yield (input, target, label) batches (input: corrupted when noise is set). shuffle: a torch.randperm
+    order from the global generator, or `order`; start: batches to skip (a mid-epoch resume); noise_seed:
+    the corruption's own generator, the same every pass. device: for a split in host memory, each batch is
+    gathered into one of two staging buffers (pinned for a GPU) and copied asynchronously: batch k + 1 is
+    gathered during k's copy."""
     if shuffle and order is None:
         order = torch.randperm(images.shape[0], device=images.device)
     n = images.shape[0] if order is None else len(order)  # an order may be a shard of the split
-    generator = None
-    if noise is not None and noise_seed is not None:
-        generator = torch.Generator(device=device or images.device).manual_seed(noise_seed)
+    generator = torch.Generator(device=device or images.device).manual_seed(noise_seed) if (
+        noise is not None and noise_seed is not None) else None
     buffers, copied = {}, {}
     for k, i in enumerate(range(start * batch_size, n, batch_size)):
         idx = order[i:i + batch_size] if order is not None else torch.arange(
@@ -270,10 +238,8 @@ def batches(images, labels, batch_size, shuffle=False, output="sigmoid", hflip=F
                 copied[slot].record()
             elif x.data_ptr() == buffers[slot].data_ptr():
                 x = x.clone()  # the same device: never hand out the buffer itself
-        if hflip:
-            x = augment.random_hflip(x)
-        if crop:
-            x = augment.random_crop(x)
+        x = augment.random_hflip(x) if hflip else x
+        x = augment.random_crop(x) if crop else x
         clean = x.float().div_(255)  # in place: one allocation less than x.float() / 255
         noisy = augment.corrupt(clean, noise, generator) if noise is not None else clean
         yield to_range(noisy, output), to_range(clean, output), y

@@ -1,12 +1,7 @@
-"""A training run's progress: the epoch's running sums of every term (Tally), and the
-training-time figures of the run folder, one growing, labelled image each.
-
-After each epoch train.py adds a row to each: `training_reconstructions.png` (8 test
-inputs, over their reconstructions after epoch 1, 2, ...) and `training_samples.png` (the
-decodes of the same 8 prior samples after each epoch). The rows so far are kept in
-`training_images.pt` (uint8 tensors), so a resumed run goes on growing the same figures.
-Drawn with PIL, not matplotlib: a few milliseconds an epoch.
-"""
+"""A training run's progress: the epoch's running sums of every term (Tally), and the run folder's growing
+figures, a row per epoch: training_reconstructions.png (8 test inputs over their reconstructions) and
+training_samples.png (8 fixed prior samples' decodes), their rows kept in training_images.pt so a resumed
+run grows the same figures. Drawn with PIL, not matplotlib: a few milliseconds an epoch."""
 import io
 import os
 
@@ -24,12 +19,9 @@ MOST_ROWS = 12  # epochs shown: all up to 12, else the first, the last and evenl
 
 def load(run_dir):
     """The rows saved so far: {"fixed": {label: images}, "epochs": {kind: {epoch: images}}}."""
-    path = os.path.join(run_dir, FILE)
-    if not os.path.isfile(path):
-        return {"fixed": {}, "epochs": {}}
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # a damaged file costs the figures' history, not the run
+        return torch.load(os.path.join(run_dir, FILE), map_location="cpu", weights_only=True)
+    except Exception:  # missing, or damaged: that costs the figures' history, not the run
         return {"fixed": {}, "epochs": {}}
 
 
@@ -39,16 +31,10 @@ def as_uint8(images):
 
 
 def shown(epochs, most=MOST_ROWS):
+    """The epochs a figure shows (MOST_ROWS)."""
     if len(epochs) <= most:
         return epochs
     return sorted({epochs[round(i * (len(epochs) - 1) / (most - 1))] for i in range(most)})
-
-
-def font(size=14):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow before 10.1: its small bitmap font
-        return ImageFont.load_default()
 
 
 def draw(rows, labels, title, path):
@@ -58,24 +44,24 @@ def draw(rows, labels, title, path):
     scale = max(1, 64 // h)  # 28 and 32 pixel images at 2x
     picture = Image.fromarray((grid.permute(1, 2, 0) * 255).round().byte().numpy()).resize(
         (grid.shape[2] * scale, grid.shape[1] * scale), Image.NEAREST)
-    text = font()
+    try:
+        text = ImageFont.load_default(size=14)
+    except TypeError:  # Pillow before 10.1: its small bitmap font
+        text = ImageFont.load_default()
     left = 12 + max(int(text.getlength(label)) for label in labels)
     canvas = Image.new("RGB", (left + picture.width + 10, 30 + picture.height + 10), "white")
     canvas.paste(picture, (left, 30))
     pen = ImageDraw.Draw(canvas)
     pen.text((left + picture.width / 2, 15), title, fill="black", font=text, anchor="mm")
     for i, label in enumerate(labels):  # centred on its row of images
-        y = 30 + scale * (2 + i * (h + 2) + h / 2)
-        pen.text((left - 6, y), label, fill="black", font=text, anchor="rm")
-    png = io.BytesIO()
-    canvas.save(png, format="PNG")
+        pen.text((left - 6, 30 + scale * (2 + i * (h + 2) + h / 2)), label, fill="black", font=text, anchor="rm")
+    canvas.save(png := io.BytesIO(), format="PNG")
     runs.atomic_save(png.getvalue(), path)
 
 
 def add_epoch(run_dir, epoch, fixed, by_kind, titles):
-    """Record this epoch's rows (by_kind: {"reconstructions": images, "samples": images}),
-    then redraw each figure. fixed: {label: images} drawn above the epochs' rows (the test
-    inputs), recorded once."""
+    """Record this epoch's rows (by_kind: {kind: images}) and redraw each figure; fixed: {label: images}
+    drawn above the reconstructions' rows (the test inputs), recorded once."""
     saved = load(run_dir)
     saved["fixed"] = saved["fixed"] or {k: as_uint8(v) for k, v in fixed.items()}
     for kind, images in by_kind.items():
@@ -83,18 +69,15 @@ def add_epoch(run_dir, epoch, fixed, by_kind, titles):
         saved["epochs"][kind] = {e: v for e, v in saved["epochs"][kind].items() if e <= epoch}
     runs.atomic_save(saved, os.path.join(run_dir, FILE))
     for kind, by_epoch in saved["epochs"].items():
-        epochs = shown(sorted(by_epoch))
-        above = saved["fixed"] if kind == "reconstructions" else {}
-        draw([*above.values(), *(by_epoch[e] for e in epochs)],
-             [*above, *(f"epoch {e}" for e in epochs)], titles[kind],
-             os.path.join(run_dir, f"training_{kind}.png"))
+        epochs, above = shown(sorted(by_epoch)), saved["fixed"] if kind == "reconstructions" else {}
+        draw([*above.values(), *(by_epoch[e] for e in epochs)], [*above, *(f"epoch {e}" for e in epochs)],
+             titles[kind], os.path.join(run_dir, f"training_{kind}.png"))
 
 
 class Tally:
-    """A training epoch's running sums of every term, and for each term the first step at
-    which it was not finite (0: none yet), kept on the device: the host reads them at
-    progress lines and at the end only, so no step waits for the device. Terms are averaged
-    over images, except skips_* (counts per step), which are summed."""
+    """An epoch's running sums of every term and each term's first non-finite step (0: none), kept on the
+    device so no step waits for it: the host reads them at progress lines and at the end only. Terms are
+    averaged over images, except skips_* (counts per step), which are summed."""
 
     def __init__(self, resume=None):
         r = resume or {"sums": 0, "n": 0, "names": None, "first_bad": None}
@@ -104,42 +87,41 @@ class Tally:
         self.scales = {}  # images per step -> what each term is multiplied by before summing
 
     def add(self, out, step, images):
+        """Add a step's terms `out`, over `images` images."""
         if self.names is None:
             self.names = list(out)
             self.first_bad = torch.zeros(len(self.names), dtype=torch.long, device=out["loss"].device)
             self.sums = torch.zeros(len(self.names), device=out["loss"].device)
         if images not in self.scales:
-            self.scales[images] = torch.tensor([1.0 if k.startswith("skips_") else images
-                                                for k in self.names], device=self.first_bad.device)
+            self.scales[images] = torch.tensor([1.0 if k.startswith("skips_") else images for k in self.names],
+                                               device=self.first_bad.device)
         values = torch.stack([out[k].detach() for k in self.names])
         self.sums = torch.addcmul(self.sums, values, self.scales[images])
-        self.first_bad = torch.where((self.first_bad == 0) & ~torch.isfinite(values), step,
-                                     self.first_bad)
+        self.first_bad = torch.where((self.first_bad == 0) & ~torch.isfinite(values), step, self.first_bad)
         self.n += images
 
     def mean(self, name):
+        """This process's running mean of one term (a host sync)."""
         return self.sums[self.names.index(name)].item() / self.n
 
     def stop_if_bad(self, epoch):
-        """Raise, naming the terms that were not finite at the first bad step (one host
-        sync); with several processes, on all of them when any one went bad."""
+        """FloatingPointError naming the first bad step's non-finite terms (one host sync); on every process
+        when any one went bad."""
         never = torch.iinfo(torch.long).max
-        first = torch.where(self.first_bad > 0, self.first_bad, never)
-        first = parallel.minimum(first).tolist()
+        first = parallel.minimum(torch.where(self.first_bad > 0, self.first_bad, never)).tolist()
         step = min(first)
         if step < never:
             terms = [name for name, f in zip(self.names, first) if f == step]
             terms = [name for name in terms if name != "loss"] or ["loss"]
-            raise FloatingPointError(f"non-finite {' and '.join(terms)} at epoch {epoch}, "
-                                     f"step {step}")
+            raise FloatingPointError(f"non-finite {' and '.join(terms)} at epoch {epoch}, step {step}")
 
     def state(self):
         """The sums of every process together, for a checkpoint inside the epoch."""
-        dev = self.first_bad.device
-        return {"sums": parallel.total(self.sums.clone()), "n": parallel.count(self.n, dev),
+        return {"sums": parallel.total(self.sums.clone()), "n": parallel.count(self.n, self.first_bad.device),
                 "names": self.names, "first_bad": self.first_bad}
 
     def means(self):
+        """{term: the epoch's mean (skips_*: its total)} over every process."""
         sums, n = parallel.total(self.sums), parallel.count(self.n, self.first_bad.device)
         counted = torch.tensor([k.startswith("skips_") for k in self.names], device=sums.device)
         return dict(zip(self.names, torch.where(counted, sums, sums / n).tolist()))
@@ -147,16 +129,15 @@ class Tally:
 
 @torch.no_grad()
 def save_figures(model, split, cfg, noise, epoch, copy_to=None):
-    """This epoch's row of the run's growing figures: 8 test inputs over their
-    reconstructions (the AE's code h; the VAEs' z = mu), and the decodes of fixed prior
-    samples."""
+    """This epoch's rows of the growing figures: 8 test inputs' reconstructions (from the AE's code h, the
+    VAEs' z = mu) and fixed prior samples' decodes."""
     images, labels = split
     x, target, y = next(data.eval_batches((images[:8], labels[:8]), cfg["output"], noise, copy_to))
     unit = lambda t: data.to_unit(t, cfg["output"])  # noqa: E731
     fixed = {"noisy input": unit(x), "clean target": unit(target)} if noise else {"input": unit(x)}
     rows = {"reconstructions": unit(model.reconstruct(x, y))}
-    titles = {"reconstructions": f"{cfg['model']}: test images and their reconstructions "
-                                 f"({model.CODE}) after each epoch",
+    titles = {"reconstructions": f"{cfg['model']}: test images and their reconstructions ({model.CODE}) after "
+                                 f"each epoch",
               "samples": f"{cfg['model']}: decodes of the same 8 prior samples after each epoch"}
     samples = model.sample(8, torch.Generator().manual_seed(cfg["seed"]))  # None: no prior (AE)
     if samples is not None:

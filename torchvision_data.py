@@ -1,7 +1,6 @@
-"""MNIST, Fashion-MNIST and CIFAR-10 as uint8 tensors, read by torchvision from its own
-on-disk layout under the data root (downloaded where missing, when allowed); a file that is
-missing, damaged, unreadable or of another dataset is one DataError saying what to do.
-"""
+"""MNIST, Fashion-MNIST and CIFAR-10 as uint8 tensors, read by torchvision from its own layout
+under the data root (downloaded where missing, when allowed); a file missing, damaged,
+unreadable or of another dataset is one DataError saying what to do."""
 import contextlib
 import errno
 import io
@@ -35,8 +34,7 @@ def read(name, root, download, shape, num_classes):
 
 
 def load_split(name, root="./data", train=True, download=True):
-    """One split of a torchvision dataset as (uint8 images (N, C, H, W), int64 labels (N,))
-    on the CPU."""
+    """One split as (uint8 images (N, C, H, W), int64 labels (N,)) on the CPU."""
     cls, folder, files = TORCHVISION[name]
     split = "train" if train else "test"
     denied = unreadable(os.path.join(root, folder, "cifar-10-batches-py" if cls == "CIFAR10" else ""))
@@ -58,14 +56,13 @@ def load_split(name, root="./data", train=True, download=True):
         if bad:
             raise DataError(f"{name} {split} split: {bad}; delete it and place the official "
                             f"file there, or let it download (README: offline use)") from None
-        where = os.path.normpath(os.path.join(root, folder))
         how = "could not be downloaded" if download else "download is off"
         reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else "no message"
-        raise DataError(f"{name} {split} split missing or corrupted in {where} and {how} "
+        raise DataError(f"{name} {split} split missing or corrupted in "
+                        f"{os.path.normpath(os.path.join(root, folder))} and {how} "
                         f"({type(e).__name__}: {reason}); place {files} there "
                         f"(README: offline use)") from None
-    if log.getvalue():
-        print(log.getvalue(), end="")
+    print(log.getvalue(), end="")
     images = torch.as_tensor(ds.data)
     images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)  # CIFAR: NHWC
     return images.contiguous(), torch.as_tensor(ds.targets, dtype=torch.long)
@@ -76,42 +73,34 @@ def unreadable(folder):
     parts = os.path.normpath(folder).split(os.sep)
     for i in range(1, len(parts) + 1):  # the folders above it need only be entered, not listed
         path = os.sep.join(parts[:i]) or os.sep
-        need = os.R_OK | os.X_OK if i == len(parts) else os.X_OK
-        if os.path.isdir(path) and not os.access(path, need):
+        if os.path.isdir(path) and not os.access(path, os.R_OK | os.X_OK if i == len(parts) else os.X_OK):
             return path
     return None
 
 
 def corrupted_file(name, root, train):
-    """The first file of a split that is present but damaged, said in words, or None.
-
-    MNIST-style IDX files: the header's sizes must match the file's length; their .gz
-    archives and CIFAR-10's must match torchvision's md5 sums; CIFAR-10 batches must unpickle.
-    """
+    """The first file of a split that is present but damaged, said in words, or None: an IDX
+    file's header must match its length, CIFAR-10's batches must unpickle, the archives
+    must have torchvision's md5 sums."""
     cls = getattr(torchvision.datasets, TORCHVISION[name][0])
+    md5_bad = lambda path, md5: os.path.isfile(path) and not tv_utils.check_integrity(path, md5)  # noqa
     if hasattr(cls, "base_folder"):  # CIFAR-10's pickled batches
-        folder = os.path.join(root, cls.base_folder)
-        present = [(os.path.join(folder, file), md5) for file, md5 in
-                   (cls.train_list if train else cls.test_list)
-                   if os.path.isfile(os.path.join(folder, file))]
-        for path, _ in present:
+        files = [(os.path.join(root, cls.base_folder, file), md5)
+                 for file, md5 in (cls.train_list if train else cls.test_list)]
+        for path, _ in files:
             try:
-                with open(path, "rb") as f:
-                    pickle.load(f, encoding="latin1")  # the official batches are plain dicts
+                if os.path.isfile(path):
+                    with open(path, "rb") as f:
+                        pickle.load(f, encoding="latin1")  # the official batches are plain dicts
             except Exception:
                 return f"{path} is corrupted (it does not unpickle)"
-        for path, md5 in present:
-            if not tv_utils.check_integrity(path, md5):
-                return f"{path} is corrupted (its md5 is not the official one)"
-        archive = os.path.join(root, cls.filename)
-        if os.path.isfile(archive) and not tv_utils.check_integrity(archive, cls.tgz_md5):
-            return f"{archive} is corrupted (its md5 is not the official one)"
-        return None
-    raw = os.path.join(root, cls.__name__, "raw")
+        files.append((os.path.join(root, cls.filename), cls.tgz_md5))
+        return next((f"{path} is corrupted (its md5 is not the official one)"
+                     for path, md5 in files if md5_bad(path, md5)), None)
     for gz, md5 in cls.resources:
+        path = os.path.join(root, cls.__name__, "raw", gz[:-3])
         if gz.startswith("train") != train:
             continue
-        path = os.path.join(raw, gz[:-3])
         if os.path.isfile(path):
             with open(path, "rb") as f:
                 magic = f.read(4)
@@ -121,9 +110,8 @@ def corrupted_file(name, root, train):
                 return f"{path} is corrupted (not an IDX file of bytes: bad header)"
             expected = 4 + 4 * ndim + math.prod(struct.unpack(f">{ndim}I", sizes))
             if os.path.getsize(path) != expected:
-                return (f"{path} is corrupted ({os.path.getsize(path)} bytes; its header "
-                        f"promises {expected})")
-        elif os.path.isfile(path + ".gz") and not tv_utils.check_integrity(path + ".gz", md5):
+                return f"{path} is corrupted ({os.path.getsize(path)} bytes; its header promises {expected})"
+        elif md5_bad(path + ".gz", md5):
             return f"{path}.gz is corrupted (its md5 is not the official one)"
     return None
 
