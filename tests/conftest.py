@@ -4,7 +4,8 @@ MNIST and Fashion-MNIST: uncompressed IDX files in <root>/<Name>/raw, which torc
 takes as already downloaded. CIFAR-10: the `cifar-10-batches-py` pickles. torchvision
 checks those against the official md5 sums, which tiny files cannot match, so the
 `tiny_data` fixture turns that one check off; everything after it (unpickling, reshaping
-to NHWC) is torchvision's own code.
+to NHWC) is torchvision's own code. Also the helpers several test files share: a small run's
+flags (args_for), its last epoch (epoch_of), and the check that an error is one line (one_line).
 """
 import os
 import pickle
@@ -14,10 +15,30 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 N_TRAIN, N_TEST = 60, 24
+SMALL = ["--batch-size", "16", "--latent-dim", "4", "--hidden", "32", "--log-interval", "1000"]
+
+
+def args_for(root, out, *extra):
+    """train.py's words for a small, fast run of the data at root into out."""
+    return ["--data-root", root, "--out", out, *SMALL, *extra]
+
+
+def one_line(err, *words):
+    """The error output is one line holding every word; returns it."""
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert all(w in lines[0] for w in words), (words, lines[0])
+    return lines[0]
+
+
+def epoch_of(run_dir):
+    """The last finished epoch the run's checkpoint.pt holds."""
+    return torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=True)["epoch"]
 
 
 def pytest_addoption(parser):

@@ -14,13 +14,9 @@ import nets
 import train
 import vae
 import vaegan
+from conftest import one_line
 
 SMALL = ["--batch-size", "8", "--latent-dim", "4", "--log-interval", "1000", "--epochs", "1"]
-
-
-def one_line(err, *words):
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and all(w in lines[0] for w in words), (words, err)
 
 
 def pixels(n, h, w, c=None, seed=0):
