@@ -36,7 +36,7 @@ def scores(model, cfg, splits, test_codes, per_image):
         for name, v in model.anomaly_scores(x, target, y).items():
             found.setdefault(name, []).append(v.float())
     found = {k: torch.cat(v).cpu() for k, v in found.items()}
-    train_codes = codes_of(model, some_train(splits), cfg).float()  # of the run's classes
+    train_codes = codes_of(model, some_train(splits), cfg["output"], cfg["noise"]).float()  # of the run's classes
     found["code_distance"] = torch.cat([
         torch.cdist(part.float(), train_codes).topk(min(NEAREST, len(train_codes)), dim=1,
                                                     largest=False).values.mean(1)
@@ -65,8 +65,8 @@ def detect(model, cfg, splits, test_codes, per_image, run_dir, folder, name, n):
                            f"{name}: anomalies among the test images (normal: {classes})")
         best = max(found, key=lambda k: m[f"auroc_{k}"])
         order = found[best].argsort()
-        clean = [data.to_unit(test_inputs((images[i.to(images.device)], labels[i.to(labels.device)]),
-                                          cfg)[1], cfg["output"]) for i in (order[:n], order.flip(0)[:n])]
+        clean = [data.to_unit(test_inputs((images[i.to(images.device)], labels[i.to(labels.device)]), cfg["output"],
+                                          cfg["noise"])[1], cfg["output"]) for i in (order[:n], order.flip(0)[:n])]
         figures.image_rows(clean, ["most normal", "most unusual"], os.path.join(folder, "anomalies.png"),
                            f"{name}: test images by {best} (normal: {classes})")
     return m

@@ -13,7 +13,7 @@ import models
 import nets
 import parallel
 import runs
-from flags import build_parser, defaults, explicit_flags, split_size
+from flags import defaults, explicit_flags, split_size
 
 # Flags that may differ from the saved config when resuming; anything else is refused.
 RESUME_SAFE = {"epochs", "device", "log_interval", "data_root", "download", "resume",
@@ -47,8 +47,9 @@ def fill_added(saved):
     return saved
 
 
-def saved_config(run_dir):
-    """A run folder's config.json, checked: this code's format, and every option of its model valid."""
+def saved_config(run_dir, parser):
+    """A run folder's config.json, checked against train.py's parser: this code's format, every flag and
+    option there and of its type."""
     path = os.path.join(run_dir, "config.json")
     saved = runs.load_config(run_dir)
     model = saved.get("model") if isinstance(saved, dict) else None
@@ -57,13 +58,13 @@ def saved_config(run_dir):
                          f"(model {model!r}); pass a folder written by train.py")
     runs.check_format(saved, path)
     fill_added(saved)  # flags and options added since format 2: older runs did without
-    missing = sorted((set(defaults()) | {"image_shape", "num_classes"}
+    missing = sorted((set(defaults(parser)) | {"image_shape", "num_classes"}
                       | set(models.MODELS[model].OPTIONS)) - set(saved))
     if missing:
         raise ValueError(f"{path} is not a complete train.py config (it lacks {', '.join(missing)})")
     is_a = {tuple: lambda v: isinstance(v, list) and all(type(w) is int for w in v),
             float: lambda v: type(v) in (int, float)}
-    for name, (kind, none_ok) in saved_types(model).items():
+    for name, (kind, none_ok) in saved_types(model, parser).items():
         value = saved[name]
         if not (value is None and none_ok or is_a.get(kind, lambda v: type(v) is kind)(value)):
             what = {tuple: "a list of integers", float: "a number", int: "an integer",
@@ -78,10 +79,10 @@ def saved_config(run_dir):
     return saved
 
 
-def saved_types(model):
+def saved_types(model, parser):
     """{config key: (type, whether null is allowed)} for every flag and option of a run."""
-    types, run_level = {}, defaults()
-    for a in build_parser()._actions:
+    types, run_level = {}, defaults(parser)
+    for a in parser._actions:
         if a.dest in run_level:
             kind = bool if a.nargs == 0 else {int: int, float: float, split_size: float}.get(a.type, str)
             kind = tuple if a.dest in ("train_classes", "exclude_classes") else kind  # saved resolved
@@ -94,8 +95,9 @@ def saved_types(model):
 
 def check_model(cfg, given=()):
     """Build the model on the meta device (no memory) for its checks, in flag words; its options go in cfg."""
-    cls, run_level = models.MODELS[cfg["model"]], defaults()
-    foreign = sorted(n for n in given if n not in cls.OPTIONS and n not in run_level)
+    cls = models.MODELS[cfg["model"]]
+    foreign = sorted(n for n in given if n not in cls.OPTIONS  # another model's option
+                     and any(n in other.OPTIONS for other in models.MODELS.values()))
     if foreign:
         owners = [m for m, c in models.MODELS.items() if foreign[0] in c.OPTIONS]
         raise ValueError(f"{flag(foreign[0])} is not an option of --model {cfg['model']}; it belongs "
@@ -227,10 +229,10 @@ def check_out_dir(path):
         raise ValueError(f"--out {path}: {parent} is not writable; choose another --out")
 
 
-def resolve(argv):
-    """argv -> (config dict, checkpoint or None); raises ValueError for any bad input."""
-    args = build_parser().parse_args(argv)
-    given, command = explicit_flags(build_parser(), argv), shlex.join(["train.py"] + argv)
+def resolve(argv, parser):
+    """train.py's words and parser -> (config dict, checkpoint or None); raises ValueError for any bad input."""
+    args = parser.parse_args(argv)
+    given, command = explicit_flags(parser, argv), shlex.join(["train.py"] + argv)
     if args.resume is None:
         cfg = check(vars(args), given)
         cfg["format"], cfg["command"] = runs.FORMAT, command
@@ -247,7 +249,7 @@ def resolve(argv):
     if not os.path.isfile(cfg_path) or not os.path.isfile(ckpt_path):
         raise ValueError(f"--resume {run!r}: no config.json and checkpoint.pt there; pass a run "
                          f"folder written by train.py")
-    cfg = saved_config(run)
+    cfg = saved_config(run, parser)
     typed = {k: getattr(args, k) for k in given}
     try:
         new = check({**cfg, **typed}, given)
@@ -256,7 +258,7 @@ def resolve(argv):
     for name in sorted(given - RESUME_SAFE):
         value = new[name] if new else list(typed[name]) if isinstance(typed[name], tuple) else typed[name]
         if value != cfg.get(name):
-            safe = ", ".join(sorted(a.option_strings[0] for a in build_parser()._actions if a.dest in RESUME_SAFE))
+            safe = ", ".join(sorted(a.option_strings[0] for a in parser._actions if a.dest in RESUME_SAFE))
             raise ValueError(f"{flag(name)} differs from the saved run ({cfg.get(name)!r}); only "
                              f"{safe} may change with --resume: start a new run (--out) for another value")
     cfg.update({k: getattr(args, k) for k in given & RESUME_SAFE})

@@ -120,6 +120,23 @@ def load(name, root="./data", device="cpu", download=True, budget=float("inf"), 
             for split, (images, labels) in read.items()}
 
 
+def for_run(cfg, device, budget):
+    """A run's splits (--classes kept, --val-split held out) and copy_to: {split: None when it lives on the
+    device, else the device its batches are copied to from host memory (said in a line)}."""
+    splits = load(cfg["dataset"], cfg["data_root"], device, cfg["download"], budget, cfg["image_size"],
+                  cfg["channels"], cfg["skip_bad_images"], cfg["val_split"], kept_classes(cfg))
+    copy_to = {name: None if fits(images, budget) else device for name, (images, _) in splits.items()}
+    for name, (images, _) in splits.items():
+        if copy_to[name] is not None:
+            print(f"Data: the {name} split ({images.numel() / 2**20:.0f} MB) is over the {budget / 2**20:.0f} "
+                  f"MB budget: kept in host memory{' (pinned)' if images.is_pinned() else ''}, copied a "
+                  f"batch at a time")
+    if "val" in splits:  # --val-split's, or the dataset's own (celeba): best.pt is chosen on it
+        print(f"Data: {len(splits['train'][0])} training, {len(splits['val'][0])} validation and "
+              f"{len(splits['test'][0])} test images")
+    return splits, copy_to
+
+
 def identity(splits):
     """{split: [images, hash]} for config.json: a resume on other data is noticed (blake2b of 47 MB: 0.1 s)."""
     out = {}

@@ -22,6 +22,7 @@ import figures
 import metrics
 import models
 import runs
+import train
 from tables import group_table, table
 from compare import curves, side_by_side
 from measure import factor_metrics, measure, save_metrics, test_inputs
@@ -82,7 +83,7 @@ def load_run(run_dir, weights="last", partial=False, quiet=True):
         raise ValueError(f"{run_dir}: no such run folder")
     if not os.path.isfile(os.path.join(run_dir, "config.json")):
         raise ValueError(f"{run_dir}: not a run folder (no config.json); pass a folder written by train.py")
-    cfg = saved_config(run_dir)
+    cfg = saved_config(run_dir, train.build_parser())
     if not os.path.isfile(os.path.join(run_dir, "checkpoint.pt")):
         raise ValueError(f"{run_dir}: it stopped before saving anything (no checkpoint.pt); start it "
                          f"again with --out {run_dir} (the folder may be reused) and its flags (config.json, "
@@ -254,7 +255,7 @@ def draw(model, cfg, split, m, codes, history, name, out, args):
     """The figures of one run, into folder `out`; returns its n test images, their
     reconstructions and its samples (None without a prior), for the comparison."""
     n, gen, code, classes = args.n, torch.Generator().manual_seed(args.seed), model.CODE, cfg.get("classes")
-    x, target, y = test_inputs(split, cfg, 2 * n)
+    x, target, y = test_inputs(split, cfg["output"], cfg["noise"], 2 * n)
     clean = data.to_unit(target, cfg["output"])
     recon = data.to_unit(model.reconstruct(x, y), cfg["output"])
     path = lambda f: os.path.join(out, f)  # noqa: E731

@@ -90,17 +90,17 @@ def some_train(splits):
     return splits["train"][0][:TRAIN_IMAGES], splits["train"][1][:TRAIN_IMAGES]
 
 
-def test_inputs(split, cfg, n=None):
-    """(input, target, label) of the first n test images (all if n is None), as in the test loss."""
+def test_inputs(split, output, noise, n=None):
+    """(input, target, label) of the first n test images (all if n is None), as in the test loss; noise:
+    --noise's words."""
     images, labels = split if n is None else (split[0][:n], split[1][:n])
-    parts = zip(*data.eval_batches((images, labels), cfg["output"], data.parse_noise(cfg["noise"])))
+    parts = zip(*data.eval_batches((images, labels), output, data.parse_noise(noise)))
     return [torch.cat(p) for p in parts]
 
 
 @torch.no_grad()
-def codes_of(model, split, cfg):
-    return torch.cat([model.latent(x, y) for x, _, y in data.eval_batches(
-        split, cfg["output"], data.parse_noise(cfg["noise"]))])
+def codes_of(model, split, output, noise):
+    return torch.cat([model.latent(x, y) for x, _, y in data.eval_batches(split, output, data.parse_noise(noise))])
 
 
 def duration(seconds):
@@ -141,7 +141,7 @@ def measure(model, cfg, splits, args, history, epoch):
         test_y = splits["test"][1]  # with --classes: the test images of those classes
         of_kept = torch.ones_like(test_y, dtype=torch.bool) if kept is None else torch.isin(
             test_y, torch.tensor(kept, device=test_y.device))
-        m["probe_accuracy"] = metrics.linear_probe(codes_of(model, train, cfg), train[1],
+        m["probe_accuracy"] = metrics.linear_probe(codes_of(model, train, cfg["output"], cfg["noise"]), train[1],
                                                    codes[of_kept], test_y[of_kept])
     return m, codes, {"nll_iw": torch.cat(nll_iw)} if nll_iw else {}
 

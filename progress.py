@@ -1,15 +1,19 @@
-"""A training run's progress: the epoch's running sums of every term (Tally), and the run folder's growing
-figures, a row per epoch: training_reconstructions.png (8 test inputs over their reconstructions) and
-training_samples.png (8 fixed prior samples' decodes), their rows kept in training_images.pt so a resumed
-run grows the same figures. Drawn with PIL, not matplotlib: a few milliseconds an epoch."""
+"""A training run's progress: its first lines, the epoch's running sums of every term (Tally), the epoch's
+lines and files (history.csv, best.pt), and the run folder's growing figures, a row per epoch:
+training_reconstructions.png (8 test inputs over their reconstructions) and training_samples.png (8 fixed
+prior samples' decodes), their rows kept in training_images.pt so a resumed run grows the same figures.
+Drawn with PIL, not matplotlib: a few milliseconds an epoch."""
 import io
 import os
+import time
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
 import data
+import metrics
+import models
 import parallel
 import runs
 
@@ -72,6 +76,58 @@ def add_epoch(run_dir, epoch, fixed, by_kind, titles):
         epochs, above = shown(sorted(by_epoch)), saved["fixed"] if kind == "reconstructions" else {}
         draw([*above.values(), *(by_epoch[e] for e in epochs)], [*above, *(f"epoch {e}" for e in epochs)],
              titles[kind], os.path.join(run_dir, f"training_{kind}.png"))
+
+
+def header(cfg, device):
+    """A run's first lines: its folder, device, model and data, budget and seed."""
+    kept = data.kept_classes(cfg)
+    print(f"Run folder: {cfg['out']} (its config.json keeps every setting)")
+    print(f"Device: {device}" + (f", {parallel.world()[1]} processes" if parallel.active() else ""))
+    print(f"Training: {cfg['model']} on {cfg['dataset']}"
+          + (f" (classes {', '.join(cfg['classes'][c] for c in kept)} only)" if kept else "")
+          + (f", {cfg['epochs']} epoch(s) of batch {cfg['batch_size']}, Adam lr {cfg['lr']:g}"
+             if models.from_config(cfg, device="meta").parameter_groups() else
+             ", fitted in closed form (no parameters to optimise)") + f", seed {cfg['seed']}")
+
+
+def epoch_line(terms, weights):
+    """The terms after the loss, each with the weight it enters the loss with (when not 1)."""
+    return ", ".join(f"{weights[k]:g} x {k} {v:.4f}" if weights.get(k, 1) != 1 else f"{k} {v:.4f}"
+                     for k, v in terms.items() if k != "loss")
+
+
+def write_epoch(model, splits, copy_to, cfg, noise, epoch, history, best=None):
+    """The epoch's files after checkpoint.pt: history, best.pt if the validation loss improved to `best`
+    (chosen on validation, never on test), the growing figures."""
+    runs.write_history(history, cfg["out"])
+    if best is not None:
+        runs.atomic_save({"format": runs.FORMAT, "model": model.state_dict(), "config": cfg, "epoch": epoch,
+                          "val_loss": best}, os.path.join(cfg["out"], "best.pt"))
+    save_figures(model, splits["test"], cfg, noise, epoch, copy_to["test"])
+
+
+def end_of_epoch(model, splits, copy_to, cfg, noise, epoch, train, seconds, opt):
+    """The epoch's test (and validation) loss and active units, printed as pytorch/examples does; its
+    history row."""
+    t0 = time.perf_counter()
+    test, val = (metrics.test_loss(model, splits[s], cfg["output"], noise, copy_to[s])
+                 if s in splits else {} for s in ("test", "val"))
+    seconds += time.perf_counter() - t0
+    print(f"====> Epoch: {epoch} Average loss: {train['loss']:.4f} ({epoch_line(train, model.term_weights)}) "
+          f"{seconds:.1f}s")
+    if val:
+        print(f"====> Validation loss: {val['loss']:.4f} ({epoch_line(val, {})})")
+    active = metrics.count_active(model, splits["test"], cfg["output"], noise, copy_to["test"])
+    print(f"====> Test set loss: {test['loss']:.4f} ({epoch_line(test, {})})"
+          + (f"; active units {active} of {model.latent_dim}" if active is not None else ""), flush=True)
+    if active is not None and active < model.latent_dim / 4:
+        print(f"warning: posterior collapse: {active} of {model.latent_dim} latent units are active "
+              f"(Cov_x E[z_d | x] > 0.01 on the test split); a lower --beta, --kl-warmup or --free-bits "
+              f"keeps more")
+    return {"epoch": epoch, **{f"train_{k}": v for k, v in train.items()},
+            **{f"val_{k}": v for k, v in val.items()}, **{f"test_{k}": v for k, v in test.items()},
+            **({"test_active_units": active} if active is not None else {}),
+            "seconds": round(seconds, 3), "lr": next(iter(opt.values())).param_groups[0]["lr"] if opt else None}
 
 
 class Tally:

@@ -248,7 +248,7 @@ def draw(exp, folder, todo, data_root):
                 if not rows:
                     test = data.load(cfg["dataset"], data_root, "cpu", download=False,
                                      size=cfg["image_size"], channels=cfg["channels"])["test"]
-                    x, target, y = evaluate.test_inputs(test, cfg, 12)
+                    x, target, y = evaluate.test_inputs(test, cfg["output"], cfg["noise"], 12)
                     rows, labels = [data.to_unit(target, cfg["output"])], ["original"]
                 rows.append(data.to_unit(model.reconstruct(x, y), cfg["output"]).clamp(0, 1))
             labels.append(setting)

@@ -117,8 +117,9 @@ def save_checkpoint(obj, path):
     atomic_save(obj, path)
 
 
-def catch_up(ckpt, run_dir):
-    """Rewrite what a full disk left behind checkpoint.pt (written first): history.csv, best.pt."""
+def catch_up(ckpt, run_dir, epochs):
+    """Rewrite what a full disk left behind checkpoint.pt (written first): history.csv, best.pt. True (said
+    in a line) when the run has already trained its `epochs`."""
     history, path = ckpt["history"], os.path.join(run_dir, "best.pt")
     if history and history_rows(run_dir) != len(history):
         write_history(history, run_dir)
@@ -131,6 +132,11 @@ def catch_up(ckpt, run_dir):
         if best_epoch != last["epoch"]:
             atomic_save({"format": FORMAT, "model": ckpt["model"], "config": ckpt["config"],
                          "epoch": last["epoch"], "val_loss": last["val_loss"]}, path)
+    if ckpt["mid_epoch"] is None and ckpt["epoch"] >= epochs:
+        print(f"{run_dir} has finished its {ckpt['epoch']} epochs; nothing to do (raise --epochs to train "
+              f"further)")
+        return True
+    return False
 
 
 def remove_temporaries(run_dir):
@@ -184,7 +190,8 @@ def checkpoint(model, opt, sched, epoch, cfg, history, best, mid_epoch=None, rng
 
 
 def restore(ckpt, model, opt, sched, cfg, device):
-    """Load ckpt into model, opt, sched and the generators -> (history, start epoch, best, mid_epoch)."""
+    """Load ckpt into model, opt, sched and the generators (said in a line) -> (history, start epoch, best,
+    mid_epoch)."""
     rank, processes, _ = parallel.world()
     model.load_state_dict(ckpt["model"])
     for name in opt:
@@ -198,6 +205,8 @@ def restore(ckpt, model, opt, sched, cfg, device):
                              f"processes; resume it with as many")
         mid_epoch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in mid_epoch.items()}
     restore_rng(ckpt["rng"], rank, processes, device, cfg["seed"] + rank + 10007 * start)
+    print(f"Resuming {cfg['out']} after " + (f"epoch {start}, step {mid_epoch['step']}" if mid_epoch else
+                                             f"epoch {start - 1}"))
     return ckpt["history"], start, ckpt.get("best_val_loss", float("inf")), mid_epoch
 
 

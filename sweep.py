@@ -24,6 +24,7 @@ import config
 import flags
 import guard
 import runs
+import train
 
 TRAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
 # config keys that are not settings: a run folder may differ from the plan in these
@@ -49,7 +50,7 @@ def flag_words(name, value):
     """--vary's name=value as train.py's words: ['--lr=0.01'], ['--no-batchnorm'], []."""
     if name in ("seed", "out", "resume"):
         raise ValueError(f"--vary {name}: train.py has no such flag to vary (seed: use --seeds)")
-    return flags.words(name, value, "--vary")
+    return flags.words(train.build_parser(), name, value, "--vary")
 
 
 def plan(args, base):
@@ -92,7 +93,7 @@ def state(run_dir):
 def differences(run_dir, argv):
     """How run_dir's run differs from argv's in every setting: ["--lr 0.001 there, 0.0025 planned", ...]."""
     i = argv.index("--out")
-    planned = config.resolve([*argv[:i + 1], os.path.normpath(run_dir) + "-unused", *argv[i + 2:]])[0]
+    planned = train.resolve([*argv[:i + 1], os.path.normpath(run_dir) + "-unused", *argv[i + 2:]])[0]
     saved = config.fill_added(runs.load_config(run_dir))  # an older version's run: as it ran
     return [f"{config.flag(k)} {saved.get(k)!r} there, {planned.get(k)!r} planned"
             for k in sorted((set(saved) | set(planned)) - BOOKKEEPING) if saved.get(k) != planned.get(k)]
@@ -105,7 +106,7 @@ def check(todo, elsewhere="another --out"):
         run_dir = argv[argv.index("--out") + 1]
         try:
             if state(run_dir) == "new":
-                new.append(config.resolve(argv)[0])
+                new.append(train.resolve(argv)[0])
                 config.pick_device(new[-1]["device"])
                 continue
             other = differences(run_dir, argv)
@@ -201,16 +202,7 @@ def run_all(todo, jobs, again="the same command"):
                 print(f"[{done}/{len(todo)}] {name}: {status}; {elapsed / 60:.1f} min so far, "
                       f"{left} left (about {elapsed / done * left / 60:.1f} min)", flush=True)
     except KeyboardInterrupt:
-        while running:
-            for proc, _ in running.values():
-                proc.send_signal(signal.SIGINT)  # once: the run saves and stops
-            try:
-                for name, (proc, log) in list(running.items()):
-                    proc.wait()
-                    log.close()
-                    del running[name]
-            except KeyboardInterrupt:  # again: passed on again, the runs stop at once
-                continue
+        stop_all(running)
         print(f"\nsweep.py: interrupted; every run saved where it stopped; run {again} to continue",
               file=sys.stderr)
         return 130
@@ -221,6 +213,22 @@ def run_all(todo, jobs, again="the same command"):
               file=sys.stderr)
         return 1
     return 0
+
+
+
+def stop_all(running):
+    """Pass a Ctrl-C on to each running run {name: (process, log)} once, so each saves and stops, and wait
+    for them; a second Ctrl-C passes it on again, stopping them at once."""
+    while running:
+        for proc, _ in running.values():
+            proc.send_signal(signal.SIGINT)
+        try:
+            for name, (proc, log) in list(running.items()):
+                proc.wait()
+                log.close()
+                del running[name]
+        except KeyboardInterrupt:
+            continue
 
 
 if __name__ == "__main__":

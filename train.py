@@ -1,5 +1,5 @@
-"""One command line for every model: data and model from flags (flags.py, config.py), one train_step for
-all, the test loss every epoch, the run folder (GUIDE.md). python train.py --model vae --dataset mnist"""
+"""One command line for every model: its flags, one train_step for all, the test loss every epoch, the run
+folder (GUIDE.md; config.py checks the flags). python train.py --model vae --dataset mnist"""
 import signal
 import sys
 
@@ -18,13 +18,86 @@ import data
 import flags
 import guard
 import losses
-import metrics
 import models
 import nets
 import parallel
 import progress
 import runs
-from config import pick_device, resolve
+
+
+def build_parser():
+    """train.py's flags: data, training, machine and run folder, then one per model option (flags.py)."""
+    p = flags.Parser(prog="train.py", description="Train an autoencoder, a VAE, a VAE-GAN or a conditional "
+                     "VAE.", formatter_class=flags.Help)
+    data_flags(p.add_argument_group("model and data").add_argument)
+    training_flags(p.add_argument_group("training").add_argument)
+    machine_flags(p.add_argument_group("machine and run folder").add_argument)
+    flags.model_flags(p)
+    return p
+
+
+def data_flags(a):
+    a("--model", default="vae", help=f"model family: {', '.join(models.MODELS)} (models.py)")
+    a("--dataset", default="mnist", help="mnist, fashion-mnist (or fashionmnist), cifar10, celeba, "
+      "npz:FILE[,TEST_FILE] (arrays x, y) or folder:PATH (image files; class subfolders)")
+    a("--image-size", type=int, default=None, help="resize (shorter side) and centre-crop every image to "
+      "SIZE x SIZE (16 to 1024); the conv arch takes 28 or 16, 32, 64, 128, ...")
+    a("--channels", type=int, default=None, help="1 (grey) or 3 (colour): convert the images "
+      "(default: the dataset's own)")
+    a("--skip-bad-images", action="store_true", help="folder: and celeba: leave out image files that do "
+      "not decode (counted), instead of stopping")
+    a("--data-root", default="./data", help="folder holding the datasets (torchvision layout)")
+    a("--no-download", dest="download", action="store_false",
+      help="never download; fail with a message if the files are missing")
+    a("--val-split", type=flags.split_size, default=0, help="hold out this many training images (or this "
+      "fraction, below 1) as a validation split, the same in every run: best.pt is chosen on it (0: "
+      "none, and no best.pt; the test split is never used to choose)")
+    a("--classes", dest="train_classes", default=None, help="train only on these classes, by index or "
+      "name, comma-separated (3, or 0,1,2, or Trouser): one-class training for anomaly detection; the "
+      "test split stays whole (default: every class)")
+    a("--exclude-classes", default=None, help="train on every class but these (as --classes)")
+
+
+def training_flags(a):
+    a("--weight-decay", type=float, default=0.0, help="L2 penalty, as Adam's weight_decay")
+    a("--l1", type=float, default=0.0, help="L1 weight penalty: adds L1 * sum|w| to the loss")
+    a("--augment", action="store_true", help="--hflip and --crop together")
+    a("--hflip", action="store_true", help="random horizontal flips of training images")
+    a("--crop", action="store_true", help="random crops with 4-pixel zero padding (training only)")
+    a("--noise", default="", help="denoising: corrupt the input only, e.g. gaussian:0.5, saltpepper:0.2, "
+      "mask:0.3 (fixed-seed corruption on the test split)")
+    a("--epochs", type=int, default=10, help="number of epochs (raise it with --resume to extend)")
+    a("--batch-size", type=int, default=128, help="images per training step")
+    a("--lr", type=float, default=1e-3, help="Adam learning rate (vaegan: encoder and decoder)")
+    a("--lr-disc", type=float, default=None, help="a discriminator's learning rate (vaegan; default: --lr)")
+    a("--grad-clip", type=float, default=None, help="clip the gradient norm (each VAE-GAN network's own) "
+      "to this value; the norm before clipping is logged as grad_*")
+    a("--scheduler", default="none", help="learning-rate schedule: none or step (StepLR)")
+    a("--step-size", type=int, default=10, help="StepLR: epochs between decays")
+    a("--lr-gamma", type=float, default=0.5, help="StepLR: factor applied to the learning rate")
+
+
+def machine_flags(a):
+    a("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    a("--data-budget", type=float, default=None, help="GB of training images allowed in device memory; a "
+      "larger split stays in host memory and is copied a batch at a time (default: half the GPU's free "
+      "memory; unlimited on a CPU)")
+    a("--amp", action="store_true", help="bfloat16 autocast for the networks (losses stay float32) on "
+      "CUDA and on CPUs with AMX; elsewhere ignored, with a note")
+    a("--compile", action="store_true", help="torch.compile the model's loss (first steps are slow while "
+      "it compiles)")
+    a("--channels-last", action="store_true", help="conv arch: channels-last memory format for weights "
+      "and batches (faster convolutions on recent GPUs)")
+    a("--seed", type=int, default=1, help="seeds torch: weights, data order, z samples, dropout, "
+      "augmentation (the test-split noise has its own fixed seed)")
+    a("--out", default=None, help="run folder (default runs/<model>-<dataset>-<time>)")
+    a("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    a("--log-interval", type=int, default=100, help="steps between progress lines")
+
+
+def resolve(argv):
+    """train.py's words -> (checked config, checkpoint or None); ValueError for a bad input (config.py)."""
+    return config.resolve(argv, build_parser())
 
 
 def build_optimizers(model, cfg, device):
@@ -35,23 +108,23 @@ def build_optimizers(model, cfg, device):
             for name, params in model.parameter_groups().items()}
 
 
-def train_step(model, loss, opt, groups, x, target, labels, cfg, autocast=contextlib.nullcontext):
+def train_step(model, loss, opt, groups, x, target, labels, l1=0.0, clip=None, autocast=contextlib.nullcontext):
     """One forward pass; each objective backpropagated into its own group only, every backward before any
     step (they share one graph); --l1 adds l1 * sum|w| of the group. loss: model.loss or its DDP wrapper."""
     with autocast():
         out = loss(x, target, labels)
     steps = model.objectives(out)
-    penalties = {name: losses.l1_penalty(groups[name]) for name in steps} if cfg["l1"] else {}
+    penalties = {name: losses.l1_penalty(groups[name]) for name in steps} if l1 else {}
     for i, (name, objective) in enumerate(steps.items()):
         if penalties:
-            objective = objective + cfg["l1"] * penalties[name]
+            objective = objective + l1 * penalties[name]
         opt[name].zero_grad(set_to_none=True)
         objective.backward(inputs=groups[name], retain_graph=i < len(steps) - 1)
     if penalties:
         out["l1"] = sum(penalties.values())
     for name, params in groups.items():  # the norm before clipping; 0 for a group not stepped
         out["grad_norm" if len(groups) == 1 else f"grad_{name}"] = (
-            grad_norm(params, cfg["grad_clip"]) if name in steps else torch.zeros_like(out["loss"]))
+            grad_norm(params, clip) if name in steps else torch.zeros_like(out["loss"]))
         if name in steps:
             opt[name].step()
     return out
@@ -88,7 +161,7 @@ def train_epoch(model, opt, split, cfg, epoch, noise, signals=None, resume=None,
         if cfg["channels_last"]:
             x = x.contiguous(memory_format=torch.channels_last)
         model.progress = epoch - 1 + (step - 1) / n_steps  # epochs done: the KL schedules' clock
-        out = train_step(model, loss, opt, groups, x, target, y, cfg, autocast)
+        out = train_step(model, loss, opt, groups, x, target, y, cfg["l1"], cfg["grad_clip"], autocast)
         tally.add(out, step, x.shape[0])
         line = step % cfg["log_interval"] == 0 and step < n_steps
         if line:
@@ -114,32 +187,23 @@ def stop_requested(signals, progress):
     return (progress and parallel.any_rank(received)) if parallel.active() else bool(received)
 
 
-def epoch_line(terms, weights):
-    """The terms after the loss, each with the weight it enters the loss with (when not 1)."""
-    return ", ".join(f"{weights[k]:g} x {k} {v:.4f}" if weights.get(k, 1) != 1 else f"{k} {v:.4f}"
-                     for k, v in terms.items() if k != "loss")
-
-
 def run(cfg, ckpt=None, signals=None):
     """Train as cfg says (from ckpt when resuming), writing the run folder; signals: main's guard.Signals
     (alone: none caught). Returns the history rows (None: nothing to do)."""
-    if ckpt is not None:
-        runs.catch_up(ckpt, cfg["out"])  # files a full disk kept behind checkpoint.pt
-        if ckpt["mid_epoch"] is None and ckpt["epoch"] >= cfg["epochs"]:
-            print(f"{cfg['out']} has finished its {ckpt['epoch']} epochs; nothing to do (raise --epochs to "
-                  f"train further)")
-            return None
+    if ckpt is not None and runs.catch_up(ckpt, cfg["out"], cfg["epochs"]):  # what a full disk kept behind
+        return None  # it had finished
     signals = signals or guard.Signals()
-    device = parallel.device_for(pick_device(cfg["device"]))
+    device = parallel.device_for(config.pick_device(cfg["device"]))
     writer = parallel.world()[0] == 0  # under torchrun, rank 0 alone writes the run folder
-    splits, copy_to = load_data(cfg, ckpt, device)
+    progress.header(cfg, device)
+    torch.manual_seed(cfg["seed"] + parallel.world()[0])  # each process its own z, dropout and noise draws
+    splits, copy_to = data.for_run(cfg, device, parallel.data_budget(cfg, device))
+    runs.check_data(cfg, ckpt, data.identity(splits))  # the data a resumed run trained on
     noise = data.parse_noise(cfg["noise"])
     model, opt, sched, autocast = build(cfg, device)
     history, start, best, mid_epoch = [], 1, float("inf"), None
     if ckpt is not None:
         history, start, best, mid_epoch = runs.restore(ckpt, model, opt, sched, cfg, device)
-        where = f"epoch {start}, step {mid_epoch['step']}" if mid_epoch else f"epoch {start - 1}"
-        print(f"Resuming {cfg['out']} after {where}")
     loss = parallel.loss_fn(model, device)  # model.loss, or DDP around it (same weights everywhere)
     if writer:
         runs.remove_temporaries(cfg["out"])  # none is ours: we hold the folder's lock
@@ -157,14 +221,14 @@ def run(cfg, ckpt=None, signals=None):
             stop.where = f"epoch {epoch}, step {stop.mid_epoch['step']}"
             raise
         mid_epoch = None
-        history.append(end_of_epoch(model, splits, copy_to, cfg, noise, epoch, train, seconds, opt))
+        history.append(progress.end_of_epoch(model, splits, copy_to, cfg, noise, epoch, train, seconds, opt))
         for s in sched.values():
             s.step()
         val = history[-1].get("val_loss")
         improved, best = val is not None and val < best, min(best, val if val is not None else best)
         save(state(epoch))  # first: no other file runs ahead of it
         if writer:
-            write_epoch(model, splits, copy_to, cfg, noise, epoch, history, best if improved else None)
+            progress.write_epoch(model, splits, copy_to, cfg, noise, epoch, history, best if improved else None)
         if parallel.any_rank(signals.received) and epoch < cfg["epochs"]:
             stop = guard.Stop(signals.received or signal.SIGTERM)
             stop.where = f"the end of epoch {epoch}"
@@ -184,69 +248,6 @@ def build(cfg, device):
     return model, opt, sched, autocast
 
 
-def write_epoch(model, splits, copy_to, cfg, noise, epoch, history, best=None):
-    """The epoch's files after checkpoint.pt: history, best.pt if the validation loss improved to `best`
-    (chosen on validation, never on test), the growing figures."""
-    runs.write_history(history, cfg["out"])
-    if best is not None:
-        runs.atomic_save({"format": runs.FORMAT, "model": model.state_dict(), "config": cfg, "epoch": epoch,
-                          "val_loss": best}, os.path.join(cfg["out"], "best.pt"))
-    progress.save_figures(model, splits["test"], cfg, noise, epoch, copy_to["test"])
-
-
-def load_data(cfg, ckpt, device):
-    """The run's splits, said in a few lines, and copy_to: None for a split on the device, else the device
-    to copy its batches to from host memory; their identity checked against a resumed run's."""
-    rank, processes, _ = parallel.world()
-    kept = data.kept_classes(cfg)
-    print(f"Run folder: {cfg['out']} (its config.json keeps every setting)")
-    print(f"Device: {device}" + (f", {processes} processes" if parallel.active() else ""))
-    print(f"Training: {cfg['model']} on {cfg['dataset']}"
-          + (f" (classes {', '.join(cfg['classes'][c] for c in kept)} only)" if kept else "")
-          + (f", {cfg['epochs']} epoch(s) of batch {cfg['batch_size']}, Adam lr {cfg['lr']:g}"
-             if models.from_config(cfg, device="meta").parameter_groups() else
-             ", fitted in closed form (no parameters to optimise)") + f", seed {cfg['seed']}")
-    torch.manual_seed(cfg["seed"] + rank)  # each process its own z, dropout and noise draws
-    budget = parallel.data_budget(cfg, device)
-    splits = data.load(cfg["dataset"], cfg["data_root"], device, cfg["download"], budget, cfg["image_size"],
-                       cfg["channels"], cfg["skip_bad_images"], cfg["val_split"], kept)
-    copy_to = {name: None if data.fits(images, budget) else device for name, (images, _) in splits.items()}
-    for name, (images, _) in splits.items():
-        if copy_to[name] is not None:
-            print(f"Data: the {name} split ({images.numel() / 2**20:.0f} MB) is over the {budget / 2**20:.0f} "
-                  f"MB budget: kept in host memory{' (pinned)' if images.is_pinned() else ''}, copied a "
-                  f"batch at a time")
-    runs.check_data(cfg, ckpt, data.identity(splits))
-    if "val" in splits:  # --val-split's, or the dataset's own (celeba): best.pt is chosen on it
-        print(f"Data: {len(splits['train'][0])} training, {len(splits['val'][0])} validation and "
-              f"{len(splits['test'][0])} test images")
-    return splits, copy_to
-
-
-def end_of_epoch(model, splits, copy_to, cfg, noise, epoch, train, seconds, opt):
-    """The epoch's test (and validation) loss and active units, printed as pytorch/examples does; its
-    history row."""
-    t0 = time.perf_counter()
-    test, val = (metrics.test_loss(model, splits[s], cfg["output"], noise, copy_to[s])
-                 if s in splits else {} for s in ("test", "val"))
-    seconds += time.perf_counter() - t0
-    print(f"====> Epoch: {epoch} Average loss: {train['loss']:.4f} ({epoch_line(train, model.term_weights)}) "
-          f"{seconds:.1f}s")
-    if val:
-        print(f"====> Validation loss: {val['loss']:.4f} ({epoch_line(val, {})})")
-    active = metrics.count_active(model, splits["test"], cfg["output"], noise, copy_to["test"])
-    print(f"====> Test set loss: {test['loss']:.4f} ({epoch_line(test, {})})"
-          + (f"; active units {active} of {model.latent_dim}" if active is not None else ""), flush=True)
-    if active is not None and active < model.latent_dim / 4:
-        print(f"warning: posterior collapse: {active} of {model.latent_dim} latent units are active "
-              f"(Cov_x E[z_d | x] > 0.01 on the test split); a lower --beta, --kl-warmup or --free-bits "
-              f"keeps more")
-    return {"epoch": epoch, **{f"train_{k}": v for k, v in train.items()},
-            **{f"val_{k}": v for k, v in val.items()}, **{f"test_{k}": v for k, v in test.items()},
-            **({"test_active_units": active} if active is not None else {}),
-            "seconds": round(seconds, 3), "lr": next(iter(opt.values())).param_groups[0]["lr"] if opt else None}
-
-
 def fit(**options):
     """Train from Python as from the shell: model, history = train.fit(model="vae", dataset="mnist",
     epochs=2). Keywords are the flags (True/False for a switch, batchnorm=False, hidden=(300, 100)); the
@@ -255,7 +256,7 @@ def fit(**options):
     argv = []
     for name, value in options.items():
         value = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
-        argv += flags.words(name, value, "fit():")
+        argv += flags.words(build_parser(), name, value, "fit():")
     try:
         cfg, _ = resolve(argv)  # every check, before any work
     except SystemExit:  # argparse could not read a value; it printed why

@@ -23,6 +23,7 @@ import features  # noqa: E402
 import flags  # noqa: E402
 import models  # noqa: E402
 import runs  # noqa: E402
+import train  # noqa: E402
 from config import saved_config  # noqa: E402
 
 
@@ -36,7 +37,7 @@ def main():
     args = p.parse_args()
     classifiers = {}
     for run in args.runs:
-        cfg = saved_config(run)
+        cfg = saved_config(run, train.build_parser())
         model = models.from_config(cfg)
         model.load_state_dict(runs.load_checkpoint(os.path.join(run, "checkpoint.pt"))["model"])
         key = (cfg["dataset"], args.data_root or cfg["data_root"])

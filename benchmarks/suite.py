@@ -71,7 +71,7 @@ def build(setup, args):
     argv = SETUPS[setup] + args.extra.split() + [
         "--data-root", args.data_root, "--device", args.device, "--no-download",
         "--out", os.path.join(tempfile.gettempdir(), f"suite-never-written-{os.getpid()}")]
-    cfg, _ = config.resolve(argv)
+    cfg, _ = train.resolve(argv)
     device = config.pick_device(cfg["device"])
     torch.manual_seed(0)
     model = models.from_config(cfg).to(device)

@@ -7,7 +7,6 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import config  # noqa: E402
 import models  # noqa: E402
 import parallel  # noqa: E402
 import train  # noqa: E402
@@ -17,7 +16,7 @@ rank = parallel.world()[0]
 failed = []
 for argv in (["--model", "vae"], ["--model", "ae", "--contractive", "0.1"],
              ["--model", "vaegan"], ["--model", "vaegan", "--arch", "conv"], ["--model", "cvae"]):
-    cfg, _ = config.resolve(argv + ["--out", os.path.join(os.sep, "nonexistent", "never-written")])
+    cfg, _ = train.resolve(argv + ["--out", os.path.join(os.sep, "nonexistent", "never-written")])
     torch.manual_seed(rank)  # different weights and data on each process
     model = models.from_config(cfg)
     opt = train.build_optimizers(model, cfg, torch.device("cpu"))
@@ -25,7 +24,7 @@ for argv in (["--model", "vae"], ["--model", "ae", "--contractive", "0.1"],
     model.train()
     for _ in range(3):
         x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
-        train.train_step(model, loss, opt, model.parameter_groups(), x, x, y, cfg)
+        train.train_step(model, loss, opt, model.parameter_groups(), x, x, y, cfg["l1"], cfg["grad_clip"])
     mine = {n: torch.cat([p.detach().flatten() for p in ps]) for n, ps in model.parameter_groups().items()}
     theirs = parallel.gather(mine)
     failed += [f"{' '.join(argv)}: {n}" for n in mine if not all(torch.equal(t[n], mine[n]) for t in theirs)]

@@ -7,9 +7,9 @@ import sys
 import pytest
 
 import evaluate
-import flags
 import reproduce
 import sweep
+import train
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 BENCHMARKS = ["suite.py", "speed.py", "decode.py", "cvae_classes.py"]
@@ -31,7 +31,7 @@ def blocks(text):
 
 
 def helps():
-    yield "train.py", flags.build_parser().format_help()
+    yield "train.py", train.build_parser().format_help()
     yield "evaluate.py", evaluate.build_parser().format_help()
     yield "sweep.py", sweep.build_parser().format_help()
     yield "reproduce.py", reproduce.build_parser().format_help()
@@ -52,7 +52,7 @@ def test_every_default_is_said_once_and_never_for_a_switch(script, text):
 
 
 def test_switches_read_as_off_and_model_options_give_their_defaults():
-    found = blocks(flags.build_parser().format_help())
+    found = blocks(train.build_parser().format_help())
     assert "default" not in found["--no-download"] and "default" not in found["--amp"]
     assert found["--latent-dim"].endswith("(default: vae 20, ae 20, vaegan 20, cvae 5, btcvae 20, pca 20)")
     assert found["--lr"].endswith("(default: 0.001)") and found["--sparsity-target"].endswith("(default: none)")

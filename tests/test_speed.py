@@ -14,7 +14,6 @@ import torch
 import torch.utils._python_dispatch
 
 import data
-import config
 import models
 import parallel
 import train
@@ -123,7 +122,7 @@ class HostReads(torch.utils._python_dispatch.TorchDispatchMode):
 def test_the_training_step_never_waits_for_the_device(argv, per_step, staged):
     """Host reads in an epoch of 3 steps and of 6 (no progress line in between): only the
     end of the epoch reads numbers back, however many steps it has."""
-    cfg, _ = config.resolve(argv + ["--batch-size", "8", "--log-interval", "1000", "--out", "unused"])
+    cfg, _ = train.resolve(argv + ["--batch-size", "8", "--log-interval", "1000", "--out", "unused"])
     shape = tuple(cfg["image_shape"])
     model = models.from_config(cfg)
     opt = train.build_optimizers(model, cfg, torch.device("cpu"))

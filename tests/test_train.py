@@ -8,8 +8,6 @@ import sys
 import pytest
 import torch
 
-import config
-import flags
 import models
 import progress
 import runs
@@ -181,7 +179,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp
 def test_guide_documents_every_flag():
     guide = open(os.path.join(ROOT, "GUIDE.md")).read()
     table = guide.split("\n## Flags\n")[1].split("\n## ")[0]
-    for action in flags.build_parser()._actions:
+    for action in train.build_parser()._actions:
         for flag in action.option_strings:
             if flag not in ("-h", "--help"):
                 assert f"`{flag}" in table, f"{flag} missing from GUIDE.md's flag table"
@@ -208,14 +206,14 @@ def test_a_run_folder_of_another_format_is_refused_in_one_line(tiny_data, tmp_pa
 
 
 def test_model_options_are_recorded_resolved_and_foreign_ones_refused(tmp_path, capsys):
-    cfg, _ = config.resolve(["--model", "vaegan", "--latent-dim", "5", "--out", str(tmp_path / "r")])
+    cfg, _ = train.resolve(["--model", "vaegan", "--latent-dim", "5", "--out", str(tmp_path / "r")])
     assert cfg["hidden"] == [25] and cfg["batchnorm"] is True and cfg["recon"] == "bce"
     assert cfg["margin"] is None and cfg["feature_layer"] is None
-    cfg, _ = config.resolve(["--model", "vae", "--arch", "conv", "--output", "tanh",
+    cfg, _ = train.resolve(["--model", "vae", "--arch", "conv", "--output", "tanh",
                             "--out", str(tmp_path / "r")])
     assert cfg["hidden"] is None and cfg["batchnorm"] is True and cfg["recon"] == "mse"
     assert "gamma" not in cfg  # another model's option has no place in this run's config
-    cfg, _ = config.resolve(["--model", "cvae", "--out", str(tmp_path / "r")])
+    cfg, _ = train.resolve(["--model", "cvae", "--out", str(tmp_path / "r")])
     assert cfg["latent_dim"] == 5 and cfg["num_classes"] == 10  # the CVAE's own default
     assert train.main(["--model", "ae", "--gamma", "2", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()
@@ -232,7 +230,7 @@ def test_progress_lines_print_the_running_loss_whatever_the_order_of_the_terms()
 
 
 def test_the_epoch_line_names_the_weight_of_each_weighted_term(tiny_data, tmp_path, capsys):
-    assert train.epoch_line({"loss": 9.0, "recon": 2.0, "kl": 3.5, "l1": 5.0},
+    assert progress.epoch_line({"loss": 9.0, "recon": 2.0, "kl": 3.5, "l1": 5.0},
                             {"kl": 2.0}) == "recon 2.0000, 2 x kl 3.5000, l1 5.0000"
     assert train.main(["--model", "ae", "--data-root", tiny_data, "--epochs", "1", "--batch-size",
                        "16", "--sparsity", "0.1", "--code", "relu", "--out", str(tmp_path / "r")]) == 0

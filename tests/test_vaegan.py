@@ -27,8 +27,7 @@ def sgd(model, lrs):
 
 def step(model, x, opt):
     """train.py's step, with no L1 and no clipping."""
-    return train.train_step(model, model.loss, opt, model.parameter_groups(), x, x, None,
-                            {"l1": 0.0, "grad_clip": None})
+    return train.train_step(model, model.loss, opt, model.parameter_groups(), x, x, None)
 
 
 def own_losses(model, x, seed):
