@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 import losses
-from nets import (ACTIVATIONS, ARCHS, HIDDEN, NETWORK_OPTIONS, Model, at_least, batch_norms,
+from nets import (ACTIVATIONS, ARCHS, BATCHNORM, HIDDEN, NETWORK_OPTIONS, Model, at_least, batch_norms,
                   build_networks, check_networks, overriding, positive)
 
 CODES = {"linear": lambda h: h, "relu": torch.relu, "sigmoid": torch.sigmoid}
@@ -57,7 +57,7 @@ class AE(Model):
         self.code = code or ("sigmoid" if sparsity_target is not None else "linear")
         self.latent_dim, self.arch, self.act, self.dropout = latent_dim, arch, act, dropout
         self.output, self.recon, self.c = output, recon, c
-        self.batchnorm = arch != "mlp" if batchnorm is None else bool(batchnorm)
+        self.batchnorm = BATCHNORM.get(arch, False) if batchnorm is None else bool(batchnorm)
         self.hidden = tuple(hidden or HIDDEN) if arch == "mlp" else None
         self.sparsity, self.sparsity_target, self.contractive = sparsity, sparsity_target, contractive
         self.encoder, self.decoder = build_networks(

@@ -40,8 +40,8 @@ class BetaTCVAE(VAE):
     OPTIONS = {**{k: v for k, v in VAE.OPTIONS.items() if k not in ("free_bits", "capacity", "capacity_epochs")},
                "beta": (float, "weight of the total correlation (beta-TCVAE; Chen et al. use 6 on "
                                "dSprites); 1 with the other weights 1 is the ELBO"),
-               "mi_weight": (float, "btcvae: weight of the index-code mutual information (alpha)"),
-               "dim_kl_weight": (float, "btcvae: weight of the dimension-wise KL (gamma)")}
+               "mi_weight": (float, "weight of the index-code mutual information (alpha)"),
+               "dim_kl_weight": (float, "weight of the dimension-wise KL (gamma)")}
     LOSS = "negative ELBO"
 
     def __init__(self, image_shape=(1, 28, 28), num_classes=None, mi_weight=1.0,

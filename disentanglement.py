@@ -163,10 +163,12 @@ def sap(train_codes, train_factors, test_codes, test_factors):
     return {"sap": float(np.mean(top[-1] - top[-2])), "sap_matrix": score}
 
 
-def evaluate_all(represent, ground_truth, seed=0, batch=512):
+def evaluate_all(represent, ground_truth, seed=0, batch=512, mig_represent=None, mig_factors=None):
     """All five metrics in one flat dict, with their arrays and "seconds_<metric>" (seconds_codes: the
     shared points): MIG, DCI and SAP share 15,000 points drawn from `seed` (one draw in
-    disentanglement_lib too), the first 10,000 MIG's and the others' train set, the rest their test set."""
+    disentanglement_lib too), the first 10,000 MIG's and the others' train set, the rest their test set.
+    Where papers differ: MIG of mig_represent's codes (e.g. a sample of q(z|x), not its mean) and of
+    only the factors numbered mig_factors (e.g. Chen et al.'s four, without the shape)."""
     out, start = {}, time.perf_counter()
 
     def lap(name, found=()):
@@ -177,9 +179,11 @@ def evaluate_all(represent, ground_truth, seed=0, batch=512):
     lap("beta_vae", beta_vae_score(represent, ground_truth, seed, batch=batch))
     lap("factor_vae", factor_vae_score(represent, ground_truth, seed, batch=batch))
     codes, factors = codes_and_factors(represent, ground_truth, 15000, seed, batch)
+    mig_codes = codes if mig_represent is None else codes_of(mig_represent, ground_truth, torch.from_numpy(factors))
     lap("codes")
     train, test = (codes[:10000], factors[:10000]), (codes[10000:], factors[10000:])
-    lap("mig", mig(*train))
+    kept = list(range(factors.shape[1])) if mig_factors is None else list(mig_factors)
+    lap("mig", mig(mig_codes[:10000], factors[:10000, kept]))
     lap("dci", dci(*train, *test, seed=seed))
     lap("sap", {"sap": sap(*train, *test)["sap"]})
     return out

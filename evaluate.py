@@ -59,6 +59,10 @@ def build_parser():
     a("--data-root", default=None, help="dataset folder (default: the run's own --data-root)")
     a("--no-download", dest="download", action="store_false", help="never download datasets")
     a("--no-figures", dest="figures", action="store_false", help="metrics only")
+    a("--mig-code", default="mean", choices=("mean", "sample"), help="dSprites' MIG of the posterior mean "
+      "(disentanglement_lib's) or of one draw of q(z|x) per image")
+    a("--mig-factors", default=None, help="dSprites' MIG over these factors only, comma-separated (Chen et "
+      "al.'s four: scale,orientation,x,y; default: all five)")
     return p
 
 
@@ -227,7 +231,8 @@ def evaluate(dirs, names, out, device, args):
             if model.latent_dim < 2:  # MIG and SAP compare a factor's two best units
                 print(f"{run_dir}: a code of one unit: no disentanglement metrics")
             else:
-                m.update(factor_metrics(model, cfg, splits, args.seed))
+                m.update(factor_metrics(model, cfg, splits, args.seed, args.mig_code,
+                                        args.mig_factors and args.mig_factors.split(",")))
         if args.fid_samples and key not in spaces:  # a domain network learns every class
             spaces[key] = features.spaces_for(cfg, splits if key[-1] is None else load_data(
                 cfg, args, device, None), key[1], device, args.inception_weights)

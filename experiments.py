@@ -4,7 +4,8 @@ the train.py flags of all settings (base) and of each, epochs (full, quick), the
 {column label: value}}} and a note on their units; optionally layout "final" (one table at the
 last epoch, not one row per epoch), figures [(file, "samples" or "reconstructions", title,
 settings)], final (what evaluate.py measures, below, or "autoencoder":
-reproduce.autoencoder_measures) and per_class (the one-class table)."""
+reproduce.autoencoder_measures) with published_final {setting: {label: text}} beside it, and
+per_class (the one-class table)."""
 
 # What evaluate.py measures on each run's last weights for the table "At the last epoch": the
 # flags it runs with, when its metrics.json already holds them (ready), --iw-samples (full,
@@ -165,6 +166,38 @@ EXPERIMENTS = {
              "units: Cov_x E[z_d | x] > 0.01; the metrics (0 to 1, higher is more "
              "disentangled; BetaVAE and FactorVAE chance is 1/5) as in disentanglement_lib on "
              "the posterior mean, from the codes of all 737,280 images (evaluate.py, GUIDE.md)"),
+    "dsprites-papers": dict(
+        title="disentanglement on dSprites at the papers' setup: VAE, beta-VAE (4, 16), beta-TCVAE (6) "
+              "and FactorVAE (gamma 10, 40) with disentanglement_lib's conv networks (4x4 stride-2 "
+              "32-32-64-64, 256, latent 10; the beta-TCVAE also with Chen et al.'s MLP 1200-1200), Adam "
+              "1e-4, batch 64, 27 epochs of 11,364 steps (306,828; the papers' 300,000)",
+        base=["--dataset", "dsprites", "--arch", "conv64", "--latent-dim", "10", "--lr", "1e-4",
+              "--batch-size", "64"],
+        settings={"vae": ["--model", "vae"], "beta-vae4": ["--model", "vae", "--beta", "4"],
+                  "beta-vae16": ["--model", "vae", "--beta", "16"],
+                  "btcvae-beta6": ["--model", "btcvae", "--beta", "6"],
+                  "btcvae-beta6-mlp": ["--model", "btcvae", "--beta", "6", "--arch", "mlp", "--hidden",
+                                       "1200,1200"],
+                  "factorvae-gamma10": ["--model", "factorvae", "--gamma", "10"],
+                  "factorvae-gamma40": ["--model", "factorvae", "--gamma", "40"]},
+        epochs=(27, 1), layout="final",
+        columns=[("test recon", "test_recon"), ("test KL", "test_kl"), ("active units", "test_active_units")],
+        published={}, final=DISENTANGLEMENT,
+        # Lin et al. 2020 (InfoGAN-CR), Table 1, compiling the original papers' dSprites numbers (the
+        # FactorVAE rows re-run over many seeds); its beta-VAE row does not say its beta
+        published_final={"vae": {"FactorVAE": "0.63 ± 0.06", "MIG": "0.10"},
+                         "beta-vae4": {"FactorVAE": "0.63 ± 0.10", "MIG": "0.21"},
+                         "btcvae-beta6": {"FactorVAE": "0.62 ± 0.07", "MIG": "0.45"},
+                         "btcvae-beta6-mlp": {"FactorVAE": "0.62 ± 0.07", "MIG": "0.45"},
+                         "factorvae-gamma10": {"FactorVAE": "0.83 ± 0.01", "MIG": "0.40"},
+                         "factorvae-gamma40": {"FactorVAE": "0.82 ± 0.01", "MIG": "0.43"}},
+        note="test recon: BCE summed over the 4,096 pixels (z sampled) and test KL, nats per image on "
+             "the 10,000 held-out images; the metrics as disentanglement_lib (posterior mean, MIG on 20 "
+             "bins over all five factors: see metrics.json's mig_conventions); published: Lin et al. "
+             "2020 (InfoGAN-CR) Table 1 (beta-VAE: its beta not given; beta-TCVAE: Chen et al.'s MIG, "
+             "their own estimator on 4 factors; FactorVAE: re-run, Kim & Mnih reported 0.82 and MIG "
+             "0.15), on DeepMind's dSprites file; ours on the generated dSprites unless the file is in "
+             "the data root (dsprites.py)"),
     "one-class": dict(
         title="one-class anomaly detection on MNIST and Fashion-MNIST (train on one class, "
               "the other nine are the anomalies): PCA, AE and VAE, MLP and conv, code size 32",

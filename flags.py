@@ -52,16 +52,20 @@ def widths(text):
 
 
 def model_flags(p):
-    """One flag per model option (the union over MODELS), naming its models and each one's default."""
+    """One flag per model option (the union over MODELS), naming its models (each one's help where they
+    differ) and each one's default."""
     seen = {}
     for name, cls in models.MODELS.items():
         for option, (kind, text) in cls.OPTIONS.items():
-            seen.setdefault(option, (kind, text, {}))[2][name] = models.defaults(cls)[option]
+            _, texts, by_model = seen.setdefault(option, (kind, {}, {}))
+            texts.setdefault(text, []).append(name)
+            by_model[name] = models.defaults(cls)[option]
     group = p.add_argument_group("model options", "declared by each model (models.py); a flag of another "
                                  "model than --model is refused")
-    for option, (kind, text, by_model) in seen.items():
-        if len(by_model) < len(models.MODELS):
-            text = f"{'/'.join(by_model)}: {text}"
+    for option, (kind, texts, by_model) in seen.items():
+        text = next(iter(texts))
+        if len(texts) > 1 or len(by_model) < len(models.MODELS):
+            text = "; ".join(f"{'/'.join(names)}: {t}" for t, names in texts.items())
         given = {m: v for m, v in by_model.items() if v is not None}
         if "default" not in text:
             same = len({repr(v) for v in by_model.values()}) == 1

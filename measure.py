@@ -8,6 +8,7 @@ import os
 import time
 import types
 
+import sklearn
 import torch
 
 import data
@@ -185,27 +186,44 @@ def test_pass(model, cfg, split, k, chunk):
 
 
 @torch.no_grad()
-def factor_metrics(model, cfg, splits, seed=0):
+def factor_metrics(model, cfg, splits, seed=0, mig_code="mean", mig_factors=None):
     """BetaVAE, FactorVAE, MIG, DCI and SAP (disentanglement.py) of the model's code (z = mu,
-    or the AE's h) on a dataset with factors. The code of every image of the grid is
-    computed once (batches of 1,000), so the metrics' millions of draws are look-ups."""
+    or the AE's h) on a dataset with factors; MIG of mig_code "mean" (disentanglement_lib's) or
+    "sample" (one draw of q(z|x) per image), over the factors named in mig_factors (default: all). The
+    code of every image of the grid is computed once (batches of 1,000), so the metrics' millions of
+    draws are look-ups."""
     truth = data.ground_truth(cfg["dataset"], splits)
     t0, count = time.perf_counter(), math.prod(truth.factor_sizes)
     positions = torch.arange(count, device=splits["train"][0].device)
-    table = torch.cat([model.latent(data.to_range(truth.sprites.at(p).float() / 255, cfg["output"]),
-                                    truth.labels_of(p))  # a conditional model's label: the shape
-                       for p in positions.split(1000)])  # (grid size, D)
+    names = truth.factor_names if mig_factors is None else mig_factors
+    unknown = [f for f in names if f not in truth.factor_names]
+    if unknown:
+        raise ValueError(f"--mig-factors {','.join(names)}: {unknown[0]} is not a factor of {cfg['dataset']} "
+                         f"({', '.join(truth.factor_names)})")
+
+    def codes(encode):  # (grid size, D); a conditional model's label: the shape
+        return torch.cat([encode(data.to_range(truth.sprites.at(p).float() / 255, cfg["output"]), truth.labels_of(p))
+                          for p in positions.split(1000)])
+    table = codes(model.latent)
+    torch.manual_seed(seed)  # the draws of q(z|x) of mig_code "sample"
+    mig_table = table if mig_code == "mean" else codes(model.posterior_sample)
     print(f"  factors: the codes of all {count:,} images of the grid in "
           f"{time.perf_counter() - t0:.0f} s", flush=True)
     # the grid as the metrics see it: an "image" is its grid position, its code a look-up
     grid = types.SimpleNamespace(factor_sizes=truth.factor_sizes, images=truth.index_of,
                                  sample_factors=truth.sample_factors)
-    found = disentanglement.evaluate_all(lambda index: table[index.to(table.device)], grid, seed)
+    found = disentanglement.evaluate_all(lambda index: table[index.to(table.device)], grid, seed,
+                                         mig_represent=lambda index: mig_table[index.to(table.device)],
+                                         mig_factors=[truth.factor_names.index(f) for f in names])
     print(f"  disentanglement metrics in {time.perf_counter() - t0:.0f} s (MIG {found['mig']:.3f})",
           flush=True)
     return {**{k: v for k, v in found.items() if not k.startswith("seconds_")},
             **{k: found[k].tolist() for k in ("mutual_info", "factor_entropy", "importance")},
-            "factor_names": truth.factor_names, "factor_seconds": round(time.perf_counter() - t0, 1)}
+            "factor_names": list(names), "factor_seconds": round(time.perf_counter() - t0, 1),
+            "mig_conventions": {"code": mig_code, "factors": list(names), "bins": 20, "points": 10000,
+                                "estimator": "disentanglement_lib's discrete MIG: plug-in mutual information "
+                                             "(sklearn mutual_info_score) of equal-width bins",
+                                "sklearn": sklearn.__version__}}
 
 
 def save_metrics(m, run_dir, cfg, epoch, logged, root, args):

@@ -10,11 +10,13 @@ import torch
 from ae import AE
 from btcvae import BetaTCVAE
 from cvae import CVAE
+from factorvae import FactorVAE
 from pca import PCA
 from vae import VAE
 from vaegan import VAEGAN
 
-MODELS = {"vae": VAE, "ae": AE, "vaegan": VAEGAN, "cvae": CVAE, "btcvae": BetaTCVAE, "pca": PCA}
+MODELS = {"vae": VAE, "ae": AE, "vaegan": VAEGAN, "cvae": CVAE, "btcvae": BetaTCVAE, "factorvae": FactorVAE,
+          "pca": PCA}
 
 
 def defaults(cls):

@@ -5,8 +5,9 @@ A model (models.py keeps the registry) is a `Model` with
                                each; a bad value raises ValueError naming it as name=value
     loss(input, target, labels)       {term: batch mean, nats per image}, "loss" among them
     test_loss(input, target, labels)  the evaluation number (no beta, no penalties)
-    parameter_groups(), objectives(out)   which parameters each objective trains
-    latent(x, labels), generate(z, labels), reconstruct(x, labels), sample(n, generator, labels)
+    parameter_groups(), objectives(out)   which parameters each objective trains (ADAM: a group's betas)
+    latent(x, labels), posterior_sample(x, labels), generate(z, labels), reconstruct(x, labels),
+    sample(n, generator, labels)
     and encode, decode, nll for a likelihood model (`likelihood` names the decoder's distribution).
 The defaults below make the rest optional, so callers never ask what a model is. Imports only torch.
 """
@@ -18,8 +19,10 @@ import torch.nn as nn
 
 ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU}
 HIDDEN = (400,)  # the MLP's default hidden widths: pytorch/examples' 784-400-20
-ARCHS = ("mlp", "conv", "conv3x3")
+ARCHS = ("mlp", "conv", "conv3x3", "conv64")
 CONV3X3_WIDTHS = (32, 64, 32)  # the Gaussian-decoder study's CNN
+CONV64_WIDTHS = (32, 32, 64, 64)  # disentanglement_lib's, for 64x64 images
+BATCHNORM = {"conv": True, "conv3x3": True}  # an arch's default (batchnorm=None); the others have none
 
 
 @contextlib.contextmanager
@@ -52,6 +55,7 @@ class Model(nn.Module):
     likelihood = None  # the decoder's distribution (losses.reconstruction), for likelihood models
     term_weights = {}  # what multiplies each logged term in "loss", when not 1
     progress = None  # epochs done, a float the loop sets before each step (KL schedules)
+    ADAM = {}  # {parameter group: Adam keywords beside --lr}, e.g. the FactorVAE discriminator's betas
 
     def activate(self, logits):
         return torch.sigmoid(logits) if self.output == "sigmoid" else torch.tanh(logits)
@@ -63,6 +67,10 @@ class Model(nn.Module):
         """The code figures and metrics use (a VAE's posterior mean), in evaluation mode; differentiable."""
         with evaluating(self):
             return self.encode(x, labels)
+
+    def posterior_sample(self, x, labels=None):
+        """A draw of q(z|x), in evaluation mode; a code with no posterior (the AE's h) is its own draw."""
+        return self.latent(x, labels)
 
     @torch.no_grad()
     def generate(self, z, labels=None):
@@ -181,12 +189,27 @@ def conv3x3_decoder(image_shape, latent_dim, act="elu", batchnorm=True):
     return nn.Sequential(*layers, nn.Conv2d(widths[-1], image_shape[0], 3, padding=1))
 
 
+def conv64_decoder(image_shape, latent_dim, act="relu", batchnorm=False):
+    """disentanglement_lib's deconv_decoder: linear 256, linear to 64x4x4, 4x4 stride-2 transposed blocks
+    64-32-32, then one to the image's channels (4 -> 8 -> 16 -> 32 -> 64)."""
+    layers = [*block(nn.Linear(latent_dim, 256), 256, batchnorm, act),
+              *block(nn.Linear(256, 64 * 4 * 4), 64 * 4 * 4, batchnorm, act), nn.Unflatten(1, (64, 4, 4))]
+    for c_in, c_out in ((64, 64), (64, 32), (32, 32)):
+        layers += block(nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1), c_out, batchnorm, act, dims=2)
+    return nn.Sequential(*layers, nn.ConvTranspose2d(32, image_shape[0], 4, stride=2, padding=1))
+
+
 def build_networks(image_shape, code_dim, latent_dim, arch="mlp", hidden=HIDDEN, act="relu",
                    dropout=0.0, batchnorm=False):
     """Encoder (image -> code_dim numbers) and decoder (latent_dim -> pre-activations)."""
     if arch == "mlp":
         return (mlp_encoder(image_shape, hidden, code_dim, act, dropout, batchnorm),
                 mlp_decoder(image_shape, hidden, latent_dim, act, batchnorm))
+    if arch == "conv64":  # disentanglement_lib's conv_encoder: 4x4 stride-2 blocks 32-32-64-64, 256, linear
+        layers = list(conv_encoder(image_shape, 256, act, dropout, batchnorm, CONV64_WIDTHS, (4,) * 4))
+        layers += block(layers.pop(), 256, batchnorm, act, dropout)  # its linear 256 as a hidden block
+        return nn.Sequential(*layers, nn.Linear(256, code_dim)), conv64_decoder(image_shape, latent_dim, act,
+                                                                                  batchnorm)
     if arch == "conv3x3":  # the encoder: 3x3 stride-2 blocks 32-64-32, then linear
         return (conv_encoder(image_shape, code_dim, act, dropout, batchnorm, CONV3X3_WIDTHS, (3, 3, 3)),
                 conv3x3_decoder(image_shape, latent_dim, act, batchnorm))
@@ -196,14 +219,16 @@ def build_networks(image_shape, code_dim, latent_dim, arch="mlp", hidden=HIDDEN,
 
 NETWORK_OPTIONS = {
     "latent_dim": (int, "size of the code: z for the VAE family, h for the AE"),
-    "arch": (str, "mlp; conv (stride-2 convolutions 32-64-128 down to 4x4); or conv3x3 "
-                  "(three 3x3 stride-2 convolutions 32-64-32, the Gaussian-decoder study's CNN)"),
+    "arch": (str, "mlp; conv (stride-2 convolutions 32-64-128 down to 4x4); conv3x3 (three 3x3 "
+                  "stride-2 convolutions 32-64-32, the Gaussian-decoder study's CNN); or conv64 (64x64 "
+                  "images: 4x4 stride-2 convolutions 32-32-64-64 then 256, disentanglement_lib's, as "
+                  "Kim & Mnih and Locatello et al. on dSprites)"),
     "hidden": (tuple, "mlp hidden widths, comma-separated, e.g. 300,100,10 (default 400; "
                       "vaegan: latent_dim squared, the d^2 of the MNIST VAE-GAN study)"),
     "act": (str, "hidden activation: relu or elu"),
     "dropout": (float, "dropout after each hidden activation of the encoder"),
-    "batchnorm": (bool, "batch norm after each hidden layer (default: on for the conv "
-                        "archs and for vaegan, off for mlp); --no-batchnorm removes every batch norm layer"),
+    "batchnorm": (bool, "batch norm after each hidden layer (default: on for conv, conv3x3 and "
+                        "vaegan, off for mlp and conv64); --no-batchnorm removes every batch norm layer"),
     "output": (str, "decoder output: sigmoid ([0, 1] data) or tanh ([-1, 1] data)"),
     "recon": (str, "reconstruction loss: bce, mse or gaussian; vaegan also feature (Larsen's "
                    "error on a discriminator layer) (default: bce for sigmoid, mse for tanh)"),
@@ -217,6 +242,9 @@ def check_networks(image_shape, latent_dim, arch, hidden, act, dropout, archs=AR
         raise ValueError(f"arch={arch!r} is unknown; use {', '.join(map(repr, archs))}")
     if arch == "conv":
         conv_kernels(image_shape)
+    if arch == "conv64" and tuple(image_shape[-2:]) != (64, 64):
+        raise ValueError(f"image_shape={tuple(image_shape)}: the conv64 arch takes 64x64 images; resize them "
+                         f"with --image-size 64, or use arch='conv'")
     if arch == "conv3x3" and min(image_shape[-2:]) < 8:
         raise ValueError(f"image_shape={tuple(image_shape)}: the conv3x3 arch needs sides of 8 pixels or more")
     if arch != "mlp" and hidden is not None:

@@ -15,8 +15,7 @@ MAX_PIXELS = 16384  # the covariance is P x P in float64: 2 GB at this size
 
 
 class PCA(Model):
-    OPTIONS = {"latent_dim": (int, "size of the code: z for the VAE family, h for the AE "
-                                   "(pca: the number of principal components)"),
+    OPTIONS = {"latent_dim": (int, "the number of principal components (the code's size)"),
                "output": (str, "decoder output: sigmoid ([0, 1] data) or tanh ([-1, 1] data)")}
     LOSS = "squared error per image"
     ARCHS, RECONS = (), ()

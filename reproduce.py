@@ -36,6 +36,8 @@ def build_parser():
     p.add_argument("--list", action="store_true", help="name every experiment and stop")
     p.add_argument("--quick", action="store_true", help="fewer epochs and one seed: minutes")
     p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds of every setting")
+    p.add_argument("--epochs", type=int, help="a shorter budget: every setting at most this many epochs, "
+                   "in <name>-epochs<N>/ (the report says so; default: the experiment's)")
     p.add_argument("--data-root", default="./data", help="train.py's --data-root")
     p.add_argument("--cifar10", default="cifar10", help="the CIFAR-10 dataset to use, e.g. "
                    "npz:TRAIN,TEST for a part of it (cifar10-regularization)")
@@ -57,8 +59,11 @@ def plan(name, exp, args):
     if unknown:
         raise ValueError(f"--settings: {', '.join(unknown)} not a setting of {name}; its settings "
                          f"are {', '.join(exp['settings'])}")
-    seeds, epochs = (["1"], exp["epochs"][1]) if args.quick else (seeds, exp["epochs"][0])
-    folder = os.path.join(args.runs, name + ("-quick" if args.quick else ""))
+    seeds, epochs = (["1"], exp["epochs"][1]) if args.quick else (seeds, args.epochs or exp["epochs"][0])
+    if args.epochs is not None and (args.quick or not 1 <= args.epochs < exp["epochs"][0]):
+        raise ValueError(f"--epochs {args.epochs}: give 1 to {exp['epochs'][0] - 1} (the experiment has "
+                         f"{exp['epochs'][0]}), and not with --quick")
+    folder = os.path.join(args.runs, name + ("-quick" if args.quick else f"-epochs{epochs}" if args.epochs else ""))
     dataset = ["--dataset", args.cifar10] if name.startswith("cifar10") else []
     todo = []
     for setting in (s for s in exp["settings"] if s in chosen):
@@ -159,9 +164,13 @@ def measured(exp, folder, todo, data_root, quick=False):
                          else evaluated(run_dir, data_root, exp["final"], quick)).items():
             found.setdefault(label, {}).setdefault(setting_of(name), []).append(v)
     found = dict(sorted(found.items(), key=lambda item: -len(item[1])))  # labels most runs have first
-    rows = [[s, *(spread(by.get(s, [])) for by in found.values())]
+    published = exp.get("published_final", {})
+    beside = [label for label in found if any(label in p for p in published.values())]
+    rows = [[s, *(spread(by.get(s, [])) for by in found.values()), *(published.get(s, {}).get(label, "")
+                                                                     for label in beside)]
             for s in dict.fromkeys(setting_of(n) for n, _ in todo)]
-    lines = ["At the last epoch:", "", *tables.markdown(["setting", *found], rows)]
+    heads = ["setting", *found, *(f"{label}, published" for label in beside)]
+    lines = ["At the last epoch:", "", *tables.markdown(heads, rows)]
     return lines + (["", *one_class_summary(found)] if exp.get("per_class") else [])
 
 
@@ -288,6 +297,9 @@ def main(argv=None):
     if args.quick:
         text = (f"QUICK: {exp['epochs'][1]} epoch(s), one seed: a smoke test, not comparable "
                 f"with the published numbers.\n\n{text}")
+    elif args.epochs:
+        text = (f"SHORTER BUDGET: {args.epochs} of the experiment's {exp['epochs'][0]} epochs; the "
+                f"published numbers are at the full budget.\n\n{text}")
     runs.atomic_save(text + "\n", os.path.join(folder, "report.md"))
     print(text)
     for path in draw(exp, folder, todo, args.data_root):

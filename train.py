@@ -69,7 +69,8 @@ def training_flags(a):
     a("--epochs", type=int, default=10, help="number of epochs (raise it with --resume to extend)")
     a("--batch-size", type=int, default=128, help="images per training step")
     a("--lr", type=float, default=1e-3, help="Adam learning rate (vaegan: encoder and decoder)")
-    a("--lr-disc", type=float, default=None, help="a discriminator's learning rate (vaegan; default: --lr)")
+    a("--lr-disc", type=float, default=None, help="a discriminator's learning rate (vaegan, factorvae; "
+      "default: --lr)")
     a("--grad-clip", type=float, default=None, help="clip the gradient norm (each VAE-GAN network's own) "
       "to this value; the norm before clipping is logged as grad_*")
     a("--scheduler", default="none", help="learning-rate schedule: none or step (StepLR)")
@@ -104,8 +105,8 @@ def build_optimizers(model, cfg, device):
     """{group: Adam} over the model's parameter groups; --lr-disc for a discriminator's."""
     lr = lambda name: cfg["lr_disc"] if name == "discriminator" and cfg["lr_disc"] else cfg["lr"]  # noqa
     fused = device.type in ("cpu", "cuda")  # fused Adam: one kernel for all tensors
-    return {name: torch.optim.Adam(params, lr=lr(name), weight_decay=cfg["weight_decay"], fused=fused)
-            for name, params in model.parameter_groups().items()}
+    return {name: torch.optim.Adam(params, lr=lr(name), weight_decay=cfg["weight_decay"], fused=fused,
+                                   **model.ADAM.get(name, {})) for name, params in model.parameter_groups().items()}
 
 
 def train_step(model, loss, opt, groups, x, target, labels, l1=0.0, clip=None, autocast=contextlib.nullcontext):

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import losses
-from nets import (ARCHS, HIDDEN, NETWORK_OPTIONS, Model, at_least, build_networks, check_networks,
+from nets import (ARCHS, BATCHNORM, HIDDEN, NETWORK_OPTIONS, Model, at_least, build_networks, check_networks,
                   evaluating, positive)
 
 
@@ -72,7 +72,7 @@ class VAE(Model):
         check_schedules(kl_warmup, kl_cycle, free_bits, capacity, capacity_epochs)
         self.kl_warmup, self.kl_cycle, self.free_bits = kl_warmup, kl_cycle, free_bits
         self.capacity, self.capacity_epochs = capacity, capacity_epochs
-        self.batchnorm = arch != "mlp" if batchnorm is None else bool(batchnorm)
+        self.batchnorm = BATCHNORM.get(arch, False) if batchnorm is None else bool(batchnorm)
         self.hidden = (tuple(hidden) if hidden else self.default_hidden()) if arch == "mlp" else None
         for name, net in self.networks().items():
             setattr(self, name, net)
@@ -139,6 +139,10 @@ class VAE(Model):
 
     def latent(self, x, labels=None):
         return super().latent(x, labels)[0]  # the posterior mean mu
+
+    def posterior_sample(self, x, labels=None):
+        with evaluating(self):
+            return self.reparameterize(*self.encode(x, labels))
 
     @torch.no_grad()
     def sample(self, n, generator=None, labels=None):

@@ -159,6 +159,33 @@ def test_evaluate_reports_the_disentanglement_metrics_and_their_figure(small_gri
     assert os.path.isfile(os.path.join(run, "eval", "factors.png"))
 
 
+def test_a_factorvae_on_dsprites_gets_every_metric_and_mig_follows_the_conventions_asked(small_grid, tmp_path,
+                                                                                          capsys):
+    import json
+
+    import evaluate
+    run = str(tmp_path / "run")
+    assert train.main(["--model", "factorvae", "--dataset", "dsprites", "--data-root", str(tmp_path), "--hidden",
+                       "32", "--latent-dim", "4", "--disc-hidden", "8", "--batch-size", "8", "--epochs", "1",
+                       "--out", run]) == 0
+    metrics_of = lambda: json.load(open(os.path.join(run, "metrics.json")))  # noqa: E731
+    assert evaluate.main([run, "--no-figures"]) == 0
+    mean = metrics_of()
+    for key in ("beta_vae", "factor_vae", "mig", "dci_disentanglement", "sap", "test_loss", "kl", "active_units"):
+        assert key in mean, key
+    assert mean["mig_conventions"]["code"] == "mean" and mean["mig_conventions"]["bins"] == 20
+    assert mean["mig_conventions"]["factors"] == list(dsprites.FACTORS) and "sklearn" in mean["mig_conventions"]
+    chen = ["scale", "orientation", "x", "y"]
+    assert evaluate.main([run, "--no-figures", "--mig-code", "sample", "--mig-factors", ",".join(chen)]) == 0
+    sample = metrics_of()
+    assert sample["mig_conventions"]["code"] == "sample" and sample["mig_conventions"]["factors"] == chen
+    assert len(sample["mutual_info"][0]) == 4 and sample["factor_names"] == chen
+    assert sample["factor_vae"] == mean["factor_vae"] and sample["mig"] != mean["mig"]  # MIG's alone
+    capsys.readouterr()
+    assert evaluate.main([run, "--no-figures", "--mig-factors", "colour"]) == 2
+    assert "colour is not a factor of dsprites" in capsys.readouterr().err
+
+
 @pytest.mark.e2e
 def test_the_factor_metrics_are_the_metrics_of_the_model_itself(small_grid, tmp_path):
     """evaluate.py's look-up table of the grid's codes gives the numbers of calling the

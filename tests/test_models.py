@@ -66,6 +66,23 @@ def test_conv3x3_is_the_gaussian_decoder_studys_cnn():
         VAEGAN(arch="conv3x3")
 
 
+def test_conv64_is_disentanglement_libs_conv_networks():
+    # conv_encoder: 4x4 stride-2 convolutions 32-32-64-64, linear 256, linear 2d; deconv_decoder: linear
+    # 256, linear 1024, transposed 64-32-32-C; ReLU, no batch norm
+    model = VAE((1, 64, 64), latent_dim=10, arch="conv64")
+    convs = [m for m in model.encoder if isinstance(m, nn.Conv2d)]
+    assert [(c.out_channels, c.kernel_size, c.stride) for c in convs] == [(w, (4, 4), (2, 2)) for w in (32, 32, 64, 64)]
+    linears = [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, nn.Linear)]
+    assert linears == [(1024, 256), (256, 20), (10, 256), (256, 1024)]
+    ups = [m.out_channels for m in model.decoder if isinstance(m, nn.ConvTranspose2d)]
+    assert ups == [64, 32, 32, 1] and count(model, nn.BatchNorm2d) == count(model, nn.BatchNorm1d) == 0
+    x = torch.rand(3, 1, 64, 64)
+    assert model.decode(model.encode(x)[0]).shape == (3, 1, 64, 64)
+    assert count(VAE((1, 64, 64), arch="conv64", batchnorm=True), nn.BatchNorm2d) == 7
+    with pytest.raises(ValueError, match="conv64 arch takes 64x64 images; resize them with --image-size 64"):
+        VAE((1, 28, 28), arch="conv64")
+
+
 def test_softplus_posterior_variance():
     torch.manual_seed(0)
     model = VAE(latent_dim=3, posterior_variance="softplus")
@@ -117,7 +134,8 @@ def test_pytorch_examples_size():
 # The model contract (models.py), checked on every registered model.
 OPTIONS = {"vae": {"beta": 2.0}, "ae": {"sparsity": 0.1, "code": "relu", "contractive": 0.01},
            "vaegan": {"beta": 2.0}, "cvae": {"beta": 2.0},
-           "btcvae": {"beta": 6.0, "mi_weight": 0.5, "kl_warmup": 2.0}, "pca": {}}
+           "btcvae": {"beta": 6.0, "mi_weight": 0.5, "kl_warmup": 2.0},
+           "factorvae": {"gamma": 5.0, "disc_hidden": (16,)}, "pca": {}}
 
 
 @pytest.mark.parametrize("arch", ["mlp", "conv", "conv3x3"])
@@ -142,6 +160,8 @@ def test_every_registered_model_follows_the_contract(name, arch):
     assert "loss" in model.test_loss(x, x, y)
     code = model.latent(x, y)
     assert code.shape == (6, 4) and model.generate(code, y).shape == x.shape
+    draw = model.posterior_sample(x, y)  # a draw of q(z|x); the code itself without a posterior
+    assert draw.shape == (6, 4) and (torch.equal(draw, code) != bool(model.likelihood))
     assert model.reconstruct(x, y).shape == x.shape
     images = model.sample(5, labels=y[:5])  # None: no prior (AE, PCA)
     assert images is None or images.shape == (5, 1, 28, 28) and 0 <= images.min() and images.max() <= 1

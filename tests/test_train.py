@@ -217,7 +217,7 @@ def test_model_options_are_recorded_resolved_and_foreign_ones_refused(tmp_path, 
     assert cfg["latent_dim"] == 5 and cfg["num_classes"] == 10  # the CVAE's own default
     assert train.main(["--model", "ae", "--gamma", "2", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "train.py: error: --gamma is not an option of --model ae; it belongs to vaegan"
+    assert err == "train.py: error: --gamma is not an option of --model ae; it belongs to vaegan, factorvae"
 
 
 def test_progress_lines_print_the_running_loss_whatever_the_order_of_the_terms():
