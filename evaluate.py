@@ -8,8 +8,6 @@
 Each run: metrics.json in its folder (measure.py: the numbers and their units), a markdown
 row on stdout and in <out>/table.md, figures in --out (compare.py: those of several runs).
 """
-import csv
-import glob
 import os
 import sys
 
@@ -22,6 +20,7 @@ import figures
 import metrics
 import models
 import runs
+import samplers
 import train
 from tables import group_table, table
 from compare import curves, side_by_side
@@ -29,10 +28,11 @@ from measure import factor_metrics, measure, save_metrics, test_inputs
 from config import pick_device, saved_config
 from flags import Help, Parser
 
-__all__ = ["build_parser", "find_runs", "load_run", "read_history", "main", "measure",  # used
+__all__ = ["build_parser", "load_run", "main", "measure",  # used
            "factor_metrics", "metrics", "test_inputs"]  # elsewhere (tests patch metrics)
 LIMITS = {"iw_samples": (0, 100_000), "chunk": (1, 65_536), "n": (1, 100),  # above: hours of
-          "fid_samples": (0, 1_000_000)}                                   # work, or GB figures
+          "fid_samples": (0, 1_000_000), "gmm_components": (1, 1000),      # work, or GB figures
+          "two_stage_epochs": (1, 10_000)}
 
 
 def build_parser():
@@ -53,6 +53,11 @@ def build_parser():
     a("--chunk", type=int, default=1024, help="images x samples decoded at once (bounds memory)")
     a("--n", type=int, default=10, help="images per figure row (samples: an n x n grid)")
     a("--seed", type=int, default=0, help="seeds every sample drawn in evaluation")
+    a("--sampler", default="prior", help="comma-separated, each measured and drawn: prior (the model's), gmm "
+      "(a Gaussian mixture fitted to the training codes: Ghosh et al. 2020) or two-stage (a second VAE "
+      "trained on them: Dai & Wipf 2019); metrics suffixed _gmm, _two_stage")
+    a("--gmm-components", type=int, default=10, help="K of --sampler gmm (full covariances)")
+    a("--two-stage-epochs", type=int, default=50, help="epochs of --sampler two-stage's second VAE")
     a("--weights", default="last", help="last (checkpoint.pt) or best (best.pt, lowest validation loss; "
       "runs with a validation split)")
     a("--partial", action="store_true", help="evaluate a run that has not finished its epochs")
@@ -64,20 +69,6 @@ def build_parser():
     a("--mig-factors", default=None, help="dSprites' MIG over these factors only, comma-separated (Chen et "
       "al.'s four: scale,orientation,x,y; default: all five)")
     return p
-
-
-def find_runs(patterns):
-    """Run folders from paths, globs ('runs/vae-*') and folders holding run folders."""
-    found = []
-    for pattern in patterns:
-        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-        matches = [m for m in matches if os.path.isdir(m) or not glob.has_magic(pattern)]
-        if not matches:
-            raise ValueError(f"{pattern}: no run folder matches it")
-        for path in matches:
-            inner = sorted(os.path.dirname(c) for c in glob.glob(os.path.join(path, "*", "config.json")))
-            found += inner if not os.path.isfile(os.path.join(path, "config.json")) and inner else [path]
-    return list(dict.fromkeys(os.path.normpath(f) for f in found))
 
 
 def load_run(run_dir, weights="last", partial=False, quiet=True):
@@ -137,23 +128,6 @@ def check_writable(paths):
                                 "copy the run folder somewhere writable and evaluate the copy"))
 
 
-def read_history(run_dir, fallback):
-    """history.csv's rows; the checkpoint's copy (fallback) when the file is missing or
-    damaged (not UTF-8, no rows, no epoch column), with a note."""
-    path = os.path.join(run_dir, "history.csv")
-    if not os.path.isfile(path):
-        return fallback
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-        if rows and all(r.get("epoch", "").isdigit() for r in rows):
-            return rows
-    except (OSError, UnicodeDecodeError, csv.Error):
-        pass
-    print(f"{path} is damaged; the loss curves use the checkpoint's copy of the history")
-    return fallback
-
-
 def main(argv=None):
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
@@ -162,9 +136,12 @@ def main(argv=None):
                 raise ValueError(f"--{flag.replace('_', '-')} must be in [{low}, {high}], got {value}")
         if 0 < args.fid_samples < 10:
             raise ValueError(f"--fid-samples must be 0 (skipped) or at least 10, got {args.fid_samples}")
+        args.sampler = args.sampler.split(",")
+        if unknown := [s for s in args.sampler if s not in samplers.SAMPLERS]:
+            raise ValueError(f"unknown --sampler {unknown[0]!r}; use {', '.join(samplers.SAMPLERS)} (comma-separated)")
         if args.weights not in ("last", "best"):
             raise ValueError(f"unknown --weights {args.weights!r}; use last or best")
-        device, dirs = pick_device(args.device), find_runs(args.runs)
+        device, dirs = pick_device(args.device), runs.find_runs(args.runs)
         for d in dirs:  # every run checked before any work; each loaded again when its turn comes
             load_run(d, args.weights, args.partial)
         out = args.out or (os.path.join(dirs[0], "eval") if len(dirs) == 1 else "figures")
@@ -223,6 +200,8 @@ def evaluate(dirs, names, out, device, args):
         model.to(device).eval()
         print(f"{run_dir}: {cfg['model']} on {cfg['dataset']}, epoch {epoch} ({args.weights} weights)", flush=True)
         m, codes, per_image = measure(model, cfg, splits, args, history, epoch)
+        draws = samplers.build(args.sampler, model, splits["train"], cfg["output"], args.gmm_components,
+                               args.two_stage_epochs, args.seed)
         folder = out if len(dirs) == 1 else os.path.join(out, name)
         if key[-1] is not None:  # trained on some classes: the others are the anomalies
             m.update(anomaly.detect(model, cfg, splits, codes, per_image, run_dir,
@@ -238,12 +217,13 @@ def evaluate(dirs, names, out, device, args):
                 cfg, args, device, None), key[1], device, args.inception_weights)
         if args.fid_samples and spaces[key]:
             m.update(features.sample_quality(model, cfg, splits["test"], spaces[key], args.fid_samples,
-                                             args.seed))
+                                             args.seed, draws))
         done[name] = run = dict(cfg=cfg, m=save_metrics(m, run_dir, cfg, epoch, logged, key[1], args),
-                                history=read_history(run_dir, history), kind=model.LOSS)
+                                history=runs.read_history(run_dir, history), kind=model.LOSS)
         if args.figures:
             os.makedirs(folder, exist_ok=True)
-            run["drawn"] = draw(model, cfg, splits["test"], run["m"], codes, run["history"], name, folder, args)
+            run["drawn"] = draw(model, cfg, splits["test"], run["m"], codes, run["history"], name, folder, args,
+                                draws)
         del model, codes  # one run's model in memory at a time
     os.makedirs(out, exist_ok=True)
     if args.figures and len(dirs) > 1:
@@ -256,10 +236,10 @@ def evaluate(dirs, names, out, device, args):
 
 
 @torch.no_grad()
-def draw(model, cfg, split, m, codes, history, name, out, args):
+def draw(model, cfg, split, m, codes, history, name, out, args, draws):
     """The figures of one run, into folder `out`; returns its n test images, their
-    reconstructions and its samples (None without a prior), for the comparison."""
-    n, gen, code, classes = args.n, torch.Generator().manual_seed(args.seed), model.CODE, cfg.get("classes")
+    reconstructions and its first sampler's samples (None: none drawn), for the comparison."""
+    n, code, classes = args.n, model.CODE, cfg.get("classes")
     x, target, y = test_inputs(split, cfg["output"], cfg["noise"], 2 * n)
     clean = data.to_unit(target, cfg["output"])
     recon = data.to_unit(model.reconstruct(x, y), cfg["output"])
@@ -274,8 +254,10 @@ def draw(model, cfg, split, m, codes, history, name, out, args):
                            "kl_per_dim" in m,  # slerp too, for a Gaussian prior's codes
                            y[:pairs], y[-pairs:], f"{name}: interpolation between the codes of "
                            f"two test images ({code})", (clean[:pairs], clean[-pairs:]))
-    sampled = figures.samples(model, n, path("samples.png"), f"{name}: samples from the prior",
-                              gen, classes)  # None: no prior (an AE)
+    sampled = [figures.samples(model, n, path("samples.png" if s == "prior" else f"samples-{s}.png"),
+                               f"{name}: samples from the {s}" + ("" if s == "prior" else " sampler"),
+                               torch.Generator().manual_seed(args.seed), classes, d) for s, d in draws.items()]
+    sampled = next((s for s in sampled if s is not None), None)  # None: no prior (an AE) and no other
     if cfg["latent_dim"] == 2 and model.default_labels(1) is None:  # (a CVAE: one per class)
         figures.manifold(model, n, path("manifold.png"), f"{name}: decodes over a grid of the "
                          f"code (covering 99% of the test codes)", codes, y[:1])

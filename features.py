@@ -206,32 +206,40 @@ def embed(spaces, batches):
 
 
 @torch.no_grad()
-def sample_quality(model, cfg, split, spaces, n, seed):
-    """Per space: FID, KID, manifold metrics of n prior samples (if any) and the FID of the test
+def sampler_key(name):
+    """The metrics' infix for a sampler (samplers.py): none for the prior, "_gmm", "_two_stage"."""
+    return "" if name == "prior" else "_" + name.replace("-", "_")
+
+
+def sample_quality(model, cfg, split, spaces, n, seed, draws=None):
+    """Per space: FID, KID, manifold metrics of n samples of each sampler in draws ({name: draw(n,
+    generator, labels)}, default the prior; keys fid, fid_gmm, ...) and the FID of the test
     reconstructions, against the test images; the classifier's view; "features": what compared."""
-    m, about, t0 = {}, {}, time.perf_counter()
-    fakes, gen, asked = None, torch.Generator().manual_seed(seed), model.default_labels(n)
-    drawn = (model.sample(min(1000, n - i), gen, None if asked is None else asked[i:i + 1000])
-             for i in range(0, n, 1000))
-    first = next(drawn)
-    if first is not None:  # None: the model has no prior (an AE)
-        fakes, logits = embed(spaces, (data.to_unit(images, model.output).clamp(0, 1)
-                                       for images in itertools.chain([first], drawn)))
+    m, about, t0, fakes, asked = {}, {}, time.perf_counter(), {}, model.default_labels(n)
+    for name, draw in (draws or {"prior": model.sample}).items():
+        gen = torch.Generator().manual_seed(seed)
+        drawn = (draw(min(1000, n - i), gen, None if asked is None else asked[i:i + 1000]) for i in range(0, n, 1000))
+        first = next(drawn)
+        if first is None:  # the model has no prior (an AE)
+            continue
+        fakes[name], logits = embed(spaces, (data.to_unit(images, model.output).clamp(0, 1)
+                                             for images in itertools.chain([first], drawn)))
         if logits is not None:
-            m.update(metrics.classifier_view(logits, asked))
+            m.update({k + sampler_key(name): v for k, v in metrics.classifier_view(logits, asked).items()})
     noise = data.parse_noise(cfg["noise"])
     recons = embed(spaces, (data.to_unit(model.reconstruct(x, y), cfg["output"]).clamp(0, 1)
                             for x, _, y in data.eval_batches(split, cfg["output"], noise, batch_size=500)))[0]
     for suffix, net, info, real in spaces:
-        if fakes is not None:
-            fake = fakes[suffix]
-            m["fid" + suffix] = metrics.fid(real, fake)
-            m["kid" + suffix], m["kid_std" + suffix] = metrics.kid(real, fake)
-            m.update({k + suffix: v for k, v in metrics.manifold_metrics(real, fake).items()})
+        for name, fake in fakes.items():
+            s = sampler_key(name) + suffix
+            m["fid" + s] = metrics.fid(real, fake[suffix])
+            m["kid" + s], m["kid_std" + s] = metrics.kid(real, fake[suffix])
+            m.update({k + s: v for k, v in metrics.manifold_metrics(real, fake[suffix]).items()})
         m["fid_recon" + suffix] = metrics.fid(real, recons[suffix])
-        about["inception" if suffix else "domain"] = {**info, "samples": 0 if fakes is None else n,
-                                                      "test_images": len(real)}
+        about["inception" if suffix else "domain"] = {**info, "samples": n if fakes else 0,
+                                                      "samplers": list(fakes), "test_images": len(real)}
     m["features"] = about
-    print(f"  sample quality: {0 if fakes is None else n:,} samples and {len(split[0]):,} "
-          f"reconstructions against the test images, {time.perf_counter() - t0:.1f} s", flush=True)
+    print(f"  sample quality: {n if fakes else 0:,} samples of {', '.join(fakes) or 'no sampler'} and "
+          f"{len(split[0]):,} reconstructions against the test images, {time.perf_counter() - t0:.1f} s",
+          flush=True)
     return m

@@ -69,11 +69,12 @@ def denoising(noisy, denoised, clean, path):
 
 
 @torch.no_grad()
-def samples(model, n, path, title, generator=None, classes=None):
-    """n x n prior samples (n a class, a row each, if it draws given labels): the first 2n, or None."""
+def samples(model, n, path, title, generator=None, classes=None, draw=None):
+    """n x n samples of draw (samplers.py; default the prior; n a class, a row each, if it draws given
+    labels): the first 2n, or None."""
     labelled = classes and model.default_labels(1) is not None
     labels = torch.arange(len(classes)).repeat_interleave(n) if labelled else None
-    images = model.sample(len(classes) * n if labelled else n * n, generator, labels)
+    images = (draw or model.sample)(len(classes) * n if labelled else n * n, generator, labels)
     if images is None:
         return None
     images = data.to_unit(images, model.output).clamp(0, 1)

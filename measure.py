@@ -64,6 +64,8 @@ UNITS = {  # what each number of metrics.json means, and its unit (written into 
     "features": "the feature networks of the sample-quality numbers: name, weights hash, test "
         "accuracy, and the counts of samples and test images compared",
     "*_inception": "the same number in Inception v3's 2048 pool features",
+    "*_gmm, *_two_stage": "the same sample numbers for evaluate.py --sampler gmm (a Gaussian mixture fitted "
+        "to the training codes) or two-stage (a second VAE on them): samplers.py; unsuffixed: the prior's",
     "beta_vae": "datasets with factors: BetaVAE score (Higgins et al. 2017), a logistic regression's "
         "accuracy at telling which factor a batch of 64 pairs shares from the mean |z1 - z2| (10,000 "
         "train, 5,000 eval points; chance 1/K)",

@@ -2,6 +2,7 @@
 checkpoints (plain dicts of tensors, loaded with weights_only=True: a shared file cannot run code), resuming."""
 import csv
 import errno
+import glob
 import io
 import json
 import os
@@ -263,3 +264,34 @@ def check_data(cfg, ckpt, seen):
         print(f"Note: the data under {cfg['data_root']} are not those the run was trained on ({what}); training "
               f"goes on from epoch {ckpt['epoch'] + 1} on these")
     cfg["data"] = seen
+
+
+def find_runs(patterns):
+    """Run folders from paths, globs ('runs/vae-*') and folders holding run folders."""
+    found = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        matches = [m for m in matches if os.path.isdir(m) or not glob.has_magic(pattern)]
+        if not matches:
+            raise ValueError(f"{pattern}: no run folder matches it")
+        for path in matches:
+            inner = sorted(os.path.dirname(c) for c in glob.glob(os.path.join(path, "*", "config.json")))
+            found += inner if not os.path.isfile(os.path.join(path, "config.json")) and inner else [path]
+    return list(dict.fromkeys(os.path.normpath(f) for f in found))
+
+
+def read_history(run_dir, fallback):
+    """history.csv's rows; the checkpoint's copy (fallback) when the file is missing or
+    damaged (not UTF-8, no rows, no epoch column), with a note."""
+    path = os.path.join(run_dir, "history.csv")
+    if not os.path.isfile(path):
+        return fallback
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        if rows and all(r.get("epoch", "").isdigit() for r in rows):
+            return rows
+    except (OSError, UnicodeDecodeError, csv.Error):
+        pass
+    print(f"{path} is damaged; the loss curves use the checkpoint's copy of the history")
+    return fallback

@@ -12,6 +12,7 @@ import evaluate
 import figures
 import losses
 import metrics
+import runs
 import train
 from vae import VAE
 
@@ -235,7 +236,7 @@ def make_run(tiny_data, path, *extra, epochs="2"):
 
 
 def last_row(run_dir):
-    return evaluate.read_history(run_dir, None)[-1]
+    return runs.read_history(run_dir, None)[-1]
 
 
 @pytest.mark.e2e
@@ -292,8 +293,8 @@ def test_the_likelihood_is_skipped_by_default_and_says_which_flag_adds_it(tiny_d
 def test_a_folder_of_runs_and_a_glob_find_the_same_runs(tiny_data, tmp_path):
     make_run(tiny_data, tmp_path / "runs" / "a", epochs="1")
     make_run(tiny_data, tmp_path / "runs" / "b", epochs="1")
-    folder = evaluate.find_runs([str(tmp_path / "runs")])
-    assert folder == evaluate.find_runs([str(tmp_path / "runs" / "*")])
+    folder = runs.find_runs([str(tmp_path / "runs")])
+    assert folder == runs.find_runs([str(tmp_path / "runs" / "*")])
     assert [os.path.basename(r) for r in folder] == ["a", "b"]
 
 
@@ -338,7 +339,7 @@ def test_best_weights_are_chosen_on_validation_and_evaluated_with_their_own_epoc
     assert evaluate.main([run, "--weights", "best", "--iw-samples", "0", "--no-figures"]) == 0
     m = json.load(open(os.path.join(run, "metrics_best.json")))
     best = torch.load(os.path.join(run, "best.pt"), weights_only=True)
-    rows = evaluate.read_history(run, None)
+    rows = runs.read_history(run, None)
     by_val = min(rows, key=lambda r: float(r["val_loss"]))
     assert best["epoch"] == int(by_val["epoch"]) and best["val_loss"] == pytest.approx(
         float(by_val["val_loss"]))
