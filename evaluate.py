@@ -24,11 +24,11 @@ import samplers
 import train
 from tables import group_table, table
 from compare import curves, side_by_side
-from measure import factor_metrics, measure, save_metrics, test_inputs
+from measure import autoencoder_measures, factor_metrics, measure, save_metrics, test_inputs
 from config import pick_device, saved_config
 from flags import Help, Parser
 
-__all__ = ["build_parser", "load_run", "main", "measure",  # used
+__all__ = ["autoencoder_measures", "build_parser", "load_run", "main", "measure",  # used
            "factor_metrics", "metrics", "test_inputs"]  # elsewhere (tests patch metrics)
 LIMITS = {"iw_samples": (0, 100_000), "chunk": (1, 65_536), "n": (1, 100),  # above: hours of
           "fid_samples": (0, 1_000_000), "gmm_components": (1, 1000),      # work, or GB figures

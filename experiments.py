@@ -4,7 +4,7 @@ the train.py flags of all settings (base) and of each, epochs (full, quick), the
 {column label: value}}} and a note on their units; optionally layout "final" (one table at the
 last epoch, not one row per epoch), figures [(file, "samples" or "reconstructions", title,
 settings)], final (what evaluate.py measures, below, or "autoencoder":
-reproduce.autoencoder_measures) with published_final {setting: {label: text}} beside it, and
+measure.autoencoder_measures) with published_final {setting: {label: text}} beside it, and
 per_class (the one-class table)."""
 
 # What evaluate.py measures on each run's last weights for the table "At the last epoch": the

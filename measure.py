@@ -240,3 +240,23 @@ def save_metrics(m, run_dir, cfg, epoch, logged, root, args):
     name = "metrics.json" if args.weights == "last" else "metrics_best.json"
     runs.atomic_save(json.dumps(m, indent=2) + "\n", os.path.join(run_dir, name))
     return m
+
+
+def autoencoder_measures(cfg, model, data_root):
+    """reproduce.py's autoencoders experiment, on the MNIST test split: PSNR of the input and of the
+    reconstruction (dB, [0, 1] pixels, code h or z = mu), the fraction of code activations |h_j| < 1e-2
+    (the VAE's: of mu), and the exact ||dh/dx||_F per image (autograd through latent(); PCA's: sqrt(latent
+    size))."""
+    model.eval()
+    test = data.load("mnist", data_root, "cpu", download=False)["test"]
+    found = {"PSNR input dB": [], "PSNR output dB": [], "codes below 1e-2": [], "Jacobian norm": []}
+    for x, target, y in data.eval_batches(test, noise=data.parse_noise(cfg["noise"]),
+                                          batch_size=500):
+        with torch.no_grad():
+            found["PSNR input dB"].append(metrics.psnr(x, target))
+            found["PSNR output dB"].append(metrics.psnr(model.reconstruct(x, y), target))
+            found["codes below 1e-2"].append((model.latent(x, y).abs() < 1e-2).float().flatten())
+        jac = torch.func.vmap(torch.func.jacrev(lambda xi: model.latent(xi[None])[0]))(x)
+        found["Jacobian norm"].append(jac.flatten(1).norm(dim=1))
+    return {k: torch.cat(v).mean().item() for k, v in found.items()
+            if k != "PSNR input dB" or cfg["noise"]}

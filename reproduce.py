@@ -157,11 +157,13 @@ def measured(exp, folder, todo, data_root, quick=False):
     """The table of the numbers exp["final"] measures on each run's last weights."""
     if "final" not in exp:
         return []
+    import evaluate  # imported where needed (as figures): its imports would slow --help and --list
     found = {}  # label: {setting: [value per seed]}
     for name, _ in todo:
         run_dir = os.path.join(folder, name)
-        for label, v in (autoencoder_measures(run_dir, data_root) if exp["final"] == "autoencoder"
-                         else evaluated(run_dir, data_root, exp["final"], quick)).items():
+        for label, v in (evaluate.autoencoder_measures(*evaluate.load_run(run_dir)[:2], data_root)
+                         if exp["final"] == "autoencoder" else evaluated(run_dir, data_root, exp["final"],
+                                                                         quick)).items():
             found.setdefault(label, {}).setdefault(setting_of(name), []).append(v)
     found = dict(sorted(found.items(), key=lambda item: -len(item[1])))  # labels most runs have first
     published = exp.get("published_final", {})
@@ -172,27 +174,6 @@ def measured(exp, folder, todo, data_root, quick=False):
     heads = ["setting", *found, *(f"{label}, published" for label in beside)]
     lines = ["At the last epoch:", "", *tables.markdown(heads, rows)]
     return lines + (["", *one_class_summary(found)] if exp.get("per_class") else [])
-
-
-def autoencoder_measures(run_dir, data_root):
-    """On the MNIST test split: PSNR of the input and of the reconstruction (dB, [0, 1] pixels,
-    code h or z = mu), the fraction of code activations |h_j| < 1e-2 (the VAE's: of mu), and
-    the exact ||dh/dx||_F per image (autograd through latent(); PCA's: sqrt(latent size))."""
-    import evaluate  # imported where needed (as figures): its imports would slow --help and --list
-    cfg, model = evaluate.load_run(run_dir)[:2]
-    model.eval()
-    test = data.load("mnist", data_root, "cpu", download=False)["test"]
-    found = {"PSNR input dB": [], "PSNR output dB": [], "codes below 1e-2": [], "Jacobian norm": []}
-    for x, target, y in data.eval_batches(test, noise=data.parse_noise(cfg["noise"]),
-                                          batch_size=500):
-        with torch.no_grad():
-            found["PSNR input dB"].append(metrics.psnr(x, target))
-            found["PSNR output dB"].append(metrics.psnr(model.reconstruct(x, y), target))
-            found["codes below 1e-2"].append((model.latent(x, y).abs() < 1e-2).float().flatten())
-        jac = torch.func.vmap(torch.func.jacrev(lambda xi: model.latent(xi[None])[0]))(x)
-        found["Jacobian norm"].append(jac.flatten(1).norm(dim=1))
-    return {k: torch.cat(v).mean().item() for k, v in found.items()
-            if k != "PSNR input dB" or cfg["noise"]}
 
 
 def evaluated(run_dir, data_root, spec, quick=False):
