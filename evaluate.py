@@ -224,7 +224,7 @@ def evaluate(dirs, names, out, device, args):
             os.makedirs(folder, exist_ok=True)
             run["drawn"] = draw(model, cfg, splits["test"], run["m"], codes, run["history"], name, folder, args,
                                 draws)
-        del model, codes  # one run's model in memory at a time
+        del model, codes, draws  # one run's model in memory at a time (each draw holds it)
     os.makedirs(out, exist_ok=True)
     if args.figures and len(dirs) > 1:
         side_by_side(done, out)

@@ -98,7 +98,7 @@ def fit_two_stage(codes, epochs=50, seed=0, width=WIDTH):
 def build(names, model, train_split, output, components=10, epochs=50, seed=0):
     """{name: draw(n, generator, labels) -> images or None} for the samplers named, fitted on the training split."""
     draws, codes = {}, None
-    device = next(model.parameters()).device
+    device = train_split[0].device  # the data live where the model does (PCA has no parameters)
     for name in names:
         if name == "prior":
             draws[name] = model.sample
