@@ -3,8 +3,9 @@
     prior      the model's own prior draws (model.sample: N(0, I) decoded, for a VAE; an AE has none)
     gmm        a K-component full-covariance Gaussian mixture fitted to the training codes, its draws
                decoded: Ghosh et al. 2020's ex-post density estimation; any model with a code, AE included
-    two-stage  a second, small VAE trained on the training codes, its prior draws decoded (Dai & Wipf
-               2019: its Gaussian decoder learns its variance γ, which lets it match the codes' density)
+    two-stage  a second, small VAE trained on the training codes, its draws u ~ p(u|v), v ~ N(0, I), decoded
+               (Dai & Wipf 2019: its Gaussian decoder learns its variance γ, which lets it match the codes'
+               density; on near-Gaussian codes its posterior collapses and γ is their spread)
 
 build() returns {name: draw}, each draw(n, generator, labels) -> n images in the data's range, or None
 when the model has no prior; `generator` (on the CPU) makes every draw repeatable.
@@ -90,8 +91,9 @@ def fit_two_stage(codes, epochs=50, seed=0, width=WIDTH):
     net.eval()
 
     @torch.no_grad()
-    def draw(n, generator=None):
-        return net.dec(torch.randn(n, codes.shape[1], generator=generator)) * scale + center
+    def draw(n, generator=None):  # u ~ p(u|v) = N(dec(v), γ I): the mean alone is one point once q(v|u) collapses
+        v, eps = torch.randn(2, n, codes.shape[1], generator=generator)
+        return (net.dec(v) + (0.5 * net.log_gamma).exp() * eps) * scale + center
     return draw, total / len(u)
 
 

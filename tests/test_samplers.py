@@ -46,13 +46,23 @@ def test_one_gaussian_cannot_draw_a_mixture_the_gmm_can():
 def test_the_two_stage_vae_learns_the_codes_density():
     codes, _ = mixture(3000, torch.Generator().manual_seed(0))
     rng = torch.get_rng_state()
-    draw, loss = samplers.fit_two_stage(codes, epochs=100, seed=0, width=64)
+    draw, loss = samplers.fit_two_stage(codes, epochs=300, seed=0, width=64)
     assert torch.equal(torch.get_rng_state(), rng)  # its training leaves the global generator alone
     drawn = draw(4000, torch.Generator().manual_seed(1))
-    assert drawn.shape == (4000, 3) and loss < 3.0  # N(0, I) on the standardised codes would be 4.26
+    assert drawn.shape == (4000, 3) and loss < 2.0  # N(0, I) on the standardised codes would be 4.26
     near = (torch.cdist(drawn, MEANS).min(1).values < 2).float().mean().item()
-    assert near > 0.8  # most draws land on a mode, not between them
+    assert near > 0.7  # most draws land on a mode, not between them (of the codes themselves: 0.92)
     assert drawn.mean(0).tolist() == pytest.approx(codes.mean(0).tolist(), abs=0.6)
+
+
+def test_the_two_stage_draws_spread_like_gaussian_codes():
+    # codes already N(m, s^2): the second stage's posterior collapses, so its draws are p(u|v)'s noise,
+    # which must keep the codes' spread rather than give their mean 4000 times
+    codes = torch.randn(4000, 6, generator=torch.Generator().manual_seed(0)) * 0.7 + 0.3
+    draw, _ = samplers.fit_two_stage(codes, epochs=5, seed=0, width=64)
+    drawn = draw(4000, torch.Generator().manual_seed(1))
+    assert drawn.std(0).tolist() == pytest.approx(codes.std(0).tolist(), rel=0.2)
+    assert drawn.mean(0).tolist() == pytest.approx(codes.mean(0).tolist(), abs=0.1)
 
 
 def test_evaluate_measures_and_draws_every_sampler(tiny_data, tmp_path, capsys):
