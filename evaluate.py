@@ -258,7 +258,7 @@ def draw(model, cfg, split, m, codes, history, name, out, args, draws):
                                f"{name}: samples from the {s}" + ("" if s == "prior" else " sampler"),
                                torch.Generator().manual_seed(args.seed), classes, d) for s, d in draws.items()]
     sampled = next((s for s in sampled if s is not None), None)  # None: no prior (an AE) and no other
-    if cfg["latent_dim"] == 2 and model.default_labels(1) is None:  # (a CVAE: one per class)
+    if codes.shape[1] == 2 and model.default_labels(1) is None:  # (a CVAE: one per class)
         figures.manifold(model, n, path("manifold.png"), f"{name}: decodes over a grid of the "
                          f"code (covering 99% of the test codes)", codes, y[:1])
     center, spread = codes.mean(0).cpu(), codes.std(0).cpu()  # each unit over its test spread

@@ -13,10 +13,11 @@ from cvae import CVAE
 from factorvae import FactorVAE
 from pca import PCA
 from vae import VAE
+from vqvae import VQVAE
 from vaegan import VAEGAN
 
 MODELS = {"vae": VAE, "ae": AE, "vaegan": VAEGAN, "cvae": CVAE, "btcvae": BetaTCVAE, "factorvae": FactorVAE,
-          "pca": PCA}
+          "pca": PCA, "vqvae": VQVAE}
 
 
 def defaults(cls):

@@ -54,5 +54,5 @@ def test_every_default_is_said_once_and_never_for_a_switch(script, text):
 def test_switches_read_as_off_and_model_options_give_their_defaults():
     found = blocks(train.build_parser().format_help())
     assert "default" not in found["--no-download"] and "default" not in found["--amp"]
-    assert found["--latent-dim"].endswith("(default: vae 20, ae 20, vaegan 20, cvae 5, btcvae 20, factorvae 20, pca 20)")
+    assert found["--latent-dim"].endswith("(default: vae 20, ae 20, vaegan 20, cvae 5, btcvae 20, factorvae 20, pca 20, vqvae 64)")
     assert found["--lr"].endswith("(default: 0.001)") and found["--sparsity-target"].endswith("(default: none)")

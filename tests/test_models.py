@@ -135,7 +135,8 @@ def test_pytorch_examples_size():
 OPTIONS = {"vae": {"beta": 2.0}, "ae": {"sparsity": 0.1, "code": "relu", "contractive": 0.01},
            "vaegan": {"beta": 2.0}, "cvae": {"beta": 2.0},
            "btcvae": {"beta": 6.0, "mi_weight": 0.5, "kl_warmup": 2.0},
-           "factorvae": {"gamma": 5.0, "disc_hidden": (16,)}, "pca": {}}
+           "factorvae": {"gamma": 5.0, "disc_hidden": (16,)}, "pca": {},
+           "vqvae": {"codebook": 8, "width": 8}}
 
 
 @pytest.mark.parametrize("arch", ["mlp", "conv", "conv3x3"])
@@ -159,13 +160,14 @@ def test_every_registered_model_follows_the_contract(name, arch):
     assert (steps or not groups) and set(steps) <= set(groups)  # PCA: no groups, fitted, not stepped
     assert "loss" in model.test_loss(x, x, y)
     code = model.latent(x, y)
-    assert code.shape == (6, 4) and model.generate(code, y).shape == x.shape
+    size = 4 * 7 * 7 if name == "vqvae" else 4  # the VQ-VAE's code: a 7x7 grid of 4-d code vectors
+    assert code.shape == (6, size) and model.generate(code, y).shape == x.shape
     draw = model.posterior_sample(x, y)  # a draw of q(z|x); the code itself without a posterior
-    assert draw.shape == (6, 4) and (torch.equal(draw, code) != bool(model.likelihood))
+    assert draw.shape == (6, size) and (torch.equal(draw, code) != bool(model.likelihood))
     assert model.reconstruct(x, y).shape == x.shape
     images = model.sample(5, labels=y[:5])  # None: no prior (AE, PCA)
     assert images is None or images.shape == (5, 1, 28, 28) and 0 <= images.min() and images.max() <= 1
-    assert (images is None) == (name in ("ae", "pca"))
+    assert (images is None) == (name in ("ae", "pca", "vqvae"))  # (the VQ-VAE's prior: prior.py)
     if model.likelihood:  # latent is the posterior mean, in evaluation mode
         model.eval()
         mu, logvar = model.encode(x, y)
