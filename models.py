@@ -12,12 +12,13 @@ from btcvae import BetaTCVAE
 from cvae import CVAE
 from factorvae import FactorVAE
 from pca import PCA
+from prior import Prior
 from vae import VAE
 from vqvae import VQVAE
 from vaegan import VAEGAN
 
 MODELS = {"vae": VAE, "ae": AE, "vaegan": VAEGAN, "cvae": CVAE, "btcvae": BetaTCVAE, "factorvae": FactorVAE,
-          "pca": PCA, "vqvae": VQVAE}
+          "pca": PCA, "vqvae": VQVAE, "prior": Prior}
 
 
 def defaults(cls):
@@ -60,7 +61,7 @@ def describe(model):
     options = resolved(model)
     words = [options.get("arch", "") + (" " + "-".join(map(str, options["hidden"]))
                                         if options.get("hidden") else ""),
-             f"latent {options['latent_dim']}"]
+             f"latent {options['latent_dim']}" if "latent_dim" in options else f"prior of {options.get('prior_of')}"]
     words = [w for w in words if w]
     if "recon" in options:
         words.append(options["recon"] + (f" c={options['c']:g}" if options["recon"] == "gaussian" else ""))
