@@ -61,7 +61,7 @@ def describe(model):
     options = resolved(model)
     words = [options.get("arch", "") + (" " + "-".join(map(str, options["hidden"]))
                                         if options.get("hidden") else ""),
-             f"latent {options['latent_dim']}" if "latent_dim" in options else f"prior of {options.get('prior_of')}"]
+             f"latent {options['latent_dim']}" if "latent_dim" in options else ""]
     words = [w for w in words if w]
     if "recon" in options:
         words.append(options["recon"] + (f" c={options['c']:g}" if options["recon"] == "gaussian" else ""))
