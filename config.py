@@ -1,5 +1,6 @@
 """A command line resolved into a run's config, every value checked before any work (ValueError, one line saying
 what to do), with --resume against the saved config and checkpoint; and the check of a saved config.json."""
+import importlib.util
 import json
 import os
 import re
@@ -17,9 +18,9 @@ from flags import defaults, explicit_flags, split_size
 
 # Flags that may differ from the saved config when resuming; anything else is refused.
 RESUME_SAFE = {"epochs", "device", "log_interval", "data_root", "download", "resume",
-               "compile", "channels_last", "data_budget"}
+               "compile", "channels_last", "data_budget", "tensorboard"}
 ADDED = {"image_size": None, "channels": None, "val_split": 0, "skip_bad_images": False,
-         "train_classes": None, "exclude_classes": None}  # run-level flags added after format 2
+         "train_classes": None, "exclude_classes": None, "tensorboard": False}  # run-level flags added after format 2
 MODEL_ADDED = {"kl_warmup": 0.0, "kl_cycle": 0.0, "free_bits": 0.0, "capacity": 0.0,
                "capacity_epochs": 0.0}  # model options added after format 2, at their "off"
 OPTIMISATION = {"lr", "lr_disc", "batch_size", "weight_decay", "l1", "augment", "hflip", "crop",
@@ -179,6 +180,8 @@ def check_resources(cfg):
     model = models.from_config(cfg, device="meta")  # no memory: for its checks only
     device = pick_device(cfg["device"])
     missing = cfg["compile"] and parallel.missing_compiler(device)
+    if cfg["tensorboard"] and importlib.util.find_spec("tensorboard") is None:
+        missing = "--tensorboard needs the tensorboard package: pip install tensorboard (or leave the flag out)"
     if missing:
         raise ValueError(missing)
     if cfg["batch_size"] // processes < 2 and nets.normalizes(model):

@@ -96,14 +96,47 @@ def epoch_line(terms, weights):
                      for k, v in terms.items() if k != "loss")
 
 
-def write_epoch(model, splits, copy_to, cfg, noise, epoch, history, best=None):
+def write_epoch(model, splits, copy_to, cfg, noise, epoch, history, best=None, board=None):
     """The epoch's files after checkpoint.pt: history, best.pt if the validation loss improved to `best`
-    (chosen on validation, never on test), the growing figures."""
+    (chosen on validation, never on test), the growing figures, and the epoch on TensorBoard (`board`)."""
     runs.write_history(history, cfg["out"])
     if best is not None:
         runs.atomic_save({"format": runs.FORMAT, "model": model.state_dict(), "config": cfg, "epoch": epoch,
                           "val_loss": best}, os.path.join(cfg["out"], "best.pt"))
-    save_figures(model, splits["test"], cfg, noise, epoch, copy_to["test"])
+    grids = save_figures(model, splits["test"], cfg, noise, epoch, copy_to["test"])
+    if board:
+        log_epoch(board, history[-1], grids)
+
+
+def open_board(cfg, start):
+    """--tensorboard's writer, on the run folder (None without it). A resumed run starts at epoch `start`:
+    events an interrupted run logged from there on are dropped (purge_step)."""
+    if not cfg["tensorboard"]:
+        return None
+    from torch.utils.tensorboard import SummaryWriter  # only with the flag: tensorboard is optional
+    return SummaryWriter(cfg["out"], purge_step=start if start > 1 else None)
+
+
+def log_epoch(board, row, grids):
+    """Every number of an epoch's history row as a scalar (train/loss, test/kl, val/recon, train/grad_norm,
+    lr, seconds), and the figures' grids of this epoch as images."""
+    for key, v in row.items():
+        split, _, term = key.partition("_")
+        if key != "epoch" and isinstance(v, (int, float)):
+            board.add_scalar(f"{split}/{term}" if split in ("train", "val", "test") else key, v, row["epoch"])
+    for kind, grid in grids.items():
+        board.add_image(kind, grid, row["epoch"])
+    board.flush()
+
+
+def log_hparams(board, cfg, row):
+    """The run's settings as TensorBoard hparams beside its final test terms (final/loss, ...), so
+    `tensorboard --logdir SWEEP` sets a sweep's runs side by side."""
+    settings = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in cfg.items()
+                if k not in ("command", "resume_commands", "classes")}
+    board.add_hparams(settings, {f"final/{k[5:]}": v for k, v in row.items() if k.startswith("test_")},
+                      run_name=".")  # the run folder itself: its scalars and its hparams together
+    board.close()
 
 
 def end_of_epoch(model, splits, copy_to, cfg, noise, epoch, train, seconds, opt):
@@ -186,7 +219,7 @@ class Tally:
 @torch.no_grad()
 def save_figures(model, split, cfg, noise, epoch, copy_to=None):
     """This epoch's rows of the growing figures: 8 test inputs' reconstructions (from the AE's code h, the
-    VAEs' z = mu) and fixed prior samples' decodes."""
+    VAEs' z = mu) and fixed prior samples' decodes. Returns this epoch's grids {kind: (C, H, W) in [0, 1]}."""
     images, labels = split
     x, target, y = next(data.eval_batches((images[:8], labels[:8]), cfg["output"], noise, copy_to))
     unit = lambda t: data.to_unit(t, cfg["output"])  # noqa: E731
@@ -199,3 +232,5 @@ def save_figures(model, split, cfg, noise, epoch, copy_to=None):
     if samples is not None:
         rows["samples"] = unit(samples)
     add_epoch(cfg["out"], epoch, fixed, rows, titles)
+    rows["reconstructions"] = torch.cat([*fixed.values(), rows["reconstructions"]])
+    return {kind: make_grid(images.float().clamp(0, 1), nrow=8, pad_value=1.0) for kind, images in rows.items()}

@@ -94,6 +94,7 @@ def machine_flags(a):
     a("--out", default=None, help="run folder (default runs/<model>-<dataset>-<time>)")
     a("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR")
     a("--log-interval", type=int, default=100, help="steps between progress lines")
+    a("--tensorboard", action="store_true", help="log each epoch's terms, lr, grad norms, figures for TensorBoard")
 
 
 def resolve(argv):
@@ -153,11 +154,10 @@ def train_epoch(model, opt, split, cfg, epoch, noise, signals=None, resume=None,
     order, tally = r["order"].to(images.device), progress.Tally(resume)
     local, batch = parallel.shard(order, cfg["batch_size"]), cfg["batch_size"] // parallel.world()[1]
     n_steps, t0 = -(-len(local) // batch), time.perf_counter() - r["seconds"]
-    one_is_too_few = nets.normalizes(model)
     for step, (x, target, y) in enumerate(data.batches(
             images, labels, batch, shuffle=True, output=cfg["output"], hflip=cfg["hflip"], crop=cfg["crop"],
             noise=noise, order=local, start=r["step"], device=copy_to), start=r["step"] + 1):
-        if x.shape[0] < 2 and one_is_too_few:
+        if x.shape[0] < 2 and nets.normalizes(model):
             continue  # batch norm cannot normalize a batch of one image
         if cfg["channels_last"]:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -212,7 +212,7 @@ def run(cfg, ckpt=None, signals=None):
     state = lambda epoch, mid=None: runs.checkpoint(  # noqa: E731
         model, opt, sched, epoch, cfg, history, best, mid, parallel.gather(runs.rng_state(device)))
     save = lambda obj: writer and runs.save_checkpoint(obj, os.path.join(cfg["out"], "checkpoint.pt"))  # noqa
-    signals.phase = "training"
+    board, signals.phase = writer and progress.open_board(cfg, start), "training"
     for epoch in range(start, cfg["epochs"] + 1):
         try:
             train, seconds = train_epoch(model, opt, splits["train"], cfg, epoch, noise, signals, mid_epoch,
@@ -229,11 +229,14 @@ def run(cfg, ckpt=None, signals=None):
         improved, best = val is not None and val < best, min(best, val if val is not None else best)
         save(state(epoch))  # first: no other file runs ahead of it
         if writer:
-            progress.write_epoch(model, splits, copy_to, cfg, noise, epoch, history, best if improved else None)
+            progress.write_epoch(model, splits, copy_to, cfg, noise, epoch, history,
+                                 best if improved else None, board)
         if parallel.any_rank(signals.received) and epoch < cfg["epochs"]:
             stop = guard.Stop(signals.received or signal.SIGTERM)
             stop.where = f"the end of epoch {epoch}"
             raise stop
+    if board:
+        progress.log_hparams(board, cfg, history[-1])
     signals.phase = "done"
     return history
 
