@@ -7,7 +7,12 @@
 Each run gets a folder in the sweep folder named by its varied flags and seed (dropout0.3-beta4-seed2). Every
 combination's flags are checked before the first run starts. A finished run is skipped and an unfinished one
 resumed, so the same command continues an interrupted sweep. --jobs N runs N at a time, sharing the CPU threads
-out; --print-commands prints one train.py command per line instead (for a cluster's job array).
+out. On a cluster, --launcher slurm submits the runs as one Slurm job array through submitit, each task
+resuming its run after a preemption or its time limit (launch.py); --status SWEEP says what each run is doing:
+
+    python sweep.py --launcher slurm --partition gpu --time 240 --gpus-per-task 1 --seeds 1,2,3 \
+        --vary beta=1,4 --out runs/beta -- --model vae --dataset cifar10 --arch conv
+    python sweep.py --status runs/beta
 """
 import argparse
 import itertools
@@ -16,17 +21,16 @@ import os
 import re
 import shlex
 import signal
-import subprocess
 import sys
 import time
 
 import config
 import flags
 import guard
+import launch
 import runs
 import train
 
-TRAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
 # config keys that are not settings: a run folder may differ from the plan in these
 BOOKKEEPING = config.RESUME_SAFE - {"epochs"} | {"out", "command", "resume_commands", "data", "format"}
 
@@ -41,9 +45,43 @@ def build_parser():
                         "commas: --vary 'hidden=400;300,100'")
     p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds, each a run")
     p.add_argument("--out", default=None, help="the sweep folder (default runs/sweep-<time>)")
-    p.add_argument("--jobs", type=int, default=1, help="runs at a time (threads shared out)")
+    p.add_argument("--jobs", type=int, default=1, help="local: runs at a time (threads shared out)")
     p.add_argument("--print-commands", action="store_true", help="print one train.py command per run, run nothing")
+    p.add_argument("--launcher", choices=("local", "slurm"), default="local", help="local: run here; slurm: "
+                   "submit one Slurm job array through submitit (one task per run) and return")
+    p.add_argument("--status", metavar="SWEEP", help="say what each run of the sweep in SWEEP is doing (done, "
+                   "running, failed with its last line, pending) and run nothing")
+    s = p.add_argument_group("slurm (with --launcher slurm)")
+    s.add_argument("--partition", help="the partition to submit to (default: the cluster's)")
+    s.add_argument("--time", type=int, default=60, help="minutes per task; a run needing longer is saved and "
+                   "requeued before the limit, at most --requeues times")
+    s.add_argument("--requeues", type=int, default=3, help="requeues after a time limit (preemptions: any)")
+    s.add_argument("--cpus-per-task", type=int, default=4, help="CPUs per task (train.py's threads)")
+    s.add_argument("--gpus-per-task", type=int, default=0, help="GPUs per task")
+    s.add_argument("--array-parallelism", type=int, default=64, help="tasks of the array running at once")
+    s.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE", help="another sbatch option, "
+                   "passed through (repeat): --sbatch account=lab --sbatch mem=16G --sbatch qos=short")
     return p
+
+
+def check_launcher(args, own):
+    """The launcher's flags agree (before any work): slurm flags only with slurm, numbers >= 1."""
+    if args.launcher == "local":
+        given = [f for f in ("--partition", "--time", "--requeues", "--cpus-per-task", "--gpus-per-task",
+                             "--array-parallelism", "--sbatch") if any(w.split("=")[0] == f for w in own)]
+        if given:
+            raise ValueError(f"{given[0]} is a Slurm option; add --launcher slurm")
+        return
+    if args.jobs != 1:
+        raise ValueError("--jobs is the local launcher's; with slurm, use --array-parallelism")
+    for name in ("time", "cpus_per_task", "array_parallelism"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"{config.flag(name)} must be >= 1, got {getattr(args, name)}")
+    if args.requeues < 0 or args.gpus_per_task < 0:
+        raise ValueError("--requeues and --gpus-per-task must be >= 0")
+    bad = next((o for o in args.sbatch if "=" not in o or not o.split("=")[0]), None)
+    if bad is not None:
+        raise ValueError(f"--sbatch {bad!r}: write KEY=VALUE, e.g. --sbatch account=lab")
 
 
 def flag_words(name, value):
@@ -137,6 +175,9 @@ def main(argv=None):
     own, base = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     args, held = build_parser().parse_args(own), None
     try:
+        if args.status:
+            return show_status(args.status)
+        check_launcher(args, own)
         if "--out" in base or "--resume" in base or "--seed" in base:
             raise ValueError("give --out to sweep.py (the sweep folder) and seeds with --seeds; "
                              "train.py's --out, --resume and --seed are set for each run")
@@ -145,7 +186,7 @@ def main(argv=None):
         args.out = args.out or os.path.join("runs", f"sweep-{time.strftime('%Y%m%d-%H%M%S')}")
         todo = plan(args, base)
         if args.print_commands:
-            print("\n".join(shlex.join([sys.executable, TRAIN, *a]) for _, a in todo))
+            print("\n".join(shlex.join([sys.executable, launch.TRAIN, *a]) for _, a in todo))
             return 0
         manifest = {"vary": args.vary, "seeds": args.seeds, "train_flags": base, "runs": [n for n, _ in todo]}
         path = os.path.join(args.out, "sweep.json")
@@ -157,6 +198,8 @@ def main(argv=None):
         if args.jobs > 1:
             fetch_data(new)
         runs.atomic_save(json.dumps(manifest, indent=2) + "\n", path)
+        if args.launcher == "slurm":
+            return submit_slurm(todo, args)
         return run_all(todo, args.jobs, f"the same command with --out {args.out}")
     except ValueError as e:  # a run folder damaged while the sweep runs too
         print(f"sweep.py: error: {e}", file=sys.stderr)
@@ -185,15 +228,13 @@ def run_all(todo, jobs, again="the same command"):
                     done += 1
                     print(f"[{done}/{len(todo)}] {name}: finished before, skipped", flush=True)
                     continue
-                log = open(os.path.join(os.path.dirname(run_dir), f"{name}.log"), "a")
                 argv = ["--resume", run_dir] if what == "unfinished" else argv
-                running[name] = (subprocess.Popen([sys.executable, TRAIN, *argv], stdout=log, env=env,
-                                                  stderr=subprocess.STDOUT, start_new_session=True), log)
+                running[name] = launch.start(argv, os.path.join(os.path.dirname(run_dir), f"{name}.log"), env)
             time.sleep(0.2)
             for name, (proc, log) in list(running.items()):
                 if proc.poll() is None:
                     continue
-                log.close()
+                launch.ended(proc, log)
                 del running[name]
                 done += 1
                 elapsed, left = time.perf_counter() - t0, len(waiting) + len(running)
@@ -215,6 +256,27 @@ def run_all(todo, jobs, again="the same command"):
     return 0
 
 
+def submit_slurm(todo, args):
+    """The sweep's unfinished runs as one Slurm job array (launch.py); its job id and how to follow it."""
+    jobs = launch.submit(todo, args.out, launch.executor(os.path.join(args.out, "slurm"), args))
+    if not jobs:
+        print(f"sweep.py: every run of {args.out} has finished; nothing to submit")
+        return 0
+    print(f"Submitted {len(jobs)} run(s) as Slurm job array {jobs[0].job_id.split('_')[0]} (submitit's files "
+          f"in {args.out}/slurm); follow it with: python sweep.py --status {args.out}")
+    return 0
+
+
+def show_status(sweep_dir):
+    """--status: a line per run of the sweep, and a count of each state."""
+    rows = launch.status(sweep_dir)
+    width = max(len(name) for name, _, _ in rows)
+    for name, what, detail in rows:
+        print(f"{name:<{width}}  {what:<8} {detail}".rstrip())
+    counts = {w: sum(r[1] == w for r in rows) for w in ("done", "running", "failed", "pending")}
+    print(", ".join(f"{n} {w}" for w, n in counts.items() if n))
+    return 1 if counts["failed"] else 0
+
 
 def stop_all(running):
     """Pass a Ctrl-C on to each running run {name: (process, log)} once, so each saves and stops, and wait
@@ -225,7 +287,7 @@ def stop_all(running):
         try:
             for name, (proc, log) in list(running.items()):
                 proc.wait()
-                log.close()
+                launch.ended(proc, log)
                 del running[name]
         except KeyboardInterrupt:
             continue

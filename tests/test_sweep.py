@@ -172,7 +172,7 @@ def test_ctrl_c_stops_every_running_run_saved_and_resumable(tiny_data, tmp_path)
     import sys
     import time
     out = str(tmp_path / "sw")
-    argv = [sys.executable, sweep.__file__, "--seeds", "1,2", "--jobs", "2", "--out", out, "--",
+    argv = [sys.executable, sweep.__file__, "--launcher", "local", "--seeds", "1,2", "--jobs", "2", "--out", out, "--",
             "--data-root", tiny_data, *SMALL[:-1], "400"]  # long enough to be running
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     checkpoints = [os.path.join(out, f"seed{s}", "checkpoint.pt") for s in (1, 2)]
@@ -188,6 +188,9 @@ def test_ctrl_c_stops_every_running_run_saved_and_resumable(tiny_data, tmp_path)
     assert all(sweep.state(os.path.dirname(p)) == "unfinished" for p in checkpoints)
     for s in (1, 2):
         assert "stopped by SIGINT" in open(os.path.join(out, f"seed{s}.log")).read()
+    rows = sweep.launch.status(out)  # what --status shows: each run saved and waiting to resume
+    assert [(name, what) for name, what, _ in rows] == [("seed1", "pending"), ("seed2", "pending")]
+    assert all(detail == f"epoch {e} saved, resumes" for (_, _, detail), e in zip(rows, epochs))
 
 
 def test_the_threads_shared_out_are_those_of_the_cores_this_process_may_use(tmp_path, monkeypatch):
@@ -202,7 +205,7 @@ def test_the_threads_shared_out_are_those_of_the_cores_this_process_may_use(tmp_
         def poll(self):
             return 0
 
-    monkeypatch.setattr(sweep.subprocess, "Popen", Done)
+    monkeypatch.setattr(sweep.launch.subprocess, "Popen", Done)
     monkeypatch.setattr(sweep.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5}, raising=False)
     todo = [(f"r{i}", ["--out", str(tmp_path / f"r{i}")]) for i in range(2)]
     assert sweep.run_all(todo, 2) == 0
