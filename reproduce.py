@@ -23,7 +23,7 @@ import data
 import experiments
 import flags
 import guard
-import metrics
+import record
 import runs
 import sweep
 import tables
@@ -45,6 +45,8 @@ def build_parser():
     p.add_argument("--jobs", type=int, default=1, help="runs at a time")
     p.add_argument("--settings", help="comma-separated: run and report only these settings "
                    "(the names in the report's first column; default: all)")
+    p.add_argument("--check", metavar="RUNS", help="run nothing: compare the runs in RUNS (<setting>-seed<N> "
+                   "folders) with the committed results/<name>.json, settings and numbers; exit 1 if they differ")
     return p
 
 
@@ -94,19 +96,7 @@ def setting_of(run_name):
     return run_name.rsplit("-seed", 1)[0]
 
 
-def spread(values):
-    """'mean ± std' of the values given (no ± for one; 4 decimals below 1, else 2), or names."""
-    values = [v for v in values if v is not None]
-    if not values:
-        return ""
-    if isinstance(values[0], str):  # a name, such as the feature network's hash
-        return ", ".join(dict.fromkeys(values))
-    digits = 4 if abs(values[0]) < 1 else 2
-    mean, std = metrics.mean_std(values)
-    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if len(values) > 1 else "")
-
-
-def report(exp, folder, todo, data_root, quick=False):
+def report(exp, folder, todo, final):
     """The report: title, units, ours beside the published (per epoch, or layout "final"), measured()."""
     histories = {}
     for name, _ in todo:
@@ -114,7 +104,22 @@ def report(exp, folder, todo, data_root, quick=False):
         histories.setdefault(setting_of(name), []).append(ckpt["history"])
     table = final_table if exp.get("layout") == "final" else epoch_tables
     return "\n".join([f"## {exp['title']}", "", f"Units: {exp['note']}.", "",
-                      *table(exp, histories), *measured(exp, folder, todo, data_root, quick)])
+                      *table(exp, histories), *measured(exp, todo, final)])
+
+
+def numbers(exp, folder, todo, data_root, quick=False):
+    """({run: {column: its value at the last epoch}}, {run: {label: what exp["final"] measures}})."""
+    import evaluate  # imported where needed (as figures): its imports would slow --help and --list
+    last, final = {}, {}
+    for name, _ in todo:
+        run_dir = os.path.join(folder, name)
+        row = runs.load_checkpoint(os.path.join(run_dir, "checkpoint.pt"))["history"][-1]
+        last[name] = {label: v for label, how in exp["columns"] if (v := value(row, how)) is not None}
+        if exp.get("final") == "autoencoder":
+            final[name] = evaluate.autoencoder_measures(*evaluate.load_run(run_dir)[:2], data_root)
+        elif "final" in exp:
+            final[name] = evaluated(run_dir, data_root, exp["final"], quick)
+    return last, final
 
 
 def epoch_tables(exp, histories):
@@ -125,10 +130,10 @@ def epoch_tables(exp, histories):
         heads, cells_of = ["epoch"], []
         for setting, hs in histories.items():
             heads.append(f"{setting} (ours, n={len(hs)})")
-            cells_of.append(lambda e, hs=hs: spread([value(h[e - 1], how) for h in hs if len(h) >= e]))
+            cells_of.append(lambda e, hs=hs: tables.spread([value(h[e - 1], how) for h in hs if len(h) >= e]))
             if any(label in v for v in published.get(setting, {}).values()):
                 heads.append(f"{setting} (published)")
-                cells_of.append(lambda e, s=setting: spread([published[s].get(e, {}).get(label)]))
+                cells_of.append(lambda e, s=setting: tables.spread([published[s].get(e, {}).get(label)]))
         epochs = set(range(1, last + 1)) | {e for by in published.values() for e, v in by.items()
                                             if label in v}
         rows = [[str(e), *(cells(e) for cells in cells_of)] for e in sorted(epochs)]
@@ -147,28 +152,24 @@ def final_table(exp, histories):
     for setting, hs in histories.items():
         rows.append([setting, str(len(hs)), str(min(len(h) for h in hs))])
         for label, how in exp["columns"]:
-            rows[-1].append(spread([value(h[-1], how) for h in hs]))
+            rows[-1].append(tables.spread([value(h[-1], how) for h in hs]))
             if f"{label}, published" in heads:
-                rows[-1].append(spread([published.get(setting, {}).get(label)]))
+                rows[-1].append(tables.spread([published.get(setting, {}).get(label)]))
     return tables.markdown(heads, rows) + [""]
 
 
-def measured(exp, folder, todo, data_root, quick=False):
-    """The table of the numbers exp["final"] measures on each run's last weights."""
+def measured(exp, todo, final):
+    """The table of the numbers exp["final"] measured on each run's last weights (final: {run: {label: v}})."""
     if "final" not in exp:
         return []
-    import evaluate  # imported where needed (as figures): its imports would slow --help and --list
     found = {}  # label: {setting: [value per seed]}
     for name, _ in todo:
-        run_dir = os.path.join(folder, name)
-        for label, v in (evaluate.autoencoder_measures(*evaluate.load_run(run_dir)[:2], data_root)
-                         if exp["final"] == "autoencoder" else evaluated(run_dir, data_root, exp["final"],
-                                                                         quick)).items():
+        for label, v in final[name].items():
             found.setdefault(label, {}).setdefault(setting_of(name), []).append(v)
     found = dict(sorted(found.items(), key=lambda item: -len(item[1])))  # labels most runs have first
     published = exp.get("published_final", {})
     beside = [label for label in found if any(label in p for p in published.values())]
-    rows = [[s, *(spread(by.get(s, [])) for by in found.values()), *(published.get(s, {}).get(label, "")
+    rows = [[s, *(tables.spread(by.get(s, [])) for by in found.values()), *(published.get(s, {}).get(label, "")
                                                                      for label in beside)]
             for s in dict.fromkeys(setting_of(n) for n, _ in todo)]
     heads = ["setting", *found, *(f"{label}, published" for label in beside)]
@@ -208,7 +209,7 @@ def one_class_summary(found):
             heads.append(f"{model} ({best[6:]})")
         published = experiments.ONE_CLASS_PUBLISHED.get(dataset, {})
         heads += [f"{p} (published)" for p in published]
-        rows = [[str(c), *(spread(s[c]) for s in scores.values()),
+        rows = [[str(c), *(tables.spread(s[c]) for s in scores.values()),
                  *(f"{p[c]:.1f}" for p in published.values())] for c in range(10)]
         means = [sum(sum(v) / len(v) if v else math.nan for v in s) / 10 for s in scores.values()]
         rows.append(["mean", *(f"**{m:.2f}**" for m in means),
@@ -249,7 +250,8 @@ def draw(exp, folder, todo, data_root):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
     known = experiments.EXPERIMENTS
     if args.list or not args.name:
         print("\n".join(f"{name}: {exp['title']}" for name, exp in known.items()))
@@ -260,6 +262,8 @@ def main(argv=None):
         return 2
     exp, held = known[args.name], None
     try:
+        if args.check:
+            return record.check(args.name, exp, args.check, args.data_root, numbers, setting_of)
         folder, todo = plan(args.name, exp, args)
         held = guard.lock(folder, fresh=False)
         new = sweep.check(todo, "another --runs")
@@ -274,7 +278,9 @@ def main(argv=None):
             guard.unlock(held, folder)
     if code:
         return code
-    text = report(exp, folder, todo, args.data_root, args.quick)
+    last, final = numbers(exp, folder, todo, args.data_root, args.quick)
+    text = report(exp, folder, todo, final)
+    record.write(os.path.join(folder, "results.json"), argv, exp, todo, last, final, setting_of)
     if args.quick:
         text = (f"QUICK: {exp['epochs'][1]} epoch(s), one seed: a smoke test, not comparable "
                 f"with the published numbers.\n\n{text}")

@@ -157,3 +157,15 @@ def table(rows):
         lines.append("\n\\* bce (Bernoulli) decoder: a cross-entropy on grey levels, not a "
                      "likelihood of the pixel values; compare it with other bce runs only.")
     return "\n".join(lines)
+
+
+def spread(values):
+    """'mean ± std' of the values given (no ± for one; 4 decimals below 1, else 2), or names."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return ""
+    if isinstance(values[0], str):  # a name, such as the feature network's hash
+        return ", ".join(dict.fromkeys(values))
+    digits = 4 if abs(values[0]) < 1 else 2
+    mean, std = metrics.mean_std(values)
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if len(values) > 1 else "")

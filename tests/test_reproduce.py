@@ -135,3 +135,48 @@ def test_the_one_class_benchmark_reports_the_best_score_per_class(tiny_data, tmp
     history = reproduce.runs.load_checkpoint(os.path.join(tmp_path, "one-class-quick", "mnist-3-pca-seed1",
                                                           "checkpoint.pt"))["history"]
     assert len(history) == 1  # PCA's own --epochs 1, whatever --quick's 2
+
+
+@pytest.mark.e2e
+def test_check_passes_on_a_fresh_rerun_and_fails_on_different_settings_or_numbers(tiny_data, tmp_path, capsys,
+                                                                                  monkeypatch):
+    import shutil
+    import train
+    argv = ["pytorch-examples-vae", "--epochs", "1", "--seeds", "1,2", "--data-root", tiny_data]
+    assert reproduce.main([*argv, "--runs", str(tmp_path / "ours")]) == 0
+    made = json.load(open(tmp_path / "ours" / "pytorch-examples-vae-epochs1" / "results.json"))
+    assert made["command"].startswith("python reproduce.py pytorch-examples-vae --epochs 1")
+    assert made["versions"]["torch"]
+    vae = made["settings"]["vae"]
+    assert sorted(vae["seeds"]) == ["1", "2"] and "--seed" not in vae["train_flags"]
+    mean, std = vae["summary"]["test loss"].values()
+    losses = [vae["seeds"][s]["test loss"] for s in ("1", "2")]
+    assert mean == pytest.approx(sum(losses) / 2) and std > 0
+    reference = tmp_path / "results"
+    reference.mkdir()
+    shutil.copy(tmp_path / "ours" / "pytorch-examples-vae-epochs1" / "results.json",
+                reference / "pytorch-examples-vae.json")
+    monkeypatch.setattr(reproduce.record, "REFERENCE", str(reference))
+    assert reproduce.main([*argv, "--runs", str(tmp_path / "yours")]) == 0  # a fresh rerun
+    capsys.readouterr()
+    yours = str(tmp_path / "yours" / "pytorch-examples-vae-epochs1")
+    assert reproduce.main(["pytorch-examples-vae", "--check", yours, "--data-root", tiny_data]) == 0
+    assert "PASS" in capsys.readouterr().out
+    # a deliberately different run: another learning rate
+    other = tmp_path / "other"
+    flags = [w for w in vae["train_flags"].split() if w != "--data-root" and w != tiny_data]
+    assert train.main([*flags, "--data-root", tiny_data, "--lr", "0.02", "--seed", "1",
+                       "--out", str(other / "vae-seed1")]) == 0
+    capsys.readouterr()
+    assert reproduce.main(["pytorch-examples-vae", "--check", str(other), "--data-root", tiny_data]) == 1
+    out = capsys.readouterr().out
+    assert "settings differ: vae-seed1: --lr 0.02 there, 0.001 planned" in out and "FAIL" in out
+    assert "| vae | test loss |" in out and "| **no** |" in out
+    # numbers alone: the same runs against a reference whose test loss is 5% higher
+    ref = json.load(open(reference / "pytorch-examples-vae.json"))
+    ref["settings"]["vae"]["summary"]["test loss"]["mean"] *= 1.05
+    json.dump(ref, open(reference / "pytorch-examples-vae.json", "w"))
+    assert reproduce.main(["pytorch-examples-vae", "--check", yours, "--data-root", tiny_data]) == 1
+    out = capsys.readouterr().out
+    assert "settings differ" not in out and "| vae | test loss |" in out and "**no**" in out
+    assert reproduce.main(["pytorch-examples-vae", "--check", str(tmp_path / "nowhere")]) == 2
