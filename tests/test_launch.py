@@ -118,3 +118,16 @@ def test_bad_launcher_flags_are_refused_in_one_line(tmp_path, capsys, argv, word
     assert sweep.main([*argv, "--out", str(tmp_path / "sw"), "--", "--epochs", "1"]) == 2
     one_line(capsys.readouterr().err, *words)
     assert not (tmp_path / "sw").exists()
+
+
+def test_the_readmes_slurm_sweep_submits_the_script_it_shows(fake_slurm, tmp_path, monkeypatch):
+    readme = open(os.path.join(launch.HERE, "README.md")).read()
+    command = readme[readme.index("python sweep.py --launcher slurm"):]
+    command = command[:command.index("\npython sweep.py --status")].replace("\\\n", " ")
+    shown = readme[readme.index("The script it submits"):]
+    shown = [line for line in shown[:shown.index("srun")].splitlines() if line.startswith("#SBATCH")]
+    monkeypatch.chdir(tmp_path)  # its --out is relative
+    assert sweep.main(command.split()[2:]) == 0
+    script = (fake_slurm / "submitted.sh").read_text().splitlines()
+    assert len(shown) == 8 and all(line in script for line in shown), (shown, script)
+    assert "python -u -m submitit.core._submit" in script[-1] and script[-1].endswith("runs/beta/slurm")
