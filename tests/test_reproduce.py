@@ -180,3 +180,28 @@ def test_check_passes_on_a_fresh_rerun_and_fails_on_different_settings_or_number
     out = capsys.readouterr().out
     assert "settings differ" not in out and "| vae | test loss |" in out and "**no**" in out
     assert reproduce.main(["pytorch-examples-vae", "--check", str(tmp_path / "nowhere")]) == 2
+
+
+def test_each_committed_reference_is_of_its_experiment_as_it_stands_and_adds_up():
+    import glob
+    import shlex
+    paths = glob.glob(os.path.join(reproduce.record.REFERENCE, "*.json"))
+    assert paths  # results/pytorch-examples-vae.json at least
+    without_root = lambda words: [w for i, w in enumerate(words)  # noqa: E731
+                                  if "--data-root" not in words[max(i - 1, 0):i + 1]]
+    for path in paths:
+        ref = json.load(open(path))
+        name, exp = ref["experiment"], experiments.EXPERIMENTS[ref["experiment"]]
+        assert os.path.basename(path) == f"{name}.json"
+        seeds = sorted({s for setting in ref["settings"].values() for s in setting["seeds"]}, key=int)
+        shorter = ["--epochs", str(ref["epochs"])] if ref["epochs"] < exp["epochs"][0] else []
+        args = reproduce.build_parser().parse_args([name, "--seeds", ",".join(seeds), *shorter])
+        _, todo = reproduce.plan(name, exp, args)
+        for run, argv in todo:
+            setting = ref["settings"][reproduce.setting_of(run)]
+            assert without_root(shlex.split(setting["train_flags"])) == without_root(reproduce.record.flags_of(argv))
+        for setting in ref["settings"].values():
+            for label, summary in setting["summary"].items():
+                values = [numbers[label] for numbers in setting["seeds"].values()]
+                if not isinstance(summary, str):
+                    assert summary["mean"] == pytest.approx(sum(values) / len(values))
