@@ -4,8 +4,6 @@ dimensions; reconstruction MSE and PSNR on [0, 1] pixels, whatever the model's s
 import math
 
 import numpy as np
-import scipy.stats
-import sklearn.metrics
 import torch
 
 import data
@@ -196,6 +194,7 @@ def welch(a, b, level=0.95):
     diff = float(np.mean(a) - np.mean(b))
     if np.var(a) == 0 and np.var(b) == 0:
         return diff, (diff, diff), float("nan"), float("inf")
+    import scipy.stats  # here, not above: training never needs scipy's 0.7 s import
     test = scipy.stats.ttest_ind(a, b, equal_var=False)
     low, high = test.confidence_interval(level)
     return diff, (float(low), float(high)), float(test.pvalue), float(test.df)
@@ -206,18 +205,24 @@ def as_numpy(scores, positive):
     return positive.bool().cpu().numpy(), scores.double().cpu().numpy()
 
 
+def sk():
+    """sklearn.metrics, imported when first used (as scipy in welch): training never waits for it."""
+    import sklearn.metrics
+    return sklearn.metrics
+
+
 def auroc(scores, positive):
     """Area under the ROC curve of scores (N,) for positives (N,) (sklearn; ties count one half)."""
     if positive.bool().all() or not positive.bool().any():
         raise ValueError("auroc needs positives and negatives")
-    return float(sklearn.metrics.roc_auc_score(*as_numpy(scores, positive)))
+    return float(sk().roc_auc_score(*as_numpy(scores, positive)))
 
 
 def average_precision(scores, positive):
     """Area under the precision-recall curve, sum_n (R_n - R_n-1) P_n (sklearn)."""
-    return float(sklearn.metrics.average_precision_score(*as_numpy(scores, positive)))
+    return float(sk().average_precision_score(*as_numpy(scores, positive)))
 
 
 def roc_points(scores, positive):
     """(false positive rates, true positive rates) of the ROC curve from (0, 0) (sklearn)."""
-    return tuple(sklearn.metrics.roc_curve(*as_numpy(scores, positive))[:2])
+    return tuple(sk().roc_curve(*as_numpy(scores, positive))[:2])
