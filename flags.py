@@ -6,6 +6,8 @@ import argparse
 
 import models
 
+SWITCH = argparse.BooleanOptionalAction  # --flag / --no-flag
+
 
 class Help(argparse.HelpFormatter):
     """--help saying each flag's default once, after its help, unless the help says it, and never for a

@@ -5,6 +5,7 @@ import io
 import os
 import signal
 import sys
+import time
 import threading
 
 import torch
@@ -135,7 +136,14 @@ def lock(run_dir, fresh):
                          f"make it writable (chmod -R u+w), or copy it and use the copy") from None
     if fcntl is not None:
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            for attempt in range(20):  # 2 s: a reader such as sweep.py --status holds it for an instant
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError:
+                    if attempt == 19:
+                        raise
+                    time.sleep(0.1)
         except OSError:
             f.seek(0)
             owner = f.read().strip() or "another process"

@@ -108,25 +108,32 @@ def write_epoch(model, splits, copy_to, cfg, noise, epoch, history, best=None, b
         log_epoch(board, history[-1], grids)
 
 
-def open_board(cfg, start):
-    """--tensorboard's writer, on the run folder (None without it). A resumed run starts at epoch `start`:
-    events an interrupted run logged from there on are dropped (purge_step)."""
-    if not cfg["tensorboard"]:
-        return None
-    from torch.utils.tensorboard import SummaryWriter  # only with the flag: tensorboard is optional
-    return SummaryWriter(cfg["out"], purge_step=start if start > 1 else None)
+def open_board(cfg):
+    """--tensorboard's writer on the run folder, as {"out", "writer"} (None without the flag). The writer is
+    made at the first epoch's log, after its checkpoint: a run that fails before one leaves no event file,
+    so the same command starts it again as new."""
+    return {"out": cfg["out"], "writer": None} if cfg["tensorboard"] else None
+
+
+def writer(board):
+    """The board's SummaryWriter, made when first needed."""
+    if board["writer"] is None:
+        from torch.utils.tensorboard import SummaryWriter  # only with the flag: tensorboard is optional
+        board["writer"] = SummaryWriter(board["out"])
+    return board["writer"]
 
 
 def log_epoch(board, row, grids):
     """Every number of an epoch's history row as a scalar (train/loss, test/kl, val/recon, train/grad_norm,
     lr, seconds), and the figures' grids of this epoch as images."""
+    w = writer(board)
     for key, v in row.items():
         split, _, term = key.partition("_")
         if key != "epoch" and isinstance(v, (int, float)):
-            board.add_scalar(f"{split}/{term}" if split in ("train", "val", "test") else key, v, row["epoch"])
+            w.add_scalar(f"{split}/{term}" if split in ("train", "val", "test") else key, v, row["epoch"])
     for kind, grid in grids.items():
-        board.add_image(kind, grid, row["epoch"])
-    board.flush()
+        w.add_image(kind, grid, row["epoch"])
+    w.flush()
 
 
 def log_hparams(board, cfg, row):
@@ -134,9 +141,10 @@ def log_hparams(board, cfg, row):
     `tensorboard --logdir SWEEP` sets a sweep's runs side by side."""
     settings = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in cfg.items()
                 if k not in ("command", "resume_commands", "classes")}
-    board.add_hparams(settings, {f"final/{k[5:]}": v for k, v in row.items() if k.startswith("test_")},
-                      run_name=".")  # the run folder itself: its scalars and its hparams together
-    board.close()
+    w = writer(board)
+    w.add_hparams(settings, {f"final/{k[5:]}": v for k, v in row.items() if k.startswith("test_")},
+                  run_name=".", global_step=row["epoch"])  # in the run folder itself, beside its scalars
+    w.close()
 
 
 def end_of_epoch(model, splits, copy_to, cfg, noise, epoch, train, seconds, opt):

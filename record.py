@@ -51,7 +51,10 @@ def summary(seeds):
     labels = dict.fromkeys(label for numbers in seeds.values() for label in numbers)
     out = {}
     for label in labels:
-        values = [numbers[label] for numbers in seeds.values() if label in numbers]
+        values = [numbers[label] for numbers in seeds.values() if numbers.get(label) is not None]
+        if not values:
+            out[label] = None
+            continue
         out[label] = values[0] if isinstance(values[0], str) else dict(zip(("mean", "std"), metrics.mean_std(values)))
     return out
 
@@ -63,10 +66,14 @@ def collect(per_run, setting_of, flags_of=None):
                              "summary": summary(seeds)} for s, seeds in by_setting(per_run, setting_of).items()}}
 
 
-def write(path, argv, exp, todo, last, final, setting_of):
-    """results.json of a reproduction (see the module's note): argv, reproduce.py's words; its runs todo [(run,
-    train.py argv)], their numbers at the last epoch and final ones ({run: {label: number}}); returns it."""
-    record = {"experiment": argv[0], "title": exp["title"], "units": exp["note"],
+def write(path, name, argv, exp, todo, last, final, setting_of):
+    """results.json of the reproduction `name` (see the module's note): argv, reproduce.py's words; its runs
+    todo [(run, train.py argv)], their numbers at the last epoch and final ones ({run: {label: number}}). A
+    number that is not finite is written as null. Returns it."""
+    clean = lambda numbers: {k: v if isinstance(v, str) or math.isfinite(v) else None  # noqa: E731
+                             for k, v in numbers.items()}
+    last, final = {n: clean(v) for n, v in last.items()}, {n: clean(v) for n, v in final.items()}
+    record = {"experiment": name, "title": exp["title"], "units": exp["note"],
               "epochs": max(int(a[a.index("--epochs") + 1]) for _, a in todo),
               "command": shlex.join(["python", "reproduce.py", *argv]), "versions": versions(),
               **collect({n: {**last[n], **final.get(n, {})} for n in last}, setting_of,
@@ -78,7 +85,7 @@ def write(path, argv, exp, todo, last, final, setting_of):
 def within(ref, mine):
     """Whether mine [mean, std] lies within ref's [mean, std] seed spread (see the module's note); for names,
     equality."""
-    if isinstance(ref, str) or isinstance(mine, str):
+    if isinstance(ref, str) or isinstance(mine, str) or ref is None or mine is None:
         return ref == mine
     gap, spread = abs(mine["mean"] - ref["mean"]), 2 * max(ref["std"], mine["std"])
     return gap <= spread + SLACK * abs(ref["mean"]) or math.isclose(mine["mean"], ref["mean"])
@@ -94,7 +101,7 @@ def compare(reference, mine, differences):
             lines.append(f"settings differ: {run}: {'; '.join(how[:3])}")
     lines += ["", "| setting | number | reference (n) | yours (n) | within the seed spread |",
               "|---|---|---|---|---|"]
-    show = lambda v, n: v if isinstance(v, str) else f"{v['mean']:.6g} ± {v['std']:.2g} ({n})"  # noqa: E731
+    show = lambda v, n: v if isinstance(v, str) or v is None else f"{v['mean']:.6g} ± {v['std']:.2g} ({n})"  # noqa
     for setting, ref in reference["settings"].items():
         if setting not in mine["settings"]:
             ok = False
@@ -102,11 +109,11 @@ def compare(reference, mine, differences):
             continue
         here = mine["settings"][setting]
         for label, value in ref["summary"].items():
-            found = here["summary"].get(label)
-            good = found is not None and within(value, found)
+            found = here["summary"].get(label, "missing")
+            good = found != "missing" and within(value, found)
             ok &= good
             lines.append(f"| {setting} | {label} | {show(value, len(ref['seeds']))} | "
-                         f"{'(missing)' if found is None else show(found, len(here['seeds']))} | "
+                         f"{'(missing)' if found == 'missing' else show(found, len(here['seeds']))} | "
                          f"{'yes' if good else '**no**'} |")
     return lines, ok
 

@@ -280,7 +280,6 @@ def main(argv=None):
         return code
     last, final = numbers(exp, folder, todo, args.data_root, args.quick)
     text = report(exp, folder, todo, final)
-    record.write(os.path.join(folder, "results.json"), argv, exp, todo, last, final, setting_of)
     if args.quick:
         text = (f"QUICK: {exp['epochs'][1]} epoch(s), one seed: a smoke test, not comparable "
                 f"with the published numbers.\n\n{text}")
@@ -288,6 +287,7 @@ def main(argv=None):
         text = (f"SHORTER BUDGET: {args.epochs} of the experiment's {exp['epochs'][0]} epochs; the "
                 f"published numbers are at the full budget.\n\n{text}")
     runs.atomic_save(text + "\n", os.path.join(folder, "report.md"))
+    record.write(os.path.join(folder, "results.json"), args.name, argv, exp, todo, last, final, setting_of)
     print(text)
     for path in draw(exp, folder, todo, args.data_root):
         print(f"Figure: {path}")

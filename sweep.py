@@ -15,11 +15,13 @@ resuming its run after a preemption or its time limit (launch.py); --status SWEE
     python sweep.py --status runs/beta
 """
 import argparse
+import importlib.util
 import itertools
 import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import sys
 import time
@@ -38,7 +40,8 @@ BOOKKEEPING = config.RESUME_SAFE - {"epochs"} | {"out", "command", "resume_comma
 def build_parser():
     """sweep.py's own flags (train.py's come after --)."""
     p = argparse.ArgumentParser(prog="sweep.py", description=flags.description(__doc__),
-                                usage="sweep.py [options] -- TRAIN.PY FLAGS", formatter_class=flags.Help)
+                                usage="sweep.py [options] -- TRAIN.PY FLAGS", formatter_class=flags.Help,
+                                allow_abbrev=False)  # --part would pass the launcher check unseen
     p.add_argument("--vary", action="append", default=[], metavar="FLAG=V1,V2",
                    help="a train.py flag and its values (repeat for more flags); true/false for on/off "
                         "flags, e.g. --vary batchnorm=true,false; separate values with ; when they hold "
@@ -74,6 +77,9 @@ def check_launcher(args, own):
         return
     if args.jobs != 1:
         raise ValueError("--jobs is the local launcher's; with slurm, use --array-parallelism")
+    if importlib.util.find_spec("submitit") is None or not shutil.which("sbatch"):
+        raise ValueError("--launcher slurm needs submitit (pip install submitit) and Slurm's sbatch on PATH "
+                         "(a cluster's login node)")
     for name in ("time", "cpus_per_task", "array_parallelism"):
         if getattr(args, name) < 1:
             raise ValueError(f"{config.flag(name)} must be >= 1, got {getattr(args, name)}")
@@ -82,6 +88,11 @@ def check_launcher(args, own):
     bad = next((o for o in args.sbatch if "=" not in o or not o.split("=")[0]), None)
     if bad is not None:
         raise ValueError(f"--sbatch {bad!r}: write KEY=VALUE, e.g. --sbatch account=lab")
+    owned = next((o for o in args.sbatch if o.split("=")[0].replace("_", "-") in launch.OWNED), None)
+    if owned:
+        raise ValueError(f"--sbatch {owned}: sweep.py sets that one (its own flag, or submitit's); "
+                         f"use --partition, --time, --cpus-per-task, --gpus-per-task")
+    args.out = os.path.abspath(args.out)  # the nodes may start elsewhere (--sbatch chdir=...)
 
 
 def flag_words(name, value):
@@ -137,15 +148,17 @@ def differences(run_dir, argv):
             for k in sorted((set(saved) | set(planned)) - BOOKKEEPING) if saved.get(k) != planned.get(k)]
 
 
-def check(todo, elsewhere="another --out"):
-    """Before any run starts: each run's flags checked, each existing run folder holding its run -> new configs."""
+def check(todo, elsewhere="another --out", here=True):
+    """Before any run starts: each run's flags checked, each existing run folder holding its run -> new configs.
+    here: the runs run on this machine (not on a cluster's nodes), so their --device must exist here."""
     new = []
     for name, argv in todo:
         run_dir = argv[argv.index("--out") + 1]
         try:
             if state(run_dir) == "new":
                 new.append(train.resolve(argv)[0])
-                config.pick_device(new[-1]["device"])
+                if here:
+                    config.pick_device(new[-1]["device"])
                 continue
             other = differences(run_dir, argv)
         except (ValueError, SystemExit) as e:
@@ -176,8 +189,9 @@ def main(argv=None):
     args, held = build_parser().parse_args(own), None
     try:
         if args.status:
-            return show_status(args.status)
+            return launch.show_status(args.status)
         check_launcher(args, own)
+        base = launch.absolute_data_root(base) if args.launcher == "slurm" else base
         if "--out" in base or "--resume" in base or "--seed" in base:
             raise ValueError("give --out to sweep.py (the sweep folder) and seeds with --seeds; "
                              "train.py's --out, --resume and --seed are set for each run")
@@ -194,12 +208,12 @@ def main(argv=None):
             raise ValueError(f"{args.out} holds another sweep (its sweep.json differs); use another --out, "
                              f"or the same flags to continue it")
         held = guard.lock(args.out, fresh=False)  # one sweep per folder
-        new = check(todo)
-        if args.jobs > 1:
+        new = check(todo, here=args.launcher == "local")
+        if args.jobs > 1 or args.launcher == "slurm":  # fetched once here, not by runs starting together
             fetch_data(new)
         runs.atomic_save(json.dumps(manifest, indent=2) + "\n", path)
         if args.launcher == "slurm":
-            return submit_slurm(todo, args)
+            return launch.submit_sweep(todo, args)
         return run_all(todo, args.jobs, f"the same command with --out {args.out}")
     except ValueError as e:  # a run folder damaged while the sweep runs too
         print(f"sweep.py: error: {e}", file=sys.stderr)
@@ -254,28 +268,6 @@ def run_all(todo, jobs, again="the same command"):
               file=sys.stderr)
         return 1
     return 0
-
-
-def submit_slurm(todo, args):
-    """The sweep's unfinished runs as one Slurm job array (launch.py); its job id and how to follow it."""
-    jobs = launch.submit(todo, args.out, launch.executor(os.path.join(args.out, "slurm"), args))
-    if not jobs:
-        print(f"sweep.py: every run of {args.out} has finished; nothing to submit")
-        return 0
-    print(f"Submitted {len(jobs)} run(s) as Slurm job array {jobs[0].job_id.split('_')[0]} (submitit's files "
-          f"in {args.out}/slurm); follow it with: python sweep.py --status {args.out}")
-    return 0
-
-
-def show_status(sweep_dir):
-    """--status: a line per run of the sweep, and a count of each state."""
-    rows = launch.status(sweep_dir)
-    width = max(len(name) for name, _, _ in rows)
-    for name, what, detail in rows:
-        print(f"{name:<{width}}  {what:<8} {detail}".rstrip())
-    counts = {w: sum(r[1] == w for r in rows) for w in ("done", "running", "failed", "pending")}
-    print(", ".join(f"{n} {w}" for w, n in counts.items() if n))
-    return 1 if counts["failed"] else 0
 
 
 def stop_all(running):

@@ -94,7 +94,7 @@ def machine_flags(a):
     a("--out", default=None, help="run folder (default runs/<model>-<dataset>-<time>)")
     a("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR")
     a("--log-interval", type=int, default=100, help="steps between progress lines")
-    a("--tensorboard", action="store_true", help="log each epoch's terms, lr, grad norms, figures for TensorBoard")
+    a("--tensorboard", action=flags.SWITCH, default=False, help="log every epoch's terms and figures for TensorBoard")
 
 
 def resolve(argv):
@@ -212,7 +212,7 @@ def run(cfg, ckpt=None, signals=None):
     state = lambda epoch, mid=None: runs.checkpoint(  # noqa: E731
         model, opt, sched, epoch, cfg, history, best, mid, parallel.gather(runs.rng_state(device)))
     save = lambda obj: writer and runs.save_checkpoint(obj, os.path.join(cfg["out"], "checkpoint.pt"))  # noqa
-    board, signals.phase = writer and progress.open_board(cfg, start), "training"
+    board, signals.phase = writer and progress.open_board(cfg), "training"
     for epoch in range(start, cfg["epochs"] + 1):
         try:
             train, seconds = train_epoch(model, opt, splits["train"], cfg, epoch, noise, signals, mid_epoch,

@@ -113,21 +113,46 @@ def test_status_says_done_running_failed_with_its_last_line_and_pending(tiny_dat
     (["--launcher", "slurm", "--jobs", "2"], ["--jobs", "--array-parallelism"]),
     (["--launcher", "slurm", "--time", "0"], ["--time", ">= 1"]),
     (["--launcher", "slurm", "--sbatch", "account"], ["KEY=VALUE"]),
+    (["--launcher", "slurm", "--sbatch", "cpus_per_task=2"], ["sweep.py sets that one", "--cpus-per-task"]),
     (["--status", "nowhere"], ["no sweep.json"])])
-def test_bad_launcher_flags_are_refused_in_one_line(tmp_path, capsys, argv, words):
+def test_bad_launcher_flags_are_refused_in_one_line(fake_slurm, tmp_path, capsys, argv, words):
     assert sweep.main([*argv, "--out", str(tmp_path / "sw"), "--", "--epochs", "1"]) == 2
     one_line(capsys.readouterr().err, *words)
     assert not (tmp_path / "sw").exists()
 
 
-def test_the_readmes_slurm_sweep_submits_the_script_it_shows(fake_slurm, tmp_path, monkeypatch):
+def test_without_slurm_the_launcher_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch
+    assert sweep.main(["--launcher", "slurm", "--out", str(tmp_path / "sw"), "--", "--epochs", "1"]) == 2
+    one_line(capsys.readouterr().err, "needs submitit", "sbatch")
+
+
+def test_submitting_again_leaves_queued_runs_alone_and_status_names_those_slurm_dropped(
+        fake_slurm, tiny_data, tmp_path, capsys):
+    out = str(tmp_path / "sw")
+    argv = ["--launcher", "slurm", "--seeds", "1,2,3", "--out", out, "--", "--data-root", tiny_data, *SMALL,
+            "--epochs", "2"]
+    assert sweep.main(argv) == 0
+    squeue = fake_slurm / "bin" / "squeue"  # Slurm still has tasks 0 and 1; task 2 has gone (cancelled)
+    squeue.write_text("#!/bin/sh\necho 4242_0; echo 4242_1\n")
+    squeue.chmod(0o755)
+    rows = launch.status(out)
+    assert rows[0][2] == "Slurm job 4242_0" and "not queued any more" in rows[2][2]
+    capsys.readouterr()
+    assert sweep.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "left alone, still queued or running: seed1, seed2" in printed and "Submitted 1 run(s)" in printed
+    assert json.load(open(os.path.join(out, "slurm.json")))["seed3"] == "4242"  # a single run: a plain job
+
+
+def test_the_readmes_slurm_sweep_submits_the_script_it_shows(fake_slurm, tiny_data, tmp_path, monkeypatch):
     readme = open(os.path.join(launch.HERE, "README.md")).read()
     command = readme[readme.index("python sweep.py --launcher slurm"):]
     command = command[:command.index("\npython sweep.py --status")].replace("\\\n", " ")
     shown = readme[readme.index("The script it submits"):]
     shown = [line for line in shown[:shown.index("srun")].splitlines() if line.startswith("#SBATCH")]
     monkeypatch.chdir(tmp_path)  # its --out is relative
-    assert sweep.main(command.split()[2:]) == 0
+    assert sweep.main([*command.split()[2:], "--data-root", tiny_data]) == 0  # the data, fetched here first
     script = (fake_slurm / "submitted.sh").read_text().splitlines()
     assert len(shown) == 8 and all(line in script for line in shown), (shown, script)
     assert "python -u -m submitit.core._submit" in script[-1] and script[-1].endswith("runs/beta/slurm")

@@ -321,8 +321,9 @@ def test_one_writer_per_run_folder_the_second_is_refused_and_the_first_unharmed(
     first.send_signal(signal.SIGINT)
     _, err = first.communicate(timeout=60)
     assert first.returncode == 130 and "stopped by SIGINT" in err, err  # unharmed
-    assert train.main(["--resume", out, "--epochs", "2"]) == 0  # the lock went with it
-    assert [r["epoch"] for r in rows(out)] == ["1", "2"]
+    saved = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)["epoch"]  # the refusals wait 2 s
+    assert train.main(["--resume", out, "--epochs", str(saved + 1)]) == 0  # the lock went with it
+    assert [r["epoch"] for r in rows(out)] == [str(e) for e in range(1, saved + 2)]
 
 
 def test_a_lock_left_by_a_killed_process_does_not_block(tmp_path):

@@ -1,4 +1,6 @@
 """train.py --tensorboard: the event files in the run folder, read back with TensorBoard's own reader."""
+import os
+
 import pytest
 
 import torch
@@ -32,13 +34,31 @@ def test_tensorboard_logs_every_term_the_figures_and_the_settings(tiny_data, tmp
     assert scalars["final/loss"][0][1] == pytest.approx(history[-1]["test_loss"], rel=1e-6)
 
 
-def test_a_resumed_run_continues_its_curves_without_repeats(tiny_data, tmp_path):
+def test_a_resumed_run_continues_its_curves_and_logs_its_final_terms_at_each_end(tiny_data, tmp_path):
     out = tmp_path / "run"
     assert train.main(args_for(tiny_data, str(out), "--epochs", "1", "--tensorboard")) == 0
     assert train.main(["--resume", str(out), "--epochs", "3"]) == 0  # the flag is kept with the run
     scalars, images, _ = events(out)
     assert [step for step, _ in scalars["test/loss"]] == [1, 2, 3]
     assert images["samples"] == [1, 2, 3]
+    assert [step for step, _ in scalars["final/loss"]] == [1, 3]
+
+
+def test_a_run_that_fails_in_its_first_epoch_leaves_no_event_file_and_starts_again(tiny_data, tmp_path,
+                                                                                 monkeypatch):
+    import vae
+    real = vae.VAE.loss
+
+    def broken(self, *args):
+        out = real(self, *args)
+        out["loss"] = out["loss"] * float("nan")
+        return out
+    monkeypatch.setattr(vae.VAE, "loss", broken)
+    argv = args_for(tiny_data, str(tmp_path / "run"), "--epochs", "1", "--tensorboard")
+    assert train.main(argv) == 1
+    assert not [f for f in os.listdir(tmp_path / "run") if f.startswith("events.")]
+    monkeypatch.setattr(vae.VAE, "loss", real)
+    assert train.main(argv) == 0  # the same command, as the message says
 
 
 def test_without_the_package_the_flag_is_refused_in_one_line(tiny_data, tmp_path, capsys, monkeypatch):
