@@ -36,6 +36,13 @@ def start(argv, log_path, env=None, slurm=False):
                             start_new_session=True, preexec_fn=ignore), log
 
 
+def threads_env(jobs):
+    """The environment for one of `jobs` runs at a time: the cores this process may use (a Slurm task's or
+    taskset's share, not the node's), shared out as OMP_NUM_THREADS."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return dict(os.environ, OMP_NUM_THREADS=str(max(1, (cores or 1) // jobs)))
+
+
 def ended(proc, log):
     """Write how the process ended as its log's last line (--status reads it); its exit code."""
     log.write(f"\n{EXIT}{proc.returncode}\n")
@@ -59,10 +66,8 @@ class Member:
         what = sweep.state(run_dir)
         if what == "finished":
             return f"{self.name}: finished before, skipped"
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        env = dict(os.environ, OMP_NUM_THREADS=str(cores or 1))  # the task's CPUs, not the node's
-        self.proc, self.log = start(["--resume", run_dir] if what == "unfinished" else self.argv, self.log_path, env,
-                                    slurm=True)
+        self.proc, self.log = start(["--resume", run_dir] if what == "unfinished" else self.argv, self.log_path,
+                                    threads_env(1), slurm=True)
         self.proc.wait()
         if ended(self.proc, self.log):
             raise RuntimeError(f"{self.name}: train.py exited with {self.proc.returncode}: {last_line(self.log_path)}")

@@ -227,9 +227,7 @@ def run_all(todo, jobs, again="the same command"):
     """Run, resume or skip each run, jobs at a time, with a progress line as each ends. Each run is its
     own session: a Ctrl-C (or SIGTERM) here is passed on to each running run once, so each saves and
     stops; a second one is passed on again, stopping them at once."""
-    # the cores this process may use (a cluster job's share, or taskset's), not the node's
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (cores or 1) // jobs)))
+    env = launch.threads_env(jobs)
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # as Ctrl-C
     waiting, running, failed, t0, done = list(todo), {}, [], time.perf_counter(), 0
     try:

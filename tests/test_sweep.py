@@ -206,7 +206,7 @@ def test_the_threads_shared_out_are_those_of_the_cores_this_process_may_use(tmp_
             return 0
 
     monkeypatch.setattr(sweep.launch.subprocess, "Popen", Done)
-    monkeypatch.setattr(sweep.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5}, raising=False)
+    monkeypatch.setattr(sweep.launch.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5}, raising=False)
     todo = [(f"r{i}", ["--out", str(tmp_path / f"r{i}")]) for i in range(2)]
     assert sweep.run_all(todo, 2) == 0
     assert seen == ["3", "3"]  # six cores, two at a time; not os.cpu_count()
