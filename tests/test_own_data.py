@@ -1,5 +1,4 @@
-"""Your own images: npz arrays and folders of image files, resized and converted, with a
-decode cache; and the conv networks at any supported size."""
+"""Your own images: npz arrays and folders of image files, resized and converted, with a decode cache."""
 import json
 import os
 
@@ -10,10 +9,7 @@ from PIL import Image
 
 import data
 import images
-import nets
 import train
-import vae
-import vaegan
 from conftest import one_line
 
 SMALL = ["--batch-size", "8", "--latent-dim", "4", "--log-interval", "1000", "--epochs", "1"]
@@ -146,33 +142,6 @@ def test_the_decode_cache_is_reused_and_rebuilt_when_a_file_changes(tmp_path, mo
     assert data.load(f"folder:{root}", size=16)["train"][0].shape[-1] == 16  # options: own cache
 
 
-@pytest.mark.parametrize("cls", [vae.VAE, vaegan.VAEGAN])
-@pytest.mark.parametrize("side", [16, 64, 128])
-def test_conv_networks_take_any_side_of_4_times_a_power_of_two(cls, side):
-    model = cls((3, side, side), arch="conv", latent_dim=4)
-    x = torch.rand(2, 3, side, side)
-    assert model.reconstruct(x).shape == x.shape
-    assert model.generate(torch.zeros(2, 4)).shape == x.shape
-    assert len(nets.conv_kernels((3, side, side))) == {16: 2, 64: 4, 128: 5}[side]
-
-
-def test_conv_refuses_a_side_it_cannot_halve_to_4_and_names_the_flag(tmp_path, capsys):
-    assert train.main(["--arch", "conv", "--image-size", "48", "--out", str(tmp_path / "r"),
-                       "--data-root", str(tmp_path / "none"), *SMALL]) == 2
-    one_line(capsys.readouterr().err, "4 * 2^k", "--image-size", "--arch mlp")
-
-
-@pytest.mark.parametrize("model", ["vae", "vaegan"])
-def test_a_conv_model_trains_on_a_64_pixel_folder_end_to_end(tmp_path, capsys, model):
-    root, out = str(tmp_path / "pics"), str(tmp_path / "run")
-    write_folder(root, "classes", sizes=((70, 80), (64, 64)))
-    assert train.main(["--model", model, "--dataset", f"folder:{root}", "--image-size", "64",
-                       "--arch", "conv", "--out", out, *SMALL]) == 0
-    cfg = json.load(open(os.path.join(out, "config.json")))
-    assert cfg["image_shape"] == [3, 64, 64] and cfg["classes"] == ["cat", "dog"]
-    assert Image.open(os.path.join(out, "training_samples.png")).size[0] > 64 * 8
-
-
 @pytest.mark.parametrize("classes,legend", [(["T-shirt/top", "Trouser", "Bag"], True),
                                             ([str(k) for k in range(40)], False), (None, False)])
 def test_latent_plots_name_the_classes_a_dataset_has(tmp_path, monkeypatch, classes, legend):
@@ -185,59 +154,6 @@ def test_latent_plots_name_the_classes_a_dataset_has(tmp_path, monkeypatch, clas
     names = [t.get_text() for t in ax.get_legend().get_texts()] if ax.get_legend() else []
     assert names == (classes if legend else [])
     assert len(drawn["fig"].axes) == (2 if classes and not legend else 1)  # a colour bar for 40
-
-
-def write_celeba(root, parts=(0, 0, 0, 0, 0, 0, 1, 1, 2, 2)):
-    """CelebA's real layout: celeba/img_align_celeba/NNNNNN.jpg (178 wide, 218 high) and
-    celeba/list_eval_partition.txt; returns the images' pixels by file name."""
-    folder = os.path.join(root, "celeba", "img_align_celeba")
-    os.makedirs(folder)
-    rng, exact = np.random.default_rng(3), {}
-    with open(os.path.join(root, "celeba", "list_eval_partition.txt"), "w") as f:
-        for i, part in enumerate(parts, 1):
-            name = f"{i:06d}.jpg"
-            exact[name] = rng.integers(0, 256, (218, 178, 3), dtype=np.uint8)
-            Image.fromarray(exact[name]).save(os.path.join(folder, name))
-            f.write(f"{name} {part}\n")
-    return exact
-
-
-def test_celeba_reads_its_real_layout_with_its_own_partition_crop_and_size(tmp_path):
-    root = str(tmp_path / "data")
-    write_celeba(root)
-    assert data.describe("celeba") == ((3, 64, 64), None)
-    splits = data.load("celeba", root, download=False)
-    assert {k: len(v[0]) for k, v in splits.items()} == {"train": 6, "val": 2, "test": 2}
-    assert splits["train"][0].shape[1:] == (3, 64, 64)
-    jpeg = torch.from_numpy(np.array(Image.open(os.path.join(
-        root, "celeba", "img_align_celeba", "000009.jpg")).convert("RGB"))).permute(2, 0, 1)
-    want = data.fit(jpeg[:, 35:183, 15:163][None], 64)[0]  # the centre 148 x 148, then 64
-    assert torch.equal(splits["test"][0][0], want)
-
-
-def test_celeba_trains_with_its_validation_split_and_refuses_another(tmp_path, capsys):
-    root, out = str(tmp_path / "data"), str(tmp_path / "run")
-    write_celeba(root)
-    args = ["--dataset", "celeba", "--data-root", root, "--arch", "conv", "--image-size", "32",
-            *SMALL]
-    assert train.main([*args, "--val-split", "2", "--out", out]) == 2
-    one_line(capsys.readouterr().err, "celeba has its own validation split")
-    assert train.main([*args, "--out", out]) == 0
-    assert "====> Validation loss" in capsys.readouterr().out
-    assert os.path.isfile(os.path.join(out, "best.pt"))
-
-
-def test_celeba_missing_offline_says_which_files_to_place_where(tmp_path, capsys, monkeypatch):
-    import torchvision
-
-    def offline(*a, **k):
-        raise RuntimeError("Error downloading img_align_celeba.zip")
-    monkeypatch.setattr(torchvision.datasets, "CelebA", offline)
-    out = str(tmp_path / "run")
-    assert train.main(["--dataset", "celeba", "--data-root", str(tmp_path), "--out", out, *SMALL]) == 2
-    one_line(capsys.readouterr().err, os.path.join(str(tmp_path), "celeba"), "img_align_celeba/",
-             "list_eval_partition.txt", "could not be downloaded")
-    assert not os.path.exists(out)
 
 
 def test_skip_bad_images_leaves_out_and_counts_what_does_not_decode(tmp_path, capsys):
@@ -321,15 +237,6 @@ def test_old_runs_without_the_new_keys_still_resume_and_evaluate(tiny_data, tmp_
     assert sweep.differences(out, ["--data-root", tiny_data, "--out", out, *SMALL[:-1], "2"]) == []
 
 
-def test_celeba_best_weights_are_evaluated(tmp_path):
-    import evaluate
-    root, out = str(tmp_path / "data"), str(tmp_path / "run")
-    write_celeba(root)
-    assert train.main(["--dataset", "celeba", "--data-root", root, "--image-size", "16",
-                       "--out", out, *SMALL]) == 0
-    assert evaluate.main([out, "--weights", "best", "--no-figures", "--iw-samples", "0"]) == 0
-
-
 def test_sixteen_bit_grey_keeps_its_high_bits_and_one_colour_file_makes_a_colour_folder(tmp_path):
     root = str(tmp_path / "pics")
     os.makedirs(root)
@@ -365,13 +272,3 @@ def test_a_damaged_npz_payload_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     one_line(err, "a.npz")
-
-
-def test_28_and_32_pixel_conv_networks_are_those_of_before():
-    """The parameter counts of the conv networks before any size was allowed (2026-11-21)."""
-    import ae
-    counts = {(cls.__name__, shape): sum(p.numel() for p in cls(shape, arch="conv").parameters())
-              for cls in (vae.VAE, vaegan.VAEGAN, ae.AE) for shape in ((1, 28, 28), (3, 32, 32))}
-    assert counts == {("VAE", (1, 28, 28)): 339945, ("VAE", (3, 32, 32)): 456683,
-                      ("VAEGAN", (1, 28, 28)): 1546346, ("VAEGAN", (3, 32, 32)): 2240620,
-                      ("AE", (1, 28, 28)): 298965, ("AE", (3, 32, 32)): 415703}
