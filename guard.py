@@ -161,6 +161,21 @@ def lock(run_dir, fresh):
     return f
 
 
+def held(run_dir):
+    """Whether a process holds run_dir's lock (a train.py writing it), asked without blocking it: lock()
+    waits out the instant this takes."""
+    if fcntl is None:
+        return False
+    try:
+        with open(os.path.join(run_dir, ".lock")) as f:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+
+
 def unlock(f, run_dir):
     """Release lock()'s file; a folder it made is removed if it got nothing else (a refused run leaves none)."""
     f.close()

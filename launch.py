@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 
+import guard
 import runs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -135,7 +136,7 @@ def submit(todo, out, ex):
     ids = job_ids(out)
     live = queued(list(ids.values())) or set()
     todo = [(name, argv) for name, argv in todo if sweep.state(argv[argv.index("--out") + 1]) != "finished"]
-    busy = [name for name, argv in todo if ids.get(name) in live or held(argv[argv.index("--out") + 1])]
+    busy = [name for name, argv in todo if ids.get(name) in live or guard.held(argv[argv.index("--out") + 1])]
     todo = [(name, argv) for name, argv in todo if name not in busy]
     if not todo:
         return [], busy
@@ -158,19 +159,6 @@ def last_line(log_path, skip_exit=True):
     return lines[-1] if lines else ""
 
 
-def held(run_dir):
-    """Whether a process holds run_dir's lock (a train.py writing it)."""
-    import fcntl
-    try:
-        with open(os.path.join(run_dir, ".lock")) as f:
-            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except FileNotFoundError:
-        return False
-    except OSError:
-        return True
-
-
 def status(sweep_dir):
     """[(run, 'done' | 'running' | 'failed' | 'pending', detail)] of each run of the sweep in sweep_dir."""
     import sweep
@@ -188,7 +176,7 @@ def status(sweep_dir):
         saved = None if what == "new" else runs.load_checkpoint(os.path.join(run_dir, "checkpoint.pt"))["epoch"]
         if what == "finished":
             rows.append((name, "done", f"{saved} epochs"))
-        elif held(run_dir):
+        elif guard.held(run_dir):
             rows.append((name, "running", ", ".join(filter(None, [job, last_line(log)]))))
         elif code not in (None, 0, *RESUMABLE):
             rows.append((name, "failed", f"exit {code}: {last_line(log)}"))
