@@ -28,7 +28,8 @@ for argv in (["--model", "vae"], ["--model", "ae", "--contractive", "0.1"],
     mine = {n: torch.cat([p.detach().flatten() for p in ps]) for n, ps in model.parameter_groups().items()}
     theirs = parallel.gather(mine)
     failed += [f"{' '.join(argv)}: {n}" for n in mine if not all(torch.equal(t[n], mine[n]) for t in theirs)]
+if not failed:
+    print("identical", flush=True)  # before leaving the group, so an abort there still shows the result
 parallel.stop()
 if failed:
     sys.exit("weights differ across processes: " + "; ".join(failed))
-print("identical")

@@ -95,10 +95,22 @@ def test_sigterm_to_torchrun_stops_every_process_at_one_step_and_resumes(tmp_pat
     assert [r["epoch"] for r in rows(out)] == ["1", "2"]
 
 
+def own_lines(stderr):
+    """The workers' own messages, without torchrun's traceback and failure table."""
+    start = stderr.find("torch.distributed.elastic")
+    return stderr[:start] if start > 0 else stderr
+
+
 @pytest.mark.e2e
 def test_every_network_stays_identical_across_processes():
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc_per_node", "2", "tests/ddp_sync_worker.py"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    # Gloo's TCP transport on a loaded 2-core machine has once aborted both processes (SIGABRT,
+    # no Python traceback) in a CI run; an abort is retried once, a worker's own failure never is.
+    for attempt in range(2):
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                               "--nproc_per_node", "2", "tests/ddp_sync_worker.py"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+        if proc.returncode == 0 or "(SIGABRT)" not in proc.stderr or "weights differ" in proc.stderr:
+            break
+        print(f"attempt {attempt + 1} aborted; stdout {proc.stdout!r}; stderr {own_lines(proc.stderr)[-3000:]}")
+    assert proc.returncode == 0, own_lines(proc.stderr)[-3000:] + proc.stderr[-1000:]
     assert "identical" in proc.stdout  # rank 0 says so; any process that differs exits 1
