@@ -40,7 +40,7 @@ def build_parser():
                    "in <name>-epochs<N>/ (the report says so; default: the experiment's)")
     p.add_argument("--data-root", default="./data", help="train.py's --data-root")
     p.add_argument("--cifar10", default="cifar10", help="the CIFAR-10 dataset to use, e.g. "
-                   "npz:TRAIN,TEST for a part of it (cifar10-regularization)")
+                   "npz:TRAIN,TEST for a part of it (the cifar10-* experiments)")
     p.add_argument("--runs", default=os.path.join("runs", "reproduce"), help="where the runs go")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time")
     p.add_argument("--settings", help="comma-separated: run and report only these settings "
