@@ -53,10 +53,12 @@ def draw(rows, labels, title, path):
     except TypeError:  # Pillow before 10.1: its small bitmap font
         text = ImageFont.load_default()
     left = 12 + max(int(text.getlength(label)) for label in labels)
-    canvas = Image.new("RGB", (left + picture.width + 10, 30 + picture.height + 10), "white")
+    half = text.getlength(title) / 2 + 10  # the title centred over the images, never cut off
+    width = int(max(left + picture.width + 10, 2 * half))
+    canvas = Image.new("RGB", (width, 30 + picture.height + 10), "white")
     canvas.paste(picture, (left, 30))
     pen = ImageDraw.Draw(canvas)
-    pen.text((left + picture.width / 2, 15), title, fill="black", font=text, anchor="mm")
+    pen.text((min(max(left + picture.width / 2, half), width - half), 15), title, fill="black", font=text, anchor="mm")
     for i, label in enumerate(labels):  # centred on its row of images
         pen.text((left - 6, 30 + scale * (2 + i * (h + 2) + h / 2)), label, fill="black", font=text, anchor="rm")
     canvas.save(png := io.BytesIO(), format="PNG")

@@ -195,6 +195,19 @@ def test_training_figures_grow_a_labelled_row_an_epoch_and_keep_growing_on_resum
     assert progress.shown(list(range(1, 51))) == [1, 5, 10, 14, 19, 23, 28, 32, 37, 41, 46, 50]
 
 
+def test_a_title_wider_than_the_images_widens_the_figure_and_is_drawn_whole(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    import progress
+    rows, path = [torch.full((2, 3, 8, 8), 128, dtype=torch.uint8)], str(tmp_path / "f.png")
+    progress.draw(rows, ["input"], "a title far wider than two small images side by side", path)
+    title = np.asarray(Image.open(path).convert("L"))[:30]  # the band above the images
+    ink = np.nonzero((title < 128).any(axis=0))[0]
+    assert ink.min() >= 5 and ink.max() < title.shape[1] - 5  # white margin on both sides: nothing cut
+    assert ink.max() - ink.min() > 8 * 2 * 8 + 20  # wider than the row of images it stands over
+
+
 def test_the_first_lines_name_the_run_folder_and_progress_lines_give_speed_and_time_left(
         tiny_data, tmp_path, capsys):
     out = str(tmp_path / "run")
