@@ -173,19 +173,25 @@ def status(sweep_dir):
         job = f"Slurm job {ids[name]}" if name in ids else ""
         what, code = sweep.state(run_dir), last_line(log, skip_exit=False)
         code = int(code[len(EXIT):]) if code.startswith(EXIT) else None
-        saved = None if what == "new" else runs.load_checkpoint(os.path.join(run_dir, "checkpoint.pt"))["epoch"]
+        ckpt = None if what == "new" else runs.load_checkpoint(os.path.join(run_dir, "checkpoint.pt"))
         if what == "finished":
-            rows.append((name, "done", f"{saved} epochs"))
+            rows.append((name, "done", f"{ckpt['epoch']} epochs"))
         elif guard.held(run_dir):
             rows.append((name, "running", ", ".join(filter(None, [job, last_line(log)]))))
         elif code not in (None, 0, *RESUMABLE):
             rows.append((name, "failed", f"exit {code}: {last_line(log)}"))
         else:
-            resumes = None if saved is None else f"epoch {saved} saved, resumes"
+            resumes = ckpt and saved_at(ckpt) + ", resumes"
             gone = live is not None and name in ids and ids[name] not in live
             rows.append((name, "pending", ", ".join(filter(None, [job, resumes, gone and "not queued any more: run "
                                                                    "the same sweep.py command to submit it again"]))))
     return rows
+
+
+def saved_at(ckpt):
+    """Where a checkpoint resumes from: 'epoch 3 saved', or 'epoch 4 saved at step 120' when it stopped inside one."""
+    mid = ckpt["mid_epoch"]
+    return f"epoch {ckpt['epoch'] + 1} saved at step {mid['step']}" if mid else f"epoch {ckpt['epoch']} saved"
 
 
 def submit_sweep(todo, args):

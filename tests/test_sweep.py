@@ -183,14 +183,17 @@ def test_ctrl_c_stops_every_running_run_saved_and_resumable(tiny_data, tmp_path)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130
     assert "interrupted; every run saved where it stopped; run the same command with --out" in err
-    epochs = [sweep.runs.load_checkpoint(p)["epoch"] for p in checkpoints]
+    saved = [sweep.runs.load_checkpoint(p) for p in checkpoints]
+    epochs = [c["epoch"] for c in saved]
     assert all(1 <= e < 400 for e in epochs)
     assert all(sweep.state(os.path.dirname(p)) == "unfinished" for p in checkpoints)
     for s in (1, 2):
         assert "stopped by SIGINT" in open(os.path.join(out, f"seed{s}.log")).read()
     rows = sweep.launch.status(out)  # what --status shows: each run saved and waiting to resume
     assert [(name, what) for name, what, _ in rows] == [("seed1", "pending"), ("seed2", "pending")]
-    assert all(detail == f"epoch {e} saved, resumes" for (_, _, detail), e in zip(rows, epochs))
+    # SIGINT stops inside an epoch: the one after the last whole one, at its step
+    assert all(detail == (f"epoch {c['epoch'] + 1} saved at step {c['mid_epoch']['step']}, resumes" if c["mid_epoch"]
+                          else f"epoch {c['epoch']} saved, resumes") for (_, _, detail), c in zip(rows, saved))
 
 
 def test_the_threads_shared_out_are_those_of_the_cores_this_process_may_use(tmp_path, monkeypatch):
