@@ -35,11 +35,16 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width),
                                  nn.Dropout(dropout))
 
-    def forward(self, x):
+    def forward(self, x, cache=None):
+        """x (B, t, width); with cache (a list, empty at first) x is the next position alone, and the keys and
+        values of those before it are kept there, so drawing a grid costs one pass, not one per code."""
         b, t, w = x.shape
         q, k, v = (a.view(b, t, self.heads, w // self.heads).transpose(1, 2)
                    for a in self.qkv(self.norm1(x)).split(w, dim=2))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+        if cache is not None:
+            k, v = (torch.cat([old, new], 2) for old, new in zip(cache, (k, v))) if cache else (k, v)
+            cache[:] = k, v
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=cache is None,
                                            dropout_p=self.dropout if self.training else 0.0)
         x = x + F.dropout(self.proj(y.transpose(1, 2).reshape(b, t, w)), self.dropout, self.training)
         return x + self.mlp(self.norm2(x))
@@ -131,17 +136,25 @@ class Prior(Model):
         recon = self.vqvae.test_loss(input, target)["recon"]
         return {"loss": recon + nll, "recon": recon, "kl": nll}
 
+    def next_logits(self, token, i, caches):
+        """Logits (B, K) of code i from code i - 1 (token (B, 1); the start index for i = 0), the blocks'
+        keys and values of the codes before it in caches (one list per block): logits(codes)[:, i]."""
+        h = self.embedding(token) + self.position[i]
+        for block, cache in zip(self.blocks, caches):
+            h = block(h, cache)
+        return self.head(h)[:, -1]
+
     @torch.no_grad()
     def sample_codes(self, n, generator=None):
         """n grids of code indices (n, h*w), each drawn given those before it (Gumbel-max, noise on the CPU)."""
         device = self.position.device
-        codes = torch.empty(n, 0, dtype=torch.long, device=device)
+        codes, caches = [torch.full((n, 1), self.size, dtype=torch.long, device=device)], [[] for _ in self.blocks]
         with evaluating(self):
-            for _ in range(self.length):
-                logits = self.logits(torch.cat([codes, codes.new_zeros(n, 1)], 1))[:, -1].float()  # the 0 is unread
+            for i in range(self.length):
+                logits = self.next_logits(codes[-1], i, caches).float()
                 u = torch.rand(n, self.size, generator=generator).clamp_(1e-12, 1 - 1e-7).to(device)
-                codes = torch.cat([codes, (logits - torch.log(-torch.log(u))).argmax(1, keepdim=True)], 1)
-        return codes
+                codes.append((logits - torch.log(-torch.log(u))).argmax(1, keepdim=True))
+        return torch.cat(codes[1:], 1)
 
     @torch.no_grad()
     def sample(self, n, generator=None, labels=None):

@@ -32,6 +32,25 @@ def test_each_code_s_logits_depend_only_on_the_codes_before_it(vq_run):
     assert not torch.allclose(a[:, 21:], b[:, 21:])
 
 
+def test_drawing_with_cached_keys_gives_the_full_passes_logits_and_draws(vq_run):
+    torch.manual_seed(0)
+    prior = Prior((1, 28, 28), prior_of=vq_run, layers=2, heads=2, width=16, dropout=0.0).eval()
+    codes = torch.randint(0, 8, (3, 49))
+    full, caches = prior.logits(codes), [[] for _ in prior.blocks]
+    tokens = torch.cat([torch.full((3, 1), prior.size), codes], 1)  # code i is drawn after token i
+    with torch.no_grad():
+        steps = torch.stack([prior.next_logits(tokens[:, i:i + 1], i, caches) for i in range(49)], 1)
+    assert torch.allclose(steps, full, atol=1e-5)
+    # the draws of sample_codes: the same Gumbel noise, read off one full pass per code (no cache)
+    drawn, generator = torch.empty(5, 0, dtype=torch.long), torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for _ in range(49):
+            logits = prior.logits(torch.cat([drawn, drawn.new_zeros(5, 1)], 1))[:, -1]
+            u = torch.rand(5, 8, generator=generator).clamp_(1e-12, 1 - 1e-7)
+            drawn = torch.cat([drawn, (logits - torch.log(-torch.log(u))).argmax(1, keepdim=True)], 1)
+    assert torch.equal(prior.sample_codes(5, torch.Generator().manual_seed(1)), drawn)
+
+
 def test_a_prior_run_learns_the_codes_and_samples_through_the_vqvae(vq_run, tiny_data, tmp_path):
     run = str(tmp_path / "prior")
     assert train.main(["--model", "prior", "--prior-of", vq_run, "--data-root", tiny_data, "--epochs", "3",
