@@ -1,5 +1,6 @@
 """Figures for evaluate.py, each a PNG of a pixel size fixed by its inputs (image grids: no resampling
 blur). Images are tensors in [0, 1]; `model` follows models.py (labels only for a conditional model)."""
+import io
 import math
 
 from matplotlib import colormaps
@@ -10,6 +11,7 @@ import torch
 from torchvision.utils import make_grid
 
 import data
+import runs
 
 DPI = 100
 PAD = 2  # pixels between images in a grid
@@ -27,7 +29,9 @@ def figure(width, height):
 
 
 def save(fig, path):
-    fig.savefig(path, dpi=DPI)  # no bbox_inches="tight": the pixel size stays as laid out
+    """Rendered in memory, then written atomically: an interrupted save leaves the last figure whole."""
+    fig.savefig(png := io.BytesIO(), dpi=DPI, format="png")  # no bbox_inches="tight": the size as laid out
+    runs.atomic_save(png.getvalue(), path)
 
 
 def image_rows(rows, labels, path, title=None, col_labels=None, xlabel=None):

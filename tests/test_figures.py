@@ -101,3 +101,21 @@ def test_slerp_keeps_the_norm_between_vectors_of_equal_norm():
     z = figures.slerp(a, b, torch.linspace(0, 1, 5))
     assert torch.allclose(z.norm(dim=1), torch.full((5,), 3.0))
     assert torch.allclose(z[0], a) and torch.allclose(z[-1], b, atol=1e-6)
+
+
+def test_an_interrupted_save_leaves_the_last_figure_whole(tmp_path):
+    path = str(tmp_path / "samples.png")
+    figures.save(figures.figure(40, 30), path)
+    before = open(path, "rb").read()
+
+    class Interrupted:
+        def savefig(self, target, **kw):
+            target.write(before[:10])  # half a PNG, then Ctrl-C
+            raise KeyboardInterrupt
+
+    try:
+        figures.save(Interrupted(), path)
+    except KeyboardInterrupt:
+        pass
+    assert open(path, "rb").read() == before and os.listdir(tmp_path) == ["samples.png"]
+    png_size(path)
