@@ -29,9 +29,8 @@ def figure(width, height):
 
 
 def save(fig, path):
-    """Rendered in memory, then written atomically: an interrupted save leaves the last figure whole."""
     fig.savefig(png := io.BytesIO(), dpi=DPI, format="png")  # no bbox_inches="tight": the size as laid out
-    runs.atomic_save(png.getvalue(), path)
+    runs.atomic_save(png.getvalue(), path)  # in memory first: an interrupted save leaves the last figure whole
 
 
 def image_rows(rows, labels, path, title=None, col_labels=None, xlabel=None):
@@ -49,8 +48,7 @@ def image_rows(rows, labels, path, title=None, col_labels=None, xlabel=None):
     ax = fig.add_axes([left / width, bottom / height, gw / width, gh / height], frame_on=False)
     ax.imshow(grid.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest", aspect="auto")
     ax.set_yticks([PAD + r * (H + PAD) + H / 2 for r in range(len(rows))], labels, fontsize=9)
-    ax.set_xticks([PAD + i * (W + PAD) + W / 2 for i in range(n)] if col_labels else [],
-                  col_labels or [], fontsize=8)
+    ax.set_xticks([PAD + i * (W + PAD) + W / 2 for i in range(n)] if col_labels else [], col_labels or [], fontsize=8)
     ax.set_xlabel(xlabel or "", fontsize=9, labelpad=1)
     ax.tick_params(length=0)
     if title:  # centred on the grid, not on the figure
@@ -278,8 +276,7 @@ def factor_heatmap(mutual_info, entropy, factors, path, title, unit="z"):
     ax = fig.add_axes([left / width, 20 / height, 90 * K / width, 26 * D / height])
     ax.imshow(share, cmap="viridis", vmin=0, vmax=1, aspect="auto")
     for (d, k), v in np.ndenumerate(share):
-        ax.text(k, d, f"{v:.2f}", ha="center", va="center", fontsize=8,
-                color="black" if v > 0.6 else "white")
+        ax.text(k, d, f"{v:.2f}", ha="center", va="center", fontsize=8, color="black" if v > 0.6 else "white")
     ax.set_xticks(range(K), factors, fontsize=9)
     ax.xaxis.tick_top()
     ax.set_yticks(range(D), [f"{unit}{d + 1}" for d in range(D)], fontsize=8)
