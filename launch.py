@@ -171,9 +171,9 @@ def status(sweep_dir):
     for name in json.load(open(manifest))["runs"]:
         run_dir, log = os.path.join(sweep_dir, name), os.path.join(sweep_dir, f"{name}.log")
         job = f"Slurm job {ids[name]}" if name in ids else ""
-        what, code = sweep.state(run_dir), last_line(log, skip_exit=False)
-        code = int(code[len(EXIT):]) if code.startswith(EXIT) else None
-        ckpt = None if what == "new" else runs.load_checkpoint(os.path.join(run_dir, "checkpoint.pt"))
+        path, code = os.path.join(run_dir, "checkpoint.pt"), last_line(log, skip_exit=False)
+        ckpt = runs.load_checkpoint(path) if os.path.isfile(path) else None  # loaded once: state() takes it
+        what, code = sweep.state(run_dir, ckpt), int(code[len(EXIT):]) if code.startswith(EXIT) else None
         if what == "finished":
             rows.append((name, "done", f"{ckpt['epoch']} epochs"))
         elif guard.held(run_dir):

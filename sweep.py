@@ -128,12 +128,12 @@ def plan(args, base):
     return todo
 
 
-def state(run_dir):
-    """'new', 'unfinished' or 'finished' for a run folder."""
+def state(run_dir, ckpt=None):
+    """'new', 'unfinished' or 'finished' for a run folder; ckpt: its checkpoint, when the caller has loaded it."""
     path = os.path.join(run_dir, "checkpoint.pt")
-    if not os.path.isfile(path):
+    if ckpt is None and not os.path.isfile(path):
         return "new"
-    ckpt, cfg = runs.load_checkpoint(path), runs.load_config(run_dir)
+    ckpt, cfg = ckpt or runs.load_checkpoint(path), runs.load_config(run_dir)
     done = ckpt["epoch"] >= cfg["epochs"] and ckpt["mid_epoch"] is None
     # a run that failed after its last checkpoint (a full disk) has fewer history rows
     return "finished" if done and runs.history_rows(run_dir) == len(ckpt["history"]) else "unfinished"

@@ -12,6 +12,7 @@ import pytest
 from conftest import one_line
 import guard
 import launch
+import runs
 import sweep
 
 pytest.importorskip("submitit")
@@ -87,7 +88,7 @@ def test_a_task_stopped_by_slurms_signal_is_requeued_and_resumes(fake_slurm, tin
     assert launch.status(out)[0][1:] == ("done", "40 epochs")
 
 
-def test_status_says_done_running_failed_with_its_last_line_and_pending(tiny_data, tmp_path, capsys):
+def test_status_says_done_running_failed_with_its_last_line_and_pending(tiny_data, tmp_path, capsys, monkeypatch):
     out = tmp_path / "sw"
     assert sweep.main(["--seeds", "1", "--out", str(out), "--", "--data-root", tiny_data, *SMALL,
                        "--epochs", "1"]) == 0
@@ -98,10 +99,13 @@ def test_status_says_done_running_failed_with_its_last_line_and_pending(tiny_dat
     (out / "seed3.log").write_text("Run folder: x\ntrain.py: error: --data-root holds no MNIST\n\n"
                                    f"{launch.EXIT}2\n")
     capsys.readouterr()
+    loads, load = [], runs.load_checkpoint
+    monkeypatch.setattr(runs, "load_checkpoint", lambda path: loads.append(path) or load(path))
     try:
         assert sweep.main(["--status", str(out)]) == 1  # one failed
     finally:
         guard.unlock(lock, str(out / "seed2"))
+    assert loads == [str(out / "seed1" / "checkpoint.pt")]  # the one checkpoint there, read once
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[:2] for line in lines[:4]] == [["seed1", "done"], ["seed2", "running"],
                                                         ["seed3", "failed"], ["seed4", "pending"]]
