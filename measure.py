@@ -20,6 +20,8 @@ UNITS = {  # what each number of metrics.json means, and its unit (written into 
     "test_loss": "the test loss as train.py prints it (VAE: negative ELBO, z sampled once; AE: "
         "reconstruction term; VAE-GAN: recon with z = mu, plus KL), per image",
     "train_loss": "the same quantity on the training split, in evaluation mode",
+    "eval_seed": "evaluate.py --seed: its draws of z, samples and the disentanglement metrics' batches; "
+        "train_seed is train.py's --seed",
     "gap": "test_loss - train_loss",
     "history_train_loss": "the training objective train.py logged for this epoch",
     "history_test_loss": "the test loss train.py logged for this epoch",
@@ -236,7 +238,7 @@ def save_metrics(m, run_dir, cfg, epoch, logged, root, args):
               f"{m['history_test_loss']:.2f} was logged at epoch {epoch}: other data under "
               f"{root}, or other weights than the logged epoch's?")
     m = {"run": run_dir, "model": cfg["model"], "dataset": cfg["dataset"], "epoch": epoch,
-         "weights": args.weights, "seed": args.seed, **m, "units": UNITS}
+         "weights": args.weights, "eval_seed": args.seed, "train_seed": cfg["seed"], **m, "units": UNITS}
     name = "metrics.json" if args.weights == "last" else "metrics_best.json"
     runs.atomic_save(json.dumps(m, indent=2) + "\n", os.path.join(run_dir, name))
     return m

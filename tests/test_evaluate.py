@@ -70,10 +70,12 @@ def test_evaluate_reproduces_the_printed_test_loss_of_each_model(tiny_data, tmp_
 
 def test_the_likelihood_is_skipped_by_default_and_says_which_flag_adds_it(tiny_data, tmp_path, capsys):
     run = make_run(tiny_data, tmp_path / "vae", epochs="1")
-    assert evaluate.main([run, "--no-figures", "--out", str(tmp_path / "e")]) == 0
+    assert evaluate.main([run, "--no-figures", "--out", str(tmp_path / "e"), "--seed", "5"]) == 0
     assert "skipped by default; --iw-samples 1000 adds it" in capsys.readouterr().out
     m = json.load(open(os.path.join(run, "metrics.json")))
     assert "nll_iw" not in m and "test_loss" in m and "probe_accuracy" in m
+    train_seed = json.load(open(os.path.join(run, "config.json")))["seed"]
+    assert (m["eval_seed"], m["train_seed"]) == (5, train_seed) and "seed" not in m  # each named for what it seeds
 
 
 def test_a_folder_of_runs_and_a_glob_find_the_same_runs(tiny_data, tmp_path):
