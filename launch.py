@@ -173,7 +173,8 @@ def status(sweep_dir):
         job = f"Slurm job {ids[name]}" if name in ids else ""
         path, code = os.path.join(run_dir, "checkpoint.pt"), last_line(log, skip_exit=False)
         ckpt = runs.load_checkpoint(path) if os.path.isfile(path) else None  # loaded once: state() takes it
-        what, code = sweep.state(run_dir, ckpt), int(code[len(EXIT):]) if code.startswith(EXIT) else None
+        what = "new" if ckpt is None else sweep.state(run_dir, ckpt)
+        code = int(code[len(EXIT):]) if code.startswith(EXIT) else None
         if what == "finished":
             rows.append((name, "done", f"{ckpt['epoch']} epochs"))
         elif guard.held(run_dir):

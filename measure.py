@@ -20,8 +20,9 @@ UNITS = {  # what each number of metrics.json means, and its unit (written into 
     "test_loss": "the test loss as train.py prints it (VAE: negative ELBO, z sampled once; AE: "
         "reconstruction term; VAE-GAN: recon with z = mu, plus KL), per image",
     "train_loss": "the same quantity on the training split, in evaluation mode",
-    "eval_seed": "evaluate.py --seed: its draws of z, samples and the disentanglement metrics' batches; "
-        "train_seed is train.py's --seed",
+    "eval_seed": "evaluate.py --seed: every random draw of the evaluation (z, samples, the samplers' fits, "
+        "the FID/KID draws, the disentanglement metrics' points)",
+    "train_seed": "train.py's --seed of this run (config.json's seed)",
     "gap": "test_loss - train_loss",
     "history_train_loss": "the training objective train.py logged for this epoch",
     "history_test_loss": "the test loss train.py logged for this epoch",

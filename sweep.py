@@ -133,7 +133,7 @@ def state(run_dir, ckpt=None):
     path = os.path.join(run_dir, "checkpoint.pt")
     if ckpt is None and not os.path.isfile(path):
         return "new"
-    ckpt, cfg = ckpt or runs.load_checkpoint(path), runs.load_config(run_dir)
+    ckpt, cfg = runs.load_checkpoint(path) if ckpt is None else ckpt, runs.load_config(run_dir)
     done = ckpt["epoch"] >= cfg["epochs"] and ckpt["mid_epoch"] is None
     # a run that failed after its last checkpoint (a full disk) has fewer history rows
     return "finished" if done and runs.history_rows(run_dir) == len(ckpt["history"]) else "unfinished"
